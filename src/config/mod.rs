@@ -1,0 +1,345 @@
+//! `pipeline.toml`: loading, the resolved model every task works from, and validation.
+//!
+//! Loading is two steps. serde reads the file into [`raw`] structs (unknown keys and wrong
+//! types fail there, with a line), then [`validate`] checks what serde cannot — names, references,
+//! folders, the job graph, expressions planned against the declared schemas — and collects every
+//! problem it finds, so one `igaflow validate` run lists them all.
+
+mod expand;
+pub mod raw;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use indexmap::IndexMap;
+
+use crate::error::{ConfigProblem, Error, Result};
+
+pub use validate::TASK_TYPES;
+
+/// Column types of entity tables (SPEC section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    String,
+    Int,
+    Float,
+    Bool,
+    Date,
+    Timestamp,
+}
+
+impl ColumnType {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "string" => Self::String,
+            "int" => Self::Int,
+            "float" => Self::Float,
+            "bool" => Self::Bool,
+            "date" => Self::Date,
+            "timestamp" => Self::Timestamp,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Int => "int",
+            Self::Float => "float",
+            Self::Bool => "bool",
+            Self::Date => "date",
+            Self::Timestamp => "timestamp",
+        }
+    }
+
+    pub fn data_type(self) -> DataType {
+        match self {
+            Self::String => DataType::Utf8,
+            Self::Int => DataType::Int64,
+            Self::Float => DataType::Float64,
+            Self::Bool => DataType::Boolean,
+            Self::Date => DataType::Date32,
+            Self::Timestamp => timestamp_type(),
+        }
+    }
+}
+
+/// Timestamps are stored as microseconds in UTC: Parquet readers other than DataFusion see them
+/// as timestamps (second precision would land as a plain integer).
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+}
+
+#[derive(Debug, Clone)]
+pub struct Computed {
+    pub name: String,
+    pub expr: String,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBadRow {
+    Fail,
+    Quarantine,
+}
+
+#[derive(Debug, Clone)]
+pub struct CsvOptions {
+    pub delimiter: u8,
+    pub on_bad_row: OnBadRow,
+    pub command_column: String,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        Self {
+            delimiter: b',',
+            on_bad_row: OnBadRow::Fail,
+            command_column: "command".into(),
+        }
+    }
+}
+
+/// Synchronization thresholds of one entity or link (SPEC section 4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    pub min_rows: u64,
+    pub max_deleted_percent: f64,
+    pub max_deleted: Option<u64>,
+    pub max_inserted_percent: Option<f64>,
+    pub max_inserted: Option<u64>,
+    pub max_updated_percent: Option<f64>,
+    pub max_updated: Option<u64>,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            min_rows: 100,
+            max_deleted_percent: 30.0,
+            max_deleted: None,
+            max_inserted_percent: None,
+            max_inserted: None,
+            max_updated_percent: None,
+            max_updated: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Connector {
+    pub name: String,
+    pub exports: PathBuf,
+    pub update: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Entity {
+    pub name: String,
+    pub connector: String,
+    pub file: String,
+    pub key: String,
+    pub csv: CsvOptions,
+    pub thresholds: Thresholds,
+    pub columns: Vec<Column>,
+    pub computed: Vec<Computed>,
+    pub line: usize,
+}
+
+impl Entity {
+    pub fn key_type(&self) -> ColumnType {
+        self.columns
+            .iter()
+            .find(|c| c.name == self.key)
+            .map(|c| c.ty)
+            .expect("invariant: validation checked that the key is a declared column")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub entity: String,
+    pub column: String,
+    pub separator: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub name: String,
+    pub connector: String,
+    pub file: String,
+    pub from: Endpoint,
+    pub to: Endpoint,
+    pub csv: CsvOptions,
+    pub thresholds: Thresholds,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    Complete,
+    Incremental,
+    Initial,
+}
+
+impl SyncMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Complete => "complete",
+            Self::Incremental => "incremental",
+            Self::Initial => "initial",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub name: String,
+    pub kind: String,
+    pub depends_on: Vec<String>,
+    pub continue_on_error: bool,
+    /// `run_if = "changed"`: skipped when every dependency ended `no_changes` or `skipped`.
+    pub run_if_changed: bool,
+    pub dirty: bool,
+    pub connector: Option<String>,
+    pub mode: SyncMode,
+    pub force: bool,
+    pub entities: Option<Vec<String>>,
+    pub resource_types: Option<Vec<String>>,
+    pub command: Vec<String>,
+    pub timeout: Option<String>,
+    pub env: IndexMap<String, String>,
+    pub sql: Option<PathBuf>,
+    pub output: Option<PathBuf>,
+    pub format: Option<String>,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub schedule: Option<String>,
+    pub interval: Option<String>,
+    pub concurrent: bool,
+    pub tasks: Vec<Task>,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    /// The folder holding `pipeline.toml`; relative paths resolve against it.
+    pub dir: PathBuf,
+    /// The path of `pipeline.toml` itself, for messages.
+    pub file: PathBuf,
+    /// First 16 hex digits of the SHA-256 of the file, recorded in `runs.config_hash`.
+    pub config_hash: String,
+    pub store_uri: Option<String>,
+    pub orders_dir: Option<String>,
+    pub connectors: IndexMap<String, Connector>,
+    pub entities: Vec<Entity>,
+    pub links: Vec<Link>,
+    pub jobs: Vec<Job>,
+}
+
+impl Pipeline {
+    /// Reads and validates `PIPELINE/pipeline.toml` (or the file itself when a file is given).
+    pub fn load(path: &Path) -> Result<Self> {
+        let file = if path.is_dir() {
+            path.join("pipeline.toml")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            Error::Usage(format!(
+                "cannot read pipeline configuration {}: {e} (give the folder that holds pipeline.toml)",
+                file.display()
+            ))
+        })?;
+        Self::from_text(&file, &text)
+    }
+
+    pub fn from_text(file: &Path, text: &str) -> Result<Self> {
+        let raw: raw::RawPipeline = toml::from_str(text).map_err(|e| Error::Config {
+            file: file.to_path_buf(),
+            problems: vec![ConfigProblem {
+                line: e.span().map(|s| line_of(text, s.start)).unwrap_or(1),
+                message: e.message().trim().to_string(),
+            }],
+        })?;
+        let dir = file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        validate::resolve(raw, file, &dir, text)
+    }
+
+    pub fn entity(&self, name: &str) -> Option<&Entity> {
+        self.entities.iter().find(|e| e.name == name)
+    }
+
+    pub fn link(&self, name: &str) -> Option<&Link> {
+        self.links.iter().find(|l| l.name == name)
+    }
+
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+
+    pub fn connector_entities<'a>(
+        &'a self,
+        connector: &'a str,
+    ) -> impl Iterator<Item = &'a Entity> {
+        self.entities
+            .iter()
+            .filter(move |e| e.connector == connector)
+    }
+
+    pub fn connector_links<'a>(&'a self, connector: &'a str) -> impl Iterator<Item = &'a Link> {
+        self.links.iter().filter(move |l| l.connector == connector)
+    }
+
+    /// Resolves a path written in the pipeline against the pipeline's folder.
+    pub fn resolve_path(&self, p: &str) -> PathBuf {
+        let path = Path::new(p);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.dir.join(path)
+        }
+    }
+}
+
+/// 1-based line of a byte offset.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_of_counts_newlines_before_offset() {
+        let text = "a\nbb\nccc";
+        assert_eq!(line_of(text, 0), 1);
+        assert_eq!(line_of(text, 2), 2);
+        assert_eq!(line_of(text, 6), 3);
+    }
+}

@@ -1,0 +1,74 @@
+//! Configuration expressions (`computed` columns today; rules and scalars later): planned against
+//! the declared schema at validation time, evaluated set-wise over whole tables at run time.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::prelude::{DataFrame, SessionContext};
+
+use crate::config::Entity;
+
+/// The declared (CSV) columns of an entity as an Arrow schema.
+pub fn declared_schema(entity: &Entity) -> SchemaRef {
+    Arc::new(Schema::new(
+        entity
+            .columns
+            .iter()
+            .map(|c| Field::new(&c.name, c.ty.data_type(), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Adds the entity's computed columns, in declaration order (each may use the ones before it).
+pub fn apply_computed(
+    ctx: &SessionContext,
+    mut df: DataFrame,
+    entity: &Entity,
+) -> datafusion::error::Result<DataFrame> {
+    for c in &entity.computed {
+        let expr = ctx.parse_sql_expr(&c.expr, df.schema())?;
+        df = df.with_column(&c.name, expr)?;
+    }
+    Ok(df)
+}
+
+/// Plans every computed expression of `entity` against its declared columns; returns
+/// `(line, message)` for each one that does not plan.
+pub fn check_computed(entity: &Entity) -> Vec<(usize, String)> {
+    let ctx = super::context();
+    let schema = declared_schema(entity);
+    let mut problems = Vec::new();
+    let mut df = match ctx.read_batch(RecordBatch::new_empty(schema)) {
+        Ok(df) => df,
+        Err(e) => return vec![(entity.line, e.strip_backtrace())],
+    };
+    for c in &entity.computed {
+        let planned = ctx
+            .parse_sql_expr(&c.expr, df.schema())
+            .and_then(|expr| df.clone().with_column(&c.name, expr));
+        let planned = planned.and_then(|next| {
+            // Type checking happens in the analyzer: plan fully so `'a' + 1` fails here.
+            let plan = next.logical_plan().clone();
+            ctx.state().optimize(&plan).map(|_| next)
+        });
+        match planned {
+            Ok(next) => df = next,
+            Err(e) => problems.push((
+                c.line,
+                format!(
+                    "entity `{}`: computed column `{}` = \"{}\" does not plan: {}",
+                    entity.name,
+                    c.name,
+                    c.expr,
+                    first_line(&e.strip_backtrace())
+                ),
+            )),
+        }
+    }
+    problems
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).to_string()
+}

@@ -1,0 +1,489 @@
+//! CSV exports → typed Arrow columns, with every unreadable row located by line.
+//!
+//! Parsing uses the `csv` crate (RFC 4180, quoted newlines) on raw bytes so that a bad row —
+//! wrong field count, invalid UTF-8 — is one rejected line, not a failed file. Typing is
+//! vectorized: each column is read as text and cast with Arrow's kernels; a value that was
+//! present but did not survive the cast is a bad value. Types are never inferred: identity data
+//! has leading zeros and empty fields mean NULL.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Int64Array, RecordBatch, StringArray,
+    StringBuilder,
+};
+use datafusion::arrow::compute::{CastOptions, cast_with_options, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+use crate::config::{ColumnType, CsvOptions, OnBadRow};
+use crate::error::{Error, Result};
+
+/// Name of the column carrying each row's line number in the file.
+pub const LINE: &str = "_line";
+/// Name of the column carrying the lowercased change command of incremental files.
+pub const COMMAND: &str = "_command";
+
+/// What to read from one file.
+pub struct CsvSpec<'a> {
+    pub file: PathBuf,
+    pub columns: Vec<(String, ColumnType)>,
+    /// The key column: a NULL or duplicated key is a bad row.
+    pub key: Option<String>,
+    /// Incremental files: the name of the command column, which is then required.
+    pub command_column: Option<String>,
+    /// Columns whose cells hold several values separated by this text (links).
+    pub split: Vec<(String, String)>,
+    pub options: &'a CsvOptions,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub line: u64,
+    pub reason: String,
+    pub raw: String,
+}
+
+/// A loaded file: the good rows (declared columns, typed, then `_line`, then `_command` when
+/// incremental), the rejected ones, and the source text for later rejections (link endpoints).
+pub struct Loaded {
+    pub file: PathBuf,
+    pub batch: RecordBatch,
+    pub rejected: Vec<Rejected>,
+    pub rows_read: u64,
+    source: Arc<Vec<u8>>,
+    /// Byte range of each data record, by line number.
+    records: HashMap<u64, (usize, usize)>,
+}
+
+impl Loaded {
+    /// The raw text of the record starting at `line`.
+    pub fn raw_line(&self, line: u64) -> String {
+        match self.records.get(&line) {
+            Some(&(s, e)) => raw_text(&self.source, s, e),
+            None => String::new(),
+        }
+    }
+}
+
+fn raw_text(source: &[u8], start: usize, end: usize) -> String {
+    let slice = &source[start..end.min(source.len())];
+    let slice = slice.strip_suffix(b"\n").unwrap_or(slice);
+    let slice = slice.strip_suffix(b"\r").unwrap_or(slice);
+    String::from_utf8_lossy(slice).into_owned()
+}
+
+/// Fails the file when it has bad rows and `on_bad_row = "fail"` (listing the first 20).
+pub fn fail_on_bad_rows(file: &Path, rejected: &[Rejected], on_bad_row: OnBadRow) -> Result<()> {
+    if rejected.is_empty() || on_bad_row == OnBadRow::Quarantine {
+        return Ok(());
+    }
+    let mut sorted: Vec<&Rejected> = rejected.iter().collect();
+    sorted.sort_by_key(|r| r.line);
+    let mut message = format!(
+        "{} bad row{}:",
+        sorted.len(),
+        if sorted.len() == 1 { "" } else { "s" }
+    );
+    for r in sorted.iter().take(20) {
+        message.push_str(&format!("\n  line {}: {}", r.line, r.reason));
+    }
+    if sorted.len() > 20 {
+        message.push_str(&format!("\n  … and {} more", sorted.len() - 20));
+    }
+    message.push_str(
+        "\nfix the export, or set csv = { on_bad_row = \"quarantine\" } to load the good rows and keep the bad ones in `rejected_rows`",
+    );
+    Err(Error::Input {
+        file: file.to_path_buf(),
+        message,
+    })
+}
+
+pub fn read(spec: &CsvSpec) -> Result<Loaded> {
+    let file = &spec.file;
+    let bytes = std::fs::read(file).map_err(|e| Error::Input {
+        file: file.clone(),
+        message: if e.kind() == std::io::ErrorKind::NotFound {
+            "export file not found: the connector's export folder must hold it (check `exports` and `file` in pipeline.toml)".into()
+        } else {
+            format!("cannot read: {e}")
+        },
+    })?;
+    let source = Arc::new(bytes);
+    let body: &[u8] = source
+        .strip_prefix(b"\xEF\xBB\xBF".as_slice())
+        .unwrap_or(&source);
+    let bom = source.len() - body.len();
+
+    let mut out_fields: Vec<Field> = spec
+        .columns
+        .iter()
+        .map(|(n, t)| Field::new(n, t.data_type(), true))
+        .collect();
+    out_fields.push(Field::new(LINE, DataType::Int64, false));
+    if spec.command_column.is_some() {
+        out_fields.push(Field::new(COMMAND, DataType::Utf8, true));
+    }
+    let out_schema = Arc::new(Schema::new(out_fields));
+
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(Loaded {
+            file: file.clone(),
+            batch: RecordBatch::new_empty(out_schema),
+            rejected: Vec::new(),
+            rows_read: 0,
+            source,
+            records: HashMap::new(),
+        });
+    }
+
+    let mut reader = ::csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(spec.options.delimiter)
+        .from_reader(body);
+    let mut record = ::csv::ByteRecord::new();
+
+    // Header.
+    let header_ok = reader
+        .read_byte_record(&mut record)
+        .map_err(|e| input(file, format!("cannot read the header row: {e}")))?;
+    if !header_ok {
+        return Err(input(file, "no header row".into()));
+    }
+    let header: Vec<String> = record
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            std::str::from_utf8(f)
+                .map(|s| s.trim().to_string())
+                .map_err(|_| {
+                    input(
+                        file,
+                        format!("line 1: header field {} is not valid UTF-8", i + 1),
+                    )
+                })
+        })
+        .collect::<Result<_>>()?;
+    let index_of = |name: &str| header.iter().position(|h| h == name);
+    let mut wanted: Vec<&str> = spec.columns.iter().map(|(n, _)| n.as_str()).collect();
+    if let Some(c) = &spec.command_column {
+        wanted.push(c);
+    }
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|n| index_of(n).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return Err(input(
+            file,
+            format!(
+                "line 1: declared column{} {} missing from the header (header has: {})",
+                if missing.len() == 1 { " is" } else { "s are" },
+                missing
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                header.join(", ")
+            ),
+        ));
+    }
+    let indices: Vec<usize> = wanted
+        .iter()
+        .map(|n| index_of(n).expect("checked above"))
+        .collect();
+    let n_fields = header.len();
+
+    // Records → text columns. A row that cannot be split or decoded gets NULLs and a reason.
+    let mut builders: Vec<StringBuilder> = wanted.iter().map(|_| StringBuilder::new()).collect();
+    let mut lines: Vec<u64> = Vec::new();
+    let mut reasons: Vec<Option<String>> = Vec::new();
+    let mut starts: Vec<(u64, usize)> = Vec::new();
+    loop {
+        let more = reader
+            .read_byte_record(&mut record)
+            .map_err(|e| input(file, format!("cannot read: {e}")))?;
+        if !more {
+            break;
+        }
+        let pos = record
+            .position()
+            .expect("invariant: csv records carry positions");
+        let line = pos.line();
+        starts.push((line, pos.byte() as usize + bom));
+        lines.push(line);
+        let mut reason = None;
+        if record.len() != n_fields {
+            reason = Some(format!(
+                "expected {n_fields} fields as in the header, found {}",
+                record.len()
+            ));
+        }
+        if reason.is_none() {
+            for (j, &i) in indices.iter().enumerate() {
+                if std::str::from_utf8(&record[i]).is_err() {
+                    reason = Some(format!("column `{}`: value is not valid UTF-8", wanted[j]));
+                    break;
+                }
+            }
+        }
+        match reason {
+            Some(r) => {
+                for b in &mut builders {
+                    b.append_null();
+                }
+                reasons.push(Some(r));
+            }
+            None => {
+                for (j, &i) in indices.iter().enumerate() {
+                    let v = std::str::from_utf8(&record[i]).expect("checked above");
+                    if v.is_empty() {
+                        builders[j].append_null();
+                    } else {
+                        builders[j].append_value(v);
+                    }
+                }
+                reasons.push(None);
+            }
+        }
+    }
+    let mut records = HashMap::with_capacity(starts.len());
+    for (k, &(line, start)) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).map(|s| s.1).unwrap_or(source.len());
+        records.insert(line, (start, end));
+    }
+    let rows = lines.len();
+    let texts: Vec<StringArray> = builders.iter_mut().map(|b| b.finish()).collect();
+
+    // Typing, column by column.
+    let mut typed: Vec<ArrayRef> = Vec::with_capacity(spec.columns.len());
+    for (j, (name, ty)) in spec.columns.iter().enumerate() {
+        let text = &texts[j];
+        let array = cast_text(text, *ty)?;
+        for (i, reason) in reasons.iter_mut().enumerate().take(rows) {
+            if reason.is_none() && text.is_valid(i) && array.is_null(i) {
+                *reason = Some(format!(
+                    "column `{name}`: `{}` is not a valid {}{}",
+                    text.value(i),
+                    ty.name(),
+                    match ty {
+                        ColumnType::Date => " (YYYY-MM-DD)",
+                        ColumnType::Timestamp => " (RFC 3339)",
+                        ColumnType::Bool => " (true or false)",
+                        _ => "",
+                    }
+                ));
+            }
+        }
+        typed.push(array);
+    }
+
+    // Incremental command.
+    let mut command: Option<StringArray> = None;
+    if spec.command_column.is_some() {
+        let text = &texts[spec.columns.len()];
+        let mut b = StringBuilder::with_capacity(rows, rows * 6);
+        for (i, reason) in reasons.iter_mut().enumerate().take(rows) {
+            let v = text
+                .is_valid(i)
+                .then(|| text.value(i).trim().to_ascii_lowercase());
+            match v.as_deref() {
+                Some(c @ ("insert" | "update" | "delete")) => b.append_value(c),
+                other => {
+                    if reason.is_none() {
+                        *reason = Some(format!(
+                            "column `{}`: `{}` is not a command (use insert, update or delete)",
+                            spec.command_column.as_deref().unwrap_or_default(),
+                            other.map(|_| text.value(i)).unwrap_or("")
+                        ));
+                    }
+                    b.append_null();
+                }
+            }
+        }
+        command = Some(b.finish());
+    }
+
+    // Keys: NULL or duplicated (the first row with a key wins).
+    if let Some(key) = &spec.key {
+        let j = spec
+            .columns
+            .iter()
+            .position(|(n, _)| n == key)
+            .expect("invariant: key is declared");
+        let text = &texts[j];
+        let mut seen: HashMap<&str, u64> = HashMap::with_capacity(rows);
+        for i in 0..rows {
+            if reasons[i].is_some() {
+                continue;
+            }
+            if text.is_null(i) {
+                reasons[i] = Some(format!("key `{key}` is empty"));
+                continue;
+            }
+            match seen.entry(text.value(i)) {
+                Entry::Occupied(first) => {
+                    reasons[i] = Some(format!(
+                        "duplicated key `{key}` = `{}` (first at line {})",
+                        text.value(i),
+                        first.get()
+                    ));
+                }
+                Entry::Vacant(v) => {
+                    v.insert(lines[i]);
+                }
+            }
+        }
+    }
+
+    // Split multi-valued cells (links) and reject rows with an empty endpoint.
+    let mut keep = BooleanBuilder::with_capacity(rows);
+    let mut rejected = Vec::new();
+    for i in 0..rows {
+        match &reasons[i] {
+            Some(r) => {
+                keep.append_value(false);
+                let (s, e) = records[&lines[i]];
+                rejected.push(Rejected {
+                    line: lines[i],
+                    reason: r.clone(),
+                    raw: raw_text(&source, s, e),
+                });
+            }
+            None => keep.append_value(true),
+        }
+    }
+    let keep: BooleanArray = keep.finish();
+    let mut columns = typed;
+    columns.push(Arc::new(Int64Array::from_iter_values(
+        lines.iter().map(|&l| l as i64),
+    )));
+    if let Some(c) = command {
+        columns.push(Arc::new(c));
+    }
+    let batch =
+        RecordBatch::try_new(out_schema, columns).map_err(|e| input(file, e.to_string()))?;
+    let mut batch = filter_record_batch(&batch, &keep).map_err(|e| input(file, e.to_string()))?;
+    if !spec.split.is_empty() {
+        batch = split_cells(&batch, &spec.split).map_err(|e| input(file, e.to_string()))?;
+    }
+    Ok(Loaded {
+        file: file.clone(),
+        batch,
+        rejected,
+        rows_read: rows as u64,
+        source,
+        records,
+    })
+}
+
+fn input(file: &Path, message: String) -> Error {
+    Error::Input {
+        file: file.to_path_buf(),
+        message,
+    }
+}
+
+fn cast_text(text: &StringArray, ty: ColumnType) -> Result<ArrayRef> {
+    let safe = CastOptions {
+        safe: true,
+        ..Default::default()
+    };
+    let array: ArrayRef = match ty {
+        ColumnType::String => Arc::new(text.clone()),
+        ColumnType::Bool => {
+            // Only `true` / `false`, in any case: Arrow's cast would also take yes/no/1/0.
+            let b: BooleanArray = text
+                .iter()
+                .map(|v| {
+                    v.and_then(|s| {
+                        if s.eq_ignore_ascii_case("true") {
+                            Some(true)
+                        } else if s.eq_ignore_ascii_case("false") {
+                            Some(false)
+                        } else {
+                            None
+                        }
+                    })
+                })
+                .collect();
+            Arc::new(b)
+        }
+        ColumnType::Date => {
+            // Strict `YYYY-MM-DD`: Arrow's cast also accepts longer forms.
+            let shaped: StringArray = text.iter().map(|v| v.filter(|s| is_iso_date(s))).collect();
+            cast_with_options(&shaped, &ty.data_type(), &safe)
+                .map_err(datafusion::error::DataFusionError::from)?
+        }
+        _ => cast_with_options(text, &ty.data_type(), &safe)
+            .map_err(datafusion::error::DataFusionError::from)?,
+    };
+    Ok(array)
+}
+
+fn is_iso_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+}
+
+/// One output row per value of each multi-valued cell; empty parts are dropped.
+fn split_cells(
+    batch: &RecordBatch,
+    split: &[(String, String)],
+) -> datafusion::error::Result<RecordBatch> {
+    let mut batch = batch.clone();
+    for (column, sep) in split {
+        let Some(idx) = batch.schema().index_of(column).ok() else {
+            continue;
+        };
+        let values = batch
+            .column(idx)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("invariant: link columns are text")
+            .clone();
+        let mut take: Vec<u32> = Vec::new();
+        let mut parts = StringBuilder::new();
+        for i in 0..values.len() {
+            if values.is_null(i) {
+                take.push(i as u32);
+                parts.append_null();
+                continue;
+            }
+            let mut any = false;
+            for p in values
+                .value(i)
+                .split(sep.as_str())
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+            {
+                take.push(i as u32);
+                parts.append_value(p);
+                any = true;
+            }
+            if !any {
+                take.push(i as u32);
+                parts.append_null();
+            }
+        }
+        let indices = datafusion::arrow::array::UInt32Array::from(take);
+        let mut columns: Vec<ArrayRef> = batch
+            .columns()
+            .iter()
+            .map(|c| datafusion::arrow::compute::take(c, &indices, None))
+            .collect::<std::result::Result<_, _>>()?;
+        columns[idx] = Arc::new(parts.finish());
+        batch = RecordBatch::try_new(batch.schema(), columns)?;
+    }
+    Ok(batch)
+}

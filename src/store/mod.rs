@@ -1,0 +1,212 @@
+//! The store: every table is a Delta Lake table under one root (a local folder or any
+//! object_store URI), and a small catalog log says which version of each table is committed.
+//!
+//! # Why a catalog on top of Delta
+//!
+//! A Delta commit is atomic for one table, but a connector's synchronization moves several
+//! tables at once (entities, links, their histories, `recently_modified`). SPEC section 4 asks
+//! for all of them or none. So igaflow keeps its own log under `_igaflow/catalog/`: file
+//! `<version, 20 digits>.json` lists, for every table, the Delta version that is committed, with
+//! the run that committed it. A commit of several tables is:
+//!
+//! 1. write each table's new state as a new Delta version (each an ordinary atomic Delta commit,
+//!    carrying the run id in its commit info) — nobody reading through igaflow sees it yet;
+//! 2. create the next catalog file with put-if-absent (atomic on a local disk and on S3).
+//!
+//! Readers (`igaflow sql`, every task) open each table at the version the latest catalog file
+//! names, never at Delta's latest. A process killed during step 1 leaves Delta versions that no
+//! catalog names: readers ignore them, and the next write of such a table starts from the
+//! committed version again (an overwrite computes the whole new state from committed inputs; an
+//! append first rewrites the table as committed content plus the new rows), so a re-run
+//! converges to exactly the state an uninterrupted run reaches. A process killed after step 2
+//! has committed. Other Delta readers (DuckDB, Spark) see Delta's latest version; between a crash
+//! and the next run that can include uncommitted work, which the next write replaces.
+//!
+//! The catalog also keeps what is not a table: connectors blocked by a threshold, and the run
+//! whose end each version marks (for `--as-of RUN_ID`).
+
+mod catalog;
+mod write;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::catalog::TableProvider;
+use datafusion::prelude::SessionContext;
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use object_store::ObjectStore;
+use url::Url;
+
+pub use catalog::{BlockedConnector, Catalog, CatalogChange, Staged};
+pub use write::WriteMode;
+
+use crate::error::{Error, Result};
+
+pub struct Store {
+    root: Url,
+    objects: Arc<dyn ObjectStore>,
+    /// Path of the store root inside `objects` (empty for a local folder store).
+    prefix: object_store::path::Path,
+    storage_options: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.root)
+    }
+}
+
+impl Store {
+    /// Opens (creating a local folder if needed) the store at a path or URI.
+    pub fn open(uri: &str) -> Result<Self> {
+        let is_url = uri.contains("://");
+        if is_url && !uri.starts_with("file://") {
+            let mut root =
+                Url::parse(uri).map_err(|e| Error::Usage(format!("store URI `{uri}`: {e}")))?;
+            if !root.path().ends_with('/') {
+                root.set_path(&format!("{}/", root.path()));
+            }
+            let storage_options: HashMap<String, String> = std::env::vars()
+                .filter(|(k, _)| {
+                    k.starts_with("AWS_") || k.starts_with("AZURE_") || k.starts_with("GOOGLE_")
+                })
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect();
+            register_cloud_handlers();
+            let (objects, prefix) = object_store::parse_url_opts(&root, storage_options.clone())
+                .map_err(|e| Error::Usage(format!("store URI `{uri}`: {e}")))?;
+            return Ok(Self {
+                root,
+                objects: Arc::from(objects),
+                prefix,
+                storage_options,
+            });
+        }
+        let path = match uri.strip_prefix("file://") {
+            Some(p) => Path::new(p).to_path_buf(),
+            None => Path::new(uri).to_path_buf(),
+        };
+        std::fs::create_dir_all(&path)
+            .map_err(|e| Error::io(format!("cannot create store folder {}", path.display()), e))?;
+        let abs = std::fs::canonicalize(&path)
+            .map_err(|e| Error::io(format!("cannot open store folder {}", path.display()), e))?;
+        let root = Url::from_directory_path(&abs)
+            .map_err(|_| Error::Usage(format!("store path {} is not absolute", abs.display())))?;
+        let objects =
+            object_store::local::LocalFileSystem::new_with_prefix(&abs).map_err(Error::store)?;
+        Ok(Self {
+            root,
+            objects: Arc::new(objects),
+            prefix: object_store::path::Path::default(),
+            storage_options: HashMap::new(),
+        })
+    }
+
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    /// The local folder of the store, when it is one.
+    pub fn local_dir(&self) -> Option<std::path::PathBuf> {
+        (self.root.scheme() == "file")
+            .then(|| self.root.to_file_path().ok())
+            .flatten()
+    }
+
+    pub fn table_url(&self, name: &str) -> Url {
+        self.root
+            .join(&format!("{name}/"))
+            .expect("invariant: table names are plain identifiers")
+    }
+
+    fn object_path(&self, rel: &str) -> object_store::path::Path {
+        if self.prefix.as_ref().is_empty() {
+            object_store::path::Path::from(rel)
+        } else {
+            object_store::path::Path::from(format!("{}/{rel}", self.prefix.as_ref()))
+        }
+    }
+
+    /// Loads the Delta table `name` at a given version.
+    pub async fn delta_at(&self, name: &str, version: u64) -> Result<DeltaTable> {
+        let table = DeltaTableBuilder::from_url(self.table_url(name))?
+            .with_storage_options(self.storage_options.clone())
+            .with_version(version)
+            .load()
+            .await?;
+        Ok(table)
+    }
+
+    /// The Delta table `name` at its latest version (committed or not), or an empty handle.
+    pub async fn delta_latest(&self, name: &str) -> Result<DeltaTable> {
+        if self.root.scheme() == "file" {
+            // delta-rs refuses a local location that does not exist yet.
+            if let Ok(dir) = self.table_url(name).to_file_path() {
+                std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+                    context: format!("creating {}", dir.display()),
+                    source,
+                })?;
+            }
+        }
+        let mut table = DeltaTableBuilder::from_url(self.table_url(name))?
+            .with_storage_options(self.storage_options.clone())
+            .build()?;
+        // Only load a table whose log exists: delta-rs logs an error for an empty location.
+        let log = self.object_path(&format!("{name}/_delta_log/"));
+        let mut listing = self.objects.list(Some(&log));
+        if futures::StreamExt::next(&mut listing).await.is_some() {
+            table.load().await?;
+        }
+        Ok(table)
+    }
+
+    /// A DataFusion provider for the committed version of `name`, if the table exists.
+    pub async fn provider(
+        &self,
+        ctx: &SessionContext,
+        catalog: &Catalog,
+        name: &str,
+    ) -> Result<Option<Arc<dyn TableProvider>>> {
+        let Some(&version) = catalog.tables.get(name) else {
+            return Ok(None);
+        };
+        let table = self.delta_at(name, version).await?;
+        table.update_datafusion_session(&ctx.state())?;
+        let provider = table.table_provider().await.map_err(Error::Engine)?;
+        Ok(Some(provider))
+    }
+
+    /// Registers every committed table of `catalog` in `ctx` under its name.
+    pub async fn register_all(&self, ctx: &SessionContext, catalog: &Catalog) -> Result<()> {
+        for name in catalog.tables.keys() {
+            self.register(ctx, catalog, name).await?;
+        }
+        Ok(())
+    }
+
+    /// Registers (or re-registers) one committed table; false when it does not exist.
+    pub async fn register(
+        &self,
+        ctx: &SessionContext,
+        catalog: &Catalog,
+        name: &str,
+    ) -> Result<bool> {
+        let _ = ctx.deregister_table(name)?;
+        match self.provider(ctx, catalog, name).await? {
+            Some(p) => {
+                ctx.register_table(name, p)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+#[cfg(feature = "s3")]
+fn register_cloud_handlers() {
+    deltalake::aws::register_handlers(None);
+}
+
+#[cfg(not(feature = "s3"))]
+fn register_cloud_handlers() {}

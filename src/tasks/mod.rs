@@ -1,0 +1,110 @@
+//! Task types. Each module is one task type of SPEC sections 4–9; the job engine calls
+//! [`run_task`] with the run's context and gets back an outcome it records in `task_runs`.
+
+pub mod prepare_synchronization;
+pub mod synchronize;
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::config::{Pipeline, Task};
+use crate::error::{Error, Result, exit};
+use crate::store::Store;
+
+/// Final status of a task (SPEC section 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskStatus {
+    Succeeded,
+    NoChanges,
+    Warning,
+    Failed,
+    Blocked,
+    Skipped,
+}
+
+impl TaskStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::NoChanges => "no_changes",
+            Self::Warning => "warning",
+            Self::Failed => "failed",
+            Self::Blocked => "blocked",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskOutcome {
+    pub status: TaskStatus,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub changes: u64,
+    pub message: String,
+    /// The exit code this outcome asks of the process (0 when it asks nothing).
+    pub exit_code: u8,
+}
+
+impl TaskOutcome {
+    pub fn skipped(message: impl Into<String>) -> Self {
+        Self {
+            status: TaskStatus::Skipped,
+            rows_read: 0,
+            rows_written: 0,
+            changes: 0,
+            message: message.into(),
+            exit_code: exit::OK,
+        }
+    }
+
+    pub fn from_error(e: &Error) -> Self {
+        let status = match e {
+            Error::Blocked(_) => TaskStatus::Blocked,
+            _ => TaskStatus::Failed,
+        };
+        Self {
+            status,
+            rows_read: 0,
+            rows_written: 0,
+            changes: 0,
+            message: e.to_string(),
+            exit_code: e.exit_code(),
+        }
+    }
+}
+
+/// What every task of one run shares.
+pub struct RunContext<'a> {
+    pub pipeline: &'a Pipeline,
+    pub store: &'a Store,
+    pub run_id: String,
+    pub started_at: DateTime<Utc>,
+    pub as_of: NaiveDate,
+    pub force: bool,
+    pub dry_run: bool,
+}
+
+pub async fn run_task(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
+    match task.kind.as_str() {
+        "prepare_synchronization" => prepare_synchronization::run(rc, task).await,
+        "synchronize" => synchronize::run(rc, task).await,
+        other => Err(Error::TaskFailed(format!(
+            "task type `{other}` is not available in this release of igaflow"
+        ))),
+    }
+}
+
+/// Kills the process when the environment names this failpoint (`IGAFLOW_FAILPOINT`).
+///
+/// Crash-safety tests set it to stop a run with SIGKILL at an exact step of a commit: no
+/// destructor, no flush, as when an operator or the OOM killer ends a process.
+pub fn failpoint(name: &str) {
+    if let Ok(wanted) = std::env::var("IGAFLOW_FAILPOINT")
+        && wanted == name
+    {
+        // SAFETY: raising a signal on the current process has no memory-safety preconditions.
+        unsafe {
+            libc::raise(libc::SIGKILL);
+        }
+    }
+}

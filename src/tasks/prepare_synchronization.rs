@@ -1,0 +1,435 @@
+//! `prepare_synchronization`: read and validate a connector's export files into staging tables.
+//!
+//! The result, [`Prepared`], holds the good rows of every entity and link file of the connector
+//! and the bad ones with their reasons. Link rows are checked here too: an endpoint that names a
+//! key absent from the entity's state after this synchronization is a bad row. With
+//! `on_bad_row = "fail"` any bad row fails the task (exit 2) before anything is written.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::prelude::*;
+
+use super::{RunContext, TaskOutcome, TaskStatus};
+use crate::config::{Entity, Link, SyncMode, Task};
+use crate::engine;
+use crate::error::{Error, Result};
+use crate::input::csv::{self, COMMAND, CsvSpec, LINE, Loaded, Rejected};
+use crate::store::{Catalog, CatalogChange, Staged, WriteMode};
+
+pub struct PreparedTable {
+    pub name: String,
+    /// Declared columns (links: the two endpoint columns), `_line`, and `_command` when
+    /// incremental. Good rows only.
+    pub batch: RecordBatch,
+    pub rows_read: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RejectedRow {
+    pub table: String,
+    pub file: String,
+    pub line: u64,
+    pub reason: String,
+    pub raw: String,
+}
+
+pub struct Prepared {
+    pub connector: String,
+    pub mode: SyncMode,
+    pub entities: Vec<PreparedTable>,
+    pub links: Vec<PreparedTable>,
+    pub rejected: Vec<RejectedRow>,
+}
+
+impl Prepared {
+    pub fn entity(&self, name: &str) -> Option<&PreparedTable> {
+        self.entities.iter().find(|t| t.name == name)
+    }
+    pub fn rows_read(&self) -> u64 {
+        self.entities
+            .iter()
+            .chain(&self.links)
+            .map(|t| t.rows_read)
+            .sum()
+    }
+}
+
+pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
+    let connector = task.connector.as_deref().expect("invariant: validated");
+    let catalog = rc.store.catalog().await?;
+    let prepared = prepare(rc, &catalog, connector, task.mode).await?;
+    let rows_read = prepared.rows_read();
+    let rejected = prepared.rejected.len() as u64;
+    let mut rows_written = 0;
+    if !rc.dry_run {
+        let mut change = CatalogChange {
+            run_id: rc.run_id.clone(),
+            what: format!("prepare:{connector}"),
+            ..Default::default()
+        };
+        rows_written = write_staging(rc, &catalog, &prepared, &mut change).await?;
+        rc.store.commit(&catalog, change).await?;
+    }
+    let good: u64 = prepared
+        .entities
+        .iter()
+        .chain(&prepared.links)
+        .map(|t| t.batch.num_rows() as u64)
+        .sum();
+    Ok(TaskOutcome {
+        status: if rejected > 0 {
+            TaskStatus::Warning
+        } else {
+            TaskStatus::Succeeded
+        },
+        rows_read,
+        rows_written,
+        changes: 0,
+        message: format!(
+            "{connector}: {good} rows staged{}",
+            if rejected > 0 {
+                format!(", {rejected} rejected (see rejected_rows)")
+            } else {
+                String::new()
+            }
+        ),
+        exit_code: 0,
+    })
+}
+
+/// Writes `<table>__staging` for every file and appends the bad rows to `rejected_rows`;
+/// records the Delta versions in `change`. Returns the rows written.
+pub async fn write_staging(
+    rc: &RunContext<'_>,
+    catalog: &Catalog,
+    prepared: &Prepared,
+    change: &mut CatalogChange,
+) -> Result<u64> {
+    let mut written = 0;
+    for t in prepared.entities.iter().chain(&prepared.links) {
+        let name = format!("{}__staging", t.name);
+        let v = rc
+            .store
+            .write_table(
+                catalog,
+                &name,
+                t.batch.schema(),
+                vec![t.batch.clone()],
+                WriteMode::Overwrite,
+                &rc.run_id,
+            )
+            .await?;
+        change.tables.insert(name, v);
+        written += t.batch.num_rows() as u64;
+    }
+    if !prepared.rejected.is_empty() {
+        let batch = rejected_rows_batch(&rc.run_id, &prepared.connector, &prepared.rejected)?;
+        let v = rc
+            .store
+            .write_table(
+                catalog,
+                "rejected_rows",
+                batch.schema(),
+                vec![batch.clone()],
+                WriteMode::Append,
+                &rc.run_id,
+            )
+            .await?;
+        change.tables.insert("rejected_rows".into(), v);
+        written += batch.num_rows() as u64;
+    }
+    change.staged.insert(
+        prepared.connector.clone(),
+        Staged {
+            run_id: rc.run_id.clone(),
+            mode: prepared.mode.name().into(),
+        },
+    );
+    Ok(written)
+}
+
+pub fn rejected_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, true),
+        Field::new("connector", DataType::Utf8, true),
+        Field::new("table_name", DataType::Utf8, true),
+        Field::new("file", DataType::Utf8, true),
+        Field::new("line", DataType::Int64, true),
+        Field::new("reason", DataType::Utf8, true),
+        Field::new("raw", DataType::Utf8, true),
+    ]))
+}
+
+pub fn rejected_rows_batch(
+    run_id: &str,
+    connector: &str,
+    rows: &[RejectedRow],
+) -> Result<RecordBatch> {
+    let n = rows.len();
+    let batch = RecordBatch::try_new(
+        rejected_schema(),
+        vec![
+            Arc::new(StringArray::from(vec![run_id; n])),
+            Arc::new(StringArray::from(vec![connector; n])),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.table.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.file.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.line as i64),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.reason.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.raw.as_str()),
+            )),
+        ],
+    )
+    .map_err(|e| Error::store(e.to_string()))?;
+    Ok(batch)
+}
+
+/// Reads and validates every file of `connector`.
+pub async fn prepare(
+    rc: &RunContext<'_>,
+    catalog: &Catalog,
+    connector: &str,
+    mode: SyncMode,
+) -> Result<Prepared> {
+    let pipeline = rc.pipeline;
+    let exports = &pipeline.connectors[connector].exports;
+    let incremental = mode == SyncMode::Incremental;
+    let mut prepared = Prepared {
+        connector: connector.to_string(),
+        mode,
+        entities: Vec::new(),
+        links: Vec::new(),
+        rejected: Vec::new(),
+    };
+
+    for e in pipeline.connector_entities(connector) {
+        let spec = CsvSpec {
+            file: exports.join(&e.file),
+            columns: e.columns.iter().map(|c| (c.name.clone(), c.ty)).collect(),
+            key: Some(e.key.clone()),
+            command_column: incremental.then(|| e.csv.command_column.clone()),
+            split: Vec::new(),
+            options: &e.csv,
+        };
+        let loaded = csv::read(&spec)?;
+        csv::fail_on_bad_rows(&loaded.file, &loaded.rejected, e.csv.on_bad_row)?;
+        push_rejected(
+            &mut prepared.rejected,
+            &e.name,
+            &loaded.file,
+            &loaded.rejected,
+        );
+        prepared.entities.push(PreparedTable {
+            name: e.name.clone(),
+            batch: loaded.batch,
+            rows_read: loaded.rows_read,
+        });
+    }
+
+    // Keys each entity will have after this synchronization, for link endpoint checks.
+    let ctx = engine::context();
+    for e in &pipeline.entities {
+        register_new_keys(&ctx, rc, catalog, &prepared, e, mode).await?;
+    }
+
+    for l in pipeline.connector_links(connector) {
+        let mut split = Vec::new();
+        for ep in [&l.from, &l.to] {
+            if let Some(sep) = &ep.separator {
+                split.push((ep.column.clone(), sep.clone()));
+            }
+        }
+        let spec = CsvSpec {
+            file: exports.join(&l.file),
+            columns: vec![
+                (l.from.column.clone(), crate::config::ColumnType::String),
+                (l.to.column.clone(), crate::config::ColumnType::String),
+            ],
+            key: None,
+            command_column: incremental.then(|| l.csv.command_column.clone()),
+            split,
+            options: &l.csv,
+        };
+        let loaded = csv::read(&spec)?;
+        let (batch, mut endpoint_rejects) = check_endpoints(&ctx, l, &loaded).await?;
+        let mut all = loaded.rejected.clone();
+        all.append(&mut endpoint_rejects);
+        csv::fail_on_bad_rows(&loaded.file, &all, l.csv.on_bad_row)?;
+        push_rejected(&mut prepared.rejected, &l.name, &loaded.file, &all);
+        prepared.links.push(PreparedTable {
+            name: l.name.clone(),
+            batch,
+            rows_read: loaded.rows_read,
+        });
+    }
+    Ok(prepared)
+}
+
+fn push_rejected(
+    out: &mut Vec<RejectedRow>,
+    table: &str,
+    file: &std::path::Path,
+    rows: &[Rejected],
+) {
+    let file = file
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut rows: Vec<&Rejected> = rows.iter().collect();
+    rows.sort_by_key(|r| r.line);
+    out.extend(rows.into_iter().map(|r| RejectedRow {
+        table: table.to_string(),
+        file: file.clone(),
+        line: r.line,
+        reason: r.reason.clone(),
+        raw: r.raw.clone(),
+    }));
+}
+
+/// Registers `new_keys__<entity>(_key)`: the entity's keys after this synchronization.
+pub async fn register_new_keys(
+    ctx: &SessionContext,
+    rc: &RunContext<'_>,
+    catalog: &Catalog,
+    prepared: &Prepared,
+    e: &Entity,
+    mode: SyncMode,
+) -> Result<()> {
+    let key_text = || cast(col(format!("\"{}\"", e.key)), DataType::Utf8).alias("_key");
+    let current = match rc.store.provider(ctx, catalog, &e.name).await? {
+        Some(p) => Some(ctx.read_table(p)?.select(vec![key_text()])?),
+        None => None,
+    };
+    let staged = match prepared.entity(&e.name) {
+        Some(t) => Some(ctx.read_batch(t.batch.clone())?),
+        None => None,
+    };
+    let empty = || -> Result<DataFrame> {
+        let schema = Arc::new(Schema::new(vec![Field::new("_key", DataType::Utf8, true)]));
+        Ok(ctx.read_batch(RecordBatch::new_empty(schema))?)
+    };
+    let keys = match (staged, mode) {
+        (None, _) => current.map_or_else(empty, Ok)?,
+        (Some(s), SyncMode::Complete | SyncMode::Initial) => s.select(vec![key_text()])?,
+        (Some(s), SyncMode::Incremental) => {
+            let deleted = s
+                .clone()
+                .filter(col(COMMAND).eq(lit("delete")))?
+                .select(vec![key_text()])?;
+            let upserts = s
+                .filter(col(COMMAND).not_eq(lit("delete")))?
+                .select(vec![key_text()])?;
+            let kept = match current {
+                Some(c) => c.join(deleted, JoinType::LeftAnti, &["_key"], &["_key"], None)?,
+                None => empty()?,
+            };
+            kept.union(upserts)?
+        }
+    };
+    ctx.register_table(format!("new_keys__{}", e.name), keys.into_view())?;
+    Ok(())
+}
+
+/// Splits link rows into those whose endpoints exist and rejected ones.
+async fn check_endpoints(
+    ctx: &SessionContext,
+    l: &Link,
+    loaded: &Loaded,
+) -> Result<(RecordBatch, Vec<Rejected>)> {
+    let rows = ctx.read_batch(loaded.batch.clone())?;
+    let mut rejects = Vec::new();
+    let deletes_only = |df: DataFrame| -> Result<DataFrame> {
+        // Removing a pair never needs its endpoints to exist.
+        Ok(if df.schema().has_column_with_unqualified_name(COMMAND) {
+            df.filter(col(COMMAND).not_eq(lit("delete")))?
+        } else {
+            df
+        })
+    };
+    for ep in [&l.from, &l.to] {
+        let keys = ctx.table(format!("new_keys__{}", ep.entity)).await?;
+        let bad = deletes_only(rows.clone())?
+            .filter(col(format!("\"{}\"", ep.column)).is_not_null())?
+            .join(keys, JoinType::LeftAnti, &[&ep.column], &["_key"], None)?
+            .select(vec![col(LINE), col(format!("\"{}\"", ep.column))])?
+            .collect()
+            .await?;
+        for b in &bad {
+            let lines = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("_line is i64");
+            let values = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("text");
+            for i in 0..b.num_rows() {
+                rejects.push(Rejected {
+                    line: lines.value(i) as u64,
+                    reason: format!(
+                        "`{}` = `{}`: no {} has this key",
+                        ep.column,
+                        values.value(i),
+                        ep.entity
+                    ),
+                    raw: loaded.raw_line(lines.value(i) as u64),
+                });
+            }
+        }
+    }
+    for ep in [&l.from, &l.to] {
+        let nulls = rows
+            .clone()
+            .filter(col(format!("\"{}\"", ep.column)).is_null())?
+            .select(vec![col(LINE)])?
+            .collect()
+            .await?;
+        for b in &nulls {
+            let lines = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("_line is i64");
+            for i in 0..b.num_rows() {
+                rejects.push(Rejected {
+                    line: lines.value(i) as u64,
+                    reason: format!("`{}` is empty", ep.column),
+                    raw: loaded.raw_line(lines.value(i) as u64),
+                });
+            }
+        }
+    }
+    // One reason per line, the first found; the good rows are the rest.
+    rejects.sort_by_key(|r| r.line);
+    rejects.dedup_by_key(|r| r.line);
+    let bad_lines: Vec<u64> = rejects.iter().map(|r| r.line).collect();
+    let good = if bad_lines.is_empty() {
+        loaded.batch.clone()
+    } else {
+        let bad: std::collections::HashSet<u64> = bad_lines.into_iter().collect();
+        let batch = &loaded.batch;
+        let lines = batch
+            .column_by_name(LINE)
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .expect("invariant: loaded batches carry _line");
+        let keep: datafusion::arrow::array::BooleanArray = lines
+            .iter()
+            .map(|l| Some(!l.is_some_and(|l| bad.contains(&(l as u64)))))
+            .collect();
+        datafusion::arrow::compute::filter_record_batch(batch, &keep)
+            .map_err(datafusion::error::DataFusionError::from)?
+    };
+    Ok((good, rejects))
+}

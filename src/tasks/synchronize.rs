@@ -1,0 +1,887 @@
+//! `synchronize`: apply a connector's export to its tables — complete, incremental or initial —
+//! with history, `recently_modified`, thresholds and one atomic commit for the whole connector.
+//!
+//! Per entity the change set comes from `sql/synchronize_complete.sql` or
+//! `sql/synchronize_incremental.sql` over two views, `sync_staged` and `sync_current`, that
+//! encode each row as (`_key`, `_values`). Links always end as a whole new set of pairs (the
+//! export, or the current pairs plus the file's commands, minus pairs whose endpoint no longer
+//! exists), compared with the complete query. Nothing is written until every table of the
+//! connector is computed and the thresholds have passed; then each table gets its next Delta
+//! version and one catalog commit publishes them together (see `store`).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::functions::core::expr_fn::coalesce;
+use datafusion::functions::string::expr_fn::concat;
+use datafusion::logical_expr::SortExpr;
+use datafusion::prelude::*;
+
+use super::prepare_synchronization::{self, Prepared, register_new_keys};
+use super::{RunContext, TaskOutcome, TaskStatus, failpoint};
+use crate::config::{Entity, Link, SyncMode, Task, Thresholds, timestamp_type};
+use crate::engine::{self, expr::apply_computed};
+use crate::error::{Error, Result};
+use crate::input::csv::COMMAND;
+use crate::store::{BlockedConnector, Catalog, CatalogChange, WriteMode};
+
+const COMPLETE_SQL: &str = include_str!("../../sql/synchronize_complete.sql");
+const INCREMENTAL_SQL: &str = include_str!("../../sql/synchronize_incremental.sql");
+
+/// Separator of the two endpoint values in a link's `_key`.
+const PAIR_SEP: &str = "\u{1f}";
+
+/// The computed changes of one table.
+struct TablePlan {
+    name: String,
+    thresholds: Thresholds,
+    /// Rows in the committed table (the threshold base).
+    base_rows: u64,
+    /// Rows in the export; `None` for a link touched only by cascading deletes.
+    staged_rows: Option<u64>,
+    inserted: u64,
+    updated: u64,
+    deleted: u64,
+    warnings: Vec<String>,
+    /// New content of the table and of its history, when anything changed.
+    new_state: Option<(SchemaRef, Vec<RecordBatch>)>,
+    new_history: Option<(SchemaRef, Vec<RecordBatch>)>,
+    /// (`key`, `change`) rows for `recently_modified`.
+    modified: Vec<(String, String)>,
+}
+
+impl TablePlan {
+    fn changes(&self) -> u64 {
+        self.inserted + self.updated + self.deleted
+    }
+
+    /// Why this table's changes exceed its thresholds, if they do.
+    fn blocked_reason(&self, mode: SyncMode) -> Option<String> {
+        if mode == SyncMode::Initial {
+            return None;
+        }
+        if mode == SyncMode::Complete && self.staged_rows == Some(0) && self.base_rows > 0 {
+            return Some(format!(
+                "{}: the export is empty but the table has {} rows",
+                self.name, self.base_rows
+            ));
+        }
+        let t = &self.thresholds;
+        if self.base_rows < t.min_rows || self.base_rows == 0 {
+            return None;
+        }
+        let pct = |n: u64| n as f64 * 100.0 / self.base_rows as f64;
+        let checks = [
+            (
+                "deleted",
+                self.deleted,
+                Some(t.max_deleted_percent),
+                t.max_deleted,
+            ),
+            (
+                "inserted",
+                self.inserted,
+                t.max_inserted_percent,
+                t.max_inserted,
+            ),
+            (
+                "updated",
+                self.updated,
+                t.max_updated_percent,
+                t.max_updated,
+            ),
+        ];
+        for (what, n, max_pct, max_n) in checks {
+            if let Some(p) = max_pct
+                && pct(n) > p
+            {
+                return Some(format!(
+                    "{}: {n} of {} rows ({:.1}%) would be {what}, above max_{what}_percent = {p}",
+                    self.name,
+                    self.base_rows,
+                    pct(n)
+                ));
+            }
+            if let Some(m) = max_n
+                && n > m
+            {
+                return Some(format!(
+                    "{}: {n} of {} rows would be {what}, above max_{what} = {m}",
+                    self.name, self.base_rows
+                ));
+            }
+        }
+        None
+    }
+}
+
+pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
+    let connector = task.connector.as_deref().expect("invariant: validated");
+    let mode = task.mode;
+    let force = rc.force || task.force;
+    let catalog = rc.store.catalog().await?;
+
+    if mode == SyncMode::Incremental
+        && !force
+        && let Some(b) = catalog.blocked.get(connector)
+    {
+        return Ok(TaskOutcome::skipped(format!(
+            "connector `{connector}` is blocked since run {} ({}); incremental runs skip it until a complete synchronization succeeds or is forced",
+            b.run_id, b.message
+        )));
+    }
+
+    let prepared = match catalog.staged.get(connector) {
+        Some(s) if s.run_id == rc.run_id && s.mode == mode.name() => {
+            load_staging(rc, &catalog, connector, mode).await?
+        }
+        _ => prepare_synchronization::prepare(rc, &catalog, connector, mode).await?,
+    };
+    let parsed_here = !matches!(catalog.staged.get(connector), Some(s) if s.run_id == rc.run_id);
+
+    let ctx = engine::context();
+    rc.store.register_all(&ctx, &catalog).await?;
+
+    if mode == SyncMode::Initial {
+        for t in prepared.entities.iter().chain(&prepared.links) {
+            if catalog.tables.contains_key(&t.name) {
+                let n = ctx.table(t.name.as_str()).await?.count().await?;
+                if n > 0 {
+                    return Err(Error::Usage(format!(
+                        "initial load of connector `{connector}` refused: table `{}` already has {n} rows (an initial load only fills empty tables; use mode = \"complete\")",
+                        t.name
+                    )));
+                }
+            }
+        }
+    }
+
+    let valid_from = rc.started_at.timestamp_micros();
+    let mut plans = Vec::new();
+    for e in rc.pipeline.connector_entities(connector) {
+        let staged = prepared
+            .entity(&e.name)
+            .expect("invariant: prepared every entity");
+        plans.push(plan_entity(&ctx, rc, &catalog, e, &staged.batch, mode, valid_from).await?);
+    }
+    // Keys after this synchronization, for links of any connector that reference these entities.
+    for e in &rc.pipeline.entities {
+        if e.connector == connector {
+            let p = plans
+                .iter()
+                .find(|p| p.name == e.name)
+                .expect("planned above");
+            register_planned_keys(&ctx, &catalog, e, p).await?;
+        } else {
+            register_new_keys(&ctx, rc, &catalog, &prepared, e, mode).await?;
+        }
+    }
+    let touched: BTreeSet<&str> = rc
+        .pipeline
+        .connector_entities(connector)
+        .map(|e| e.name.as_str())
+        .collect();
+    for l in &rc.pipeline.links {
+        let staged = prepared
+            .links
+            .iter()
+            .find(|t| t.name == l.name)
+            .map(|t| &t.batch);
+        if staged.is_none()
+            && !touched.contains(l.from.entity.as_str())
+            && !touched.contains(l.to.entity.as_str())
+        {
+            continue;
+        }
+        plans.push(plan_link(&ctx, rc, &catalog, l, staged, mode, valid_from).await?);
+    }
+
+    let rejected = prepared.rejected.len() as u64;
+    let changes: u64 = plans.iter().map(TablePlan::changes).sum();
+    let warnings: Vec<String> = plans
+        .iter()
+        .flat_map(|p| p.warnings.iter().cloned())
+        .collect();
+    let summary = summarize(&plans, rejected, &warnings);
+
+    // Thresholds, all tables of the connector together.
+    let blocked: Vec<String> = plans
+        .iter()
+        .filter_map(|p| p.blocked_reason(mode))
+        .collect();
+    if !blocked.is_empty() && !force {
+        let message = format!(
+            "synchronization of connector `{connector}` blocked, nothing of it was committed: {}. If the export is right, re-run with --force (or set force = true on the task).",
+            blocked.join("; ")
+        );
+        if !rc.dry_run {
+            let mut change = CatalogChange {
+                run_id: rc.run_id.clone(),
+                what: format!("blocked:{connector}"),
+                ..Default::default()
+            };
+            change.block.insert(
+                connector.to_string(),
+                BlockedConnector {
+                    run_id: rc.run_id.clone(),
+                    message: blocked.join("; "),
+                },
+            );
+            rc.store.commit(&catalog, change).await?;
+        }
+        return Err(Error::Blocked(message));
+    }
+
+    let status = if !warnings.is_empty() || rejected > 0 {
+        TaskStatus::Warning
+    } else if changes == 0 {
+        TaskStatus::NoChanges
+    } else {
+        TaskStatus::Succeeded
+    };
+    let mut outcome = TaskOutcome {
+        status,
+        rows_read: prepared.rows_read(),
+        rows_written: 0,
+        changes,
+        message: summary,
+        exit_code: 0,
+    };
+    let unblock = catalog.blocked.contains_key(connector) && mode != SyncMode::Incremental;
+    if rc.dry_run || (changes == 0 && rejected == 0 && !unblock) {
+        if rc.dry_run {
+            outcome.message = format!("dry run, nothing committed: {}", outcome.message);
+        }
+        return Ok(outcome);
+    }
+
+    // Commit: every table's next Delta version, then one catalog file.
+    let mut change = CatalogChange {
+        run_id: rc.run_id.clone(),
+        what: format!("sync:{connector}"),
+        ..Default::default()
+    };
+    if unblock {
+        change.unblock.push(connector.to_string());
+    }
+    let mut step = 0;
+    let mut written = 0u64;
+    let mut write =
+        async |name: String, state: (SchemaRef, Vec<RecordBatch>), mode: WriteMode| -> Result<()> {
+            failpoint(&format!("sync.commit.{step}"));
+            step += 1;
+            written += state.1.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+            let v = rc
+                .store
+                .write_table(&catalog, &name, state.0, state.1, mode, &rc.run_id)
+                .await?;
+            change.tables.insert(name, v);
+            Ok(())
+        };
+    let mut modified = Vec::new();
+    for p in plans {
+        for (k, c) in &p.modified {
+            modified.push((p.name.clone(), k.clone(), c.clone()));
+        }
+        if let Some(s) = p.new_state {
+            write(p.name.clone(), s, WriteMode::Overwrite).await?;
+        }
+        if let Some(h) = p.new_history {
+            write(format!("{}__history", p.name), h, WriteMode::Overwrite).await?;
+        }
+    }
+    if !modified.is_empty() {
+        let batch = recently_modified_batch(&rc.run_id, &modified)?;
+        write(
+            "recently_modified".into(),
+            (batch.schema(), vec![batch]),
+            WriteMode::Append,
+        )
+        .await?;
+    }
+    if parsed_here && rejected > 0 {
+        let batch = prepare_synchronization::rejected_rows_batch(
+            &rc.run_id,
+            connector,
+            &prepared.rejected,
+        )?;
+        write(
+            "rejected_rows".into(),
+            (batch.schema(), vec![batch]),
+            WriteMode::Append,
+        )
+        .await?;
+    }
+    failpoint(&format!("sync.commit.{step}"));
+    rc.store.commit(&catalog, change).await?;
+    outcome.rows_written = written;
+    Ok(outcome)
+}
+
+fn summarize(plans: &[TablePlan], rejected: u64, warnings: &[String]) -> String {
+    let mut parts: Vec<String> = plans
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: {} inserted, {} updated, {} deleted",
+                p.name, p.inserted, p.updated, p.deleted
+            )
+        })
+        .collect();
+    if rejected > 0 {
+        parts.push(format!("{rejected} rows rejected (see rejected_rows)"));
+    }
+    if !warnings.is_empty() {
+        let shown: Vec<&str> = warnings.iter().take(5).map(String::as_str).collect();
+        parts.push(format!(
+            "{} warning{}: {}{}",
+            warnings.len(),
+            if warnings.len() == 1 { "" } else { "s" },
+            shown.join(", "),
+            if warnings.len() > 5 { ", …" } else { "" }
+        ));
+    }
+    parts.join("; ")
+}
+
+fn quoted(name: &str) -> Expr {
+    col(format!("\"{name}\""))
+}
+
+fn ts_lit(micros: i64) -> Expr {
+    lit(ScalarValue::TimestampMicrosecond(
+        Some(micros),
+        Some("UTC".into()),
+    ))
+}
+
+/// The committed table `name` as a DataFrame with exactly `schema`'s columns (cast by name;
+/// columns added to the configuration since are NULL), or an empty one.
+async fn committed(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    name: &str,
+    schema: &SchemaRef,
+) -> Result<DataFrame> {
+    if !catalog.tables.contains_key(name) {
+        return Ok(ctx.read_batch(RecordBatch::new_empty(schema.clone()))?);
+    }
+    let df = ctx.table(name).await?;
+    let have = df.schema().clone();
+    let exprs: Vec<Expr> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if have.has_column_with_unqualified_name(f.name()) {
+                cast(quoted(f.name()), f.data_type().clone()).alias(f.name())
+            } else {
+                cast(lit(ScalarValue::Null), f.data_type().clone()).alias(f.name())
+            }
+        })
+        .collect();
+    Ok(df.select(exprs)?)
+}
+
+fn history_schema(state: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = state
+        .fields()
+        .iter()
+        .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+        .collect();
+    fields.push(Field::new("_valid_from", timestamp_type(), true));
+    fields.push(Field::new("_valid_to", timestamp_type(), true));
+    fields.push(Field::new("_change", DataType::Utf8, true));
+    fields.push(Field::new("_run_id", DataType::Utf8, true));
+    Arc::new(Schema::new(fields))
+}
+
+/// Runs one of the change-set queries over `sync_staged` / `sync_current`.
+async fn change_set(
+    ctx: &SessionContext,
+    staged: DataFrame,
+    current: DataFrame,
+    sql: &str,
+) -> Result<Vec<RecordBatch>> {
+    let _ = ctx.deregister_table("sync_staged")?;
+    let _ = ctx.deregister_table("sync_current")?;
+    ctx.register_table("sync_staged", staged.into_view())?;
+    ctx.register_table("sync_current", current.into_view())?;
+    Ok(ctx.sql(sql).await?.collect().await?)
+}
+
+struct Changes {
+    /// (`_key`, `_change`) of rows that change.
+    rows: Vec<(String, String)>,
+    warnings: Vec<String>,
+}
+
+fn read_changes(table: &str, batches: &[RecordBatch]) -> Changes {
+    let mut rows = Vec::new();
+    let mut warnings = Vec::new();
+    for b in batches {
+        let text = |i: usize| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("change set columns are text")
+        };
+        let (k, c, w) = (text(0), text(1), text(2));
+        for i in 0..b.num_rows() {
+            if c.value(i) != "none" && c.is_valid(i) {
+                rows.push((k.value(i).to_string(), c.value(i).to_string()));
+            }
+            if w.is_valid(i) {
+                warnings.push(format!(
+                    "{table} `{}`: {}",
+                    k.value(i).replace(PAIR_SEP, " → "),
+                    w.value(i)
+                ));
+            }
+        }
+    }
+    Changes { rows, warnings }
+}
+
+fn changes_frame(ctx: &SessionContext, changes: &[(String, String)]) -> Result<DataFrame> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("_ck", DataType::Utf8, false),
+        Field::new("_cc", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                changes.iter().map(|c| c.0.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                changes.iter().map(|c| c.1.as_str()),
+            )),
+        ],
+    )
+    .map_err(datafusion::error::DataFusionError::from)?;
+    Ok(ctx.read_batch(batch)?)
+}
+
+/// The next history: committed rows with the open version of every changed key closed at
+/// `valid_from`, plus a new open row per inserted or updated key and a closed `delete` row per
+/// deleted key. Sorted by key and time.
+#[allow(clippy::too_many_arguments)]
+async fn next_history(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    history_name: &str,
+    key: &dyn Fn() -> Expr,
+    sort: Vec<Expr>,
+    new_state: DataFrame,
+    old_state: DataFrame,
+    changes: &[(String, String)],
+    run_id: &str,
+    valid_from: i64,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let schema = history_schema(&Arc::new(new_state.schema().as_arrow().clone()));
+    let names: Vec<Expr> = schema.fields().iter().map(|f| quoted(f.name())).collect();
+    let ch = changes_frame(ctx, changes)?;
+    let closing = ch
+        .clone()
+        .filter(col("_cc").in_list(vec![lit("update"), lit("delete")], false))?;
+    let old = committed(ctx, catalog, history_name, &schema)
+        .await?
+        .with_column("_hk", key())?
+        .join(closing, JoinType::Left, &["_hk"], &["_ck"], None)?
+        .with_column(
+            "_valid_to",
+            when(
+                col("_valid_to").is_null().and(col("_ck").is_not_null()),
+                ts_lit(valid_from),
+            )
+            .otherwise(col("_valid_to"))?,
+        )?
+        .select(names.clone())?;
+    let opened = new_state
+        .with_column("_hk", key())?
+        .join(
+            ch.clone().filter(col("_cc").not_eq(lit("delete")))?,
+            JoinType::Inner,
+            &["_hk"],
+            &["_ck"],
+            None,
+        )?
+        .with_column("_valid_from", ts_lit(valid_from))?
+        .with_column("_valid_to", cast(lit(ScalarValue::Null), timestamp_type()))?
+        .with_column("_change", col("_cc"))?
+        .with_column("_run_id", lit(run_id))?
+        .select(names.clone())?;
+    let deleted = old_state
+        .with_column("_hk", key())?
+        .join(
+            ch.filter(col("_cc").eq(lit("delete")))?,
+            JoinType::Inner,
+            &["_hk"],
+            &["_ck"],
+            None,
+        )?
+        .with_column("_valid_from", ts_lit(valid_from))?
+        .with_column("_valid_to", ts_lit(valid_from))?
+        .with_column("_change", lit("delete"))?
+        .with_column("_run_id", lit(run_id))?
+        .select(names)?;
+    let mut order: Vec<SortExpr> = sort.into_iter().map(|e| e.sort(true, true)).collect();
+    order.push(col("_valid_from").sort(true, true));
+    order.push(col("_valid_to").sort(true, false));
+    let batches = old
+        .union(opened)?
+        .union(deleted)?
+        .sort(order)?
+        .collect()
+        .await?;
+    let batches = batches
+        .iter()
+        .map(|b| engine::cast_batch(b, &schema))
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    Ok((schema, batches))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn plan_entity(
+    ctx: &SessionContext,
+    rc: &RunContext<'_>,
+    catalog: &Catalog,
+    e: &Entity,
+    staged_batch: &RecordBatch,
+    mode: SyncMode,
+    valid_from: i64,
+) -> Result<TablePlan> {
+    let declared = engine::expr::declared_schema(e);
+    let decl_cols: Vec<Expr> = declared.fields().iter().map(|f| quoted(f.name())).collect();
+    let key = || cast(quoted(&e.key), DataType::Utf8);
+    let encode = |df: DataFrame, with_command: bool| -> Result<DataFrame> {
+        let mut exprs = vec![
+            key().alias("_key"),
+            engine::row_values_udf()
+                .call(decl_cols.clone())
+                .alias("_values"),
+        ];
+        if with_command {
+            exprs.push(col(COMMAND));
+        }
+        Ok(df.select(exprs)?)
+    };
+    let staged = ctx.read_batch(staged_batch.clone())?;
+    let current = committed(ctx, catalog, &e.name, &declared).await?;
+    let base_rows = current.clone().count().await? as u64;
+    let incremental = mode == SyncMode::Incremental;
+    let sql = if incremental {
+        INCREMENTAL_SQL
+    } else {
+        COMPLETE_SQL
+    };
+    let batches = change_set(
+        ctx,
+        encode(staged.clone(), incremental)?,
+        encode(current.clone(), false)?,
+        sql,
+    )
+    .await?;
+    let Changes { rows, warnings } = read_changes(&e.name, &batches);
+    let count = |c: &str| rows.iter().filter(|r| r.1 == c).count() as u64;
+    let mut plan = TablePlan {
+        name: e.name.clone(),
+        thresholds: e.thresholds.clone(),
+        base_rows,
+        staged_rows: Some(staged_batch.num_rows() as u64),
+        inserted: count("insert"),
+        updated: count("update"),
+        deleted: count("delete"),
+        warnings,
+        new_state: None,
+        new_history: None,
+        modified: rows.clone(),
+    };
+    if rows.is_empty() {
+        return Ok(plan);
+    }
+
+    let new_declared = if incremental {
+        let ch = changes_frame(ctx, &rows)?;
+        let kept = current
+            .clone()
+            .with_column("_k", key())?
+            .join(ch.clone(), JoinType::LeftAnti, &["_k"], &["_ck"], None)?
+            .select(decl_cols.clone())?;
+        let upserts = staged
+            .clone()
+            .with_column("_k", key())?
+            .join(
+                ch.filter(col("_cc").not_eq(lit("delete")))?,
+                JoinType::LeftSemi,
+                &["_k"],
+                &["_ck"],
+                None,
+            )?
+            .select(decl_cols.clone())?;
+        kept.union(upserts)?
+    } else {
+        staged.clone().select(decl_cols.clone())?
+    };
+    let new_state =
+        apply_computed(ctx, new_declared, e)?.sort(vec![quoted(&e.key).sort(true, true)])?;
+    let state_schema = Arc::new(new_state.schema().as_arrow().clone());
+    let state_batches = new_state.clone().collect().await?;
+    let old_full = committed(ctx, catalog, &e.name, &state_schema).await?;
+    let history = next_history(
+        ctx,
+        catalog,
+        &format!("{}__history", e.name),
+        &key,
+        vec![quoted(&e.key)],
+        ctx.read_batches(state_batches.clone())?,
+        old_full,
+        &rows,
+        &rc.run_id,
+        valid_from,
+    )
+    .await?;
+    plan.new_state = Some((state_schema, state_batches));
+    plan.new_history = Some(history);
+    Ok(plan)
+}
+
+/// `new_keys__<entity>` from a planned entity: its new state, or the committed one if unchanged.
+async fn register_planned_keys(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    e: &Entity,
+    p: &TablePlan,
+) -> Result<()> {
+    let name = format!("new_keys__{}", e.name);
+    let _ = ctx.deregister_table(name.as_str())?;
+    let df = match &p.new_state {
+        Some((_, batches)) => ctx.read_batches(batches.clone())?,
+        None => committed(ctx, catalog, &e.name, &engine::expr::declared_schema(e)).await?,
+    };
+    ctx.register_table(
+        name,
+        df.select(vec![cast(quoted(&e.key), DataType::Utf8).alias("_key")])?
+            .into_view(),
+    )?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn plan_link(
+    ctx: &SessionContext,
+    rc: &RunContext<'_>,
+    catalog: &Catalog,
+    l: &Link,
+    staged_batch: Option<&RecordBatch>,
+    mode: SyncMode,
+    valid_from: i64,
+) -> Result<TablePlan> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(&l.from.column, DataType::Utf8, true),
+        Field::new(&l.to.column, DataType::Utf8, true),
+    ]));
+    let (f, t) = (l.from.column.as_str(), l.to.column.as_str());
+    let pair = || vec![quoted(f), quoted(t)];
+    let key = || {
+        concat(vec![
+            coalesce(vec![quoted(f), lit("")]),
+            lit(PAIR_SEP),
+            coalesce(vec![quoted(t), lit("")]),
+        ])
+    };
+    let encode = |df: DataFrame, with_command: bool| -> Result<DataFrame> {
+        let mut exprs = vec![
+            key().alias("_key"),
+            engine::row_values_udf().call(pair()).alias("_values"),
+        ];
+        if with_command {
+            exprs.push(col(COMMAND));
+        }
+        Ok(df.select(exprs)?.distinct()?)
+    };
+    let current = committed(ctx, catalog, &l.name, &schema).await?;
+    let base_rows = current.clone().count().await? as u64;
+    let incremental = mode == SyncMode::Incremental && staged_batch.is_some();
+
+    let mut warnings = Vec::new();
+    let desired = match staged_batch {
+        None => current.clone(),
+        Some(b) => {
+            let staged = ctx.read_batch(b.clone())?;
+            if incremental {
+                let batches = change_set(
+                    ctx,
+                    encode(staged.clone(), true)?,
+                    encode(current.clone(), false)?,
+                    INCREMENTAL_SQL,
+                )
+                .await?;
+                warnings = read_changes(&l.name, &batches).warnings;
+                let removed = staged
+                    .clone()
+                    .filter(col(COMMAND).eq(lit("delete")))?
+                    .select(vec![key().alias("_rk")])?;
+                let added = staged
+                    .filter(col(COMMAND).not_eq(lit("delete")))?
+                    .select(pair())?;
+                current
+                    .clone()
+                    .with_column("_k", key())?
+                    .join(removed, JoinType::LeftAnti, &["_k"], &["_rk"], None)?
+                    .select(pair())?
+                    .union(added)?
+            } else {
+                staged.select(pair())?
+            }
+        }
+    };
+    // Pairs whose endpoint is gone disappear with it (SPEC section 4), in every mode.
+    let from_keys = ctx
+        .table(format!("new_keys__{}", l.from.entity))
+        .await?
+        .select(vec![col("_key").alias("_fk")])?;
+    let to_keys = ctx
+        .table(format!("new_keys__{}", l.to.entity))
+        .await?
+        .select(vec![col("_key").alias("_tk")])?;
+    let desired = desired
+        .distinct()?
+        .join(from_keys, JoinType::LeftSemi, &[f], &["_fk"], None)?
+        .join(to_keys, JoinType::LeftSemi, &[t], &["_tk"], None)?
+        .sort(vec![quoted(f).sort(true, true), quoted(t).sort(true, true)])?;
+    let desired_batches = desired.collect().await?;
+    let desired = ctx.read_batches(desired_batches.clone())?;
+
+    let batches = change_set(
+        ctx,
+        encode(desired.clone(), false)?,
+        encode(current.clone(), false)?,
+        COMPLETE_SQL,
+    )
+    .await?;
+    let rows = read_changes(&l.name, &batches).rows;
+    let count = |c: &str| rows.iter().filter(|r| r.1 == c).count() as u64;
+    let mut modified: Vec<(String, String)> = rows
+        .iter()
+        .map(|(k, c)| {
+            (
+                k.split(PAIR_SEP).next().unwrap_or_default().to_string(),
+                c.clone(),
+            )
+        })
+        .collect();
+    modified.sort();
+    modified.dedup();
+    let mut plan = TablePlan {
+        name: l.name.clone(),
+        thresholds: l.thresholds.clone(),
+        base_rows,
+        staged_rows: staged_batch.map(|b| b.num_rows() as u64),
+        inserted: count("insert"),
+        updated: 0,
+        deleted: count("delete"),
+        warnings,
+        new_state: None,
+        new_history: None,
+        modified,
+    };
+    if rows.is_empty() {
+        return Ok(plan);
+    }
+    let history = next_history(
+        ctx,
+        catalog,
+        &format!("{}__history", l.name),
+        &key,
+        pair(),
+        desired,
+        current,
+        &rows,
+        &rc.run_id,
+        valid_from,
+    )
+    .await?;
+    plan.new_state = Some((schema, desired_batches));
+    plan.new_history = Some(history);
+    Ok(plan)
+}
+
+fn recently_modified_batch(run_id: &str, rows: &[(String, String, String)]) -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("entity", DataType::Utf8, true),
+        Field::new("key", DataType::Utf8, true),
+        Field::new("run_id", DataType::Utf8, true),
+        Field::new("change", DataType::Utf8, true),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.0.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.1.as_str()),
+            )),
+            Arc::new(StringArray::from(vec![run_id; rows.len()])),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.2.as_str()),
+            )),
+        ],
+    )
+    .map_err(datafusion::error::DataFusionError::from)?)
+}
+
+/// Loads the staging tables `prepare_synchronization` wrote in this run.
+async fn load_staging(
+    rc: &RunContext<'_>,
+    catalog: &Catalog,
+    connector: &str,
+    mode: SyncMode,
+) -> Result<Prepared> {
+    let ctx = engine::context();
+    let mut prepared = Prepared {
+        connector: connector.to_string(),
+        mode,
+        entities: Vec::new(),
+        links: Vec::new(),
+        rejected: Vec::new(),
+    };
+    let names: Vec<(String, bool)> = rc
+        .pipeline
+        .connector_entities(connector)
+        .map(|e| (e.name.clone(), true))
+        .chain(
+            rc.pipeline
+                .connector_links(connector)
+                .map(|l| (l.name.clone(), false)),
+        )
+        .collect();
+    for (name, is_entity) in names {
+        let staging = format!("{name}__staging");
+        let provider = rc
+            .store
+            .provider(&ctx, catalog, &staging)
+            .await?
+            .ok_or_else(|| Error::store(format!("staging table {staging} is missing")))?;
+        let schema = provider.schema();
+        let batches = ctx.read_table(provider)?.collect().await?;
+        let batch = datafusion::arrow::compute::concat_batches(&schema, &batches)
+            .map_err(datafusion::error::DataFusionError::from)?;
+        let rows_read = batch.num_rows() as u64;
+        let t = prepare_synchronization::PreparedTable {
+            name,
+            batch,
+            rows_read,
+        };
+        if is_entity {
+            prepared.entities.push(t);
+        } else {
+            prepared.links.push(t);
+        }
+    }
+    Ok(prepared)
+}

@@ -1,0 +1,230 @@
+//! Bad CSV exports: exit 2 naming file and line, or quarantine into `rejected_rows`.
+
+use crate::common::*;
+
+const GOOD1: &str = "E00001,One,1980-01-01,1,\n";
+const GOOD4: &str = "E00004,Four,1980-01-04,4,\n";
+
+/// Each case: a name, the file body (header included), the line and a text the message names.
+fn row_cases() -> Vec<(&'static str, String, usize, &'static str)> {
+    let with = |bad: &str| format!("{HR_HEADER}{GOOD1}{bad}{GOOD4}");
+    vec![
+        ("field count", with("E00002,Two,1980-01-02,2\n"), 3, "field"),
+        ("date", with("E00002,Two,1980-13-45,2,\n"), 3, "1980-13-45"),
+        ("int", with("E00002,Two,1980-01-02,two,\n"), 3, "two"),
+        (
+            "duplicate key",
+            with("E00001,Again,1980-01-02,2,\n"),
+            3,
+            "E00001",
+        ),
+        ("null key", with(",Two,1980-01-02,2,\n"), 3, "employee_id"),
+    ]
+}
+
+fn hr_env(extra: &str) -> Env {
+    let env = Env::new();
+    env.write_pipeline(&hr_pipeline(extra));
+    env
+}
+
+#[test]
+fn each_bad_row_fails_the_file_with_its_line() {
+    for (case, body, line, text) in row_cases() {
+        let env = hr_env("");
+        env.write("exports/hr/persons.csv", &body);
+        let out = env.run("complete", &[], &[]);
+        out.expect_code(2);
+        let needle = format!("line {line}");
+        assert!(
+            out.stderr.contains("persons.csv")
+                && out.stderr.contains(&needle)
+                && out.stderr.contains(text),
+            "{case}: the message names file, line and value: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("panicked"), "{case}: {}", out.stderr);
+        // Nothing committed.
+        let tables = env
+            .query("select table_name from information_schema.tables where table_name = 'person'");
+        assert!(
+            tables.is_empty(),
+            "{case}: person exists after a failed load"
+        );
+    }
+}
+
+#[test]
+fn every_bad_line_is_listed() {
+    let env = hr_env("");
+    env.write(
+        "exports/hr/persons.csv",
+        format!("{HR_HEADER}{GOOD1}E00002,Two,nope,2,\nE00003,Three,1980-01-03,x,\n{GOOD4}"),
+    );
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("line 3") && out.stderr.contains("line 4"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn file_level_problems_exit_2_with_file_and_line() {
+    // A missing declared column: line 1 (the header).
+    let env = hr_env("");
+    env.write(
+        "exports/hr/persons.csv",
+        "employee_id,name,birth_date,note\nE00001,One,1980-01-01,\n",
+    );
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("persons.csv")
+            && out.stderr.contains("line 1")
+            && out.stderr.contains("level"),
+        "{}",
+        out.stderr
+    );
+
+    // A missing file.
+    let env = hr_env("");
+    std::fs::create_dir_all(env.path("exports/hr")).unwrap();
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("persons.csv"), "{}", out.stderr);
+
+    // Invalid UTF-8 on line 3.
+    let env = hr_env("");
+    let mut bytes = format!("{HR_HEADER}{GOOD1}").into_bytes();
+    bytes.extend_from_slice(b"E00002,Tw\xff\xfeo,1980-01-02,2,\n");
+    env.write("exports/hr/persons.csv", bytes);
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("persons.csv")
+            && out.stderr.contains("line 3")
+            && out.stderr.contains("UTF-8"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn quarantine_loads_good_rows_and_rejects_each_bad_one() {
+    let env = hr_env("csv = { on_bad_row = \"quarantine\" }");
+    env.write(
+        "exports/hr/persons.csv",
+        format!(
+            "{HR_HEADER}{GOOD1}E00002,Two,1980-01-02,2\nE00003,Three,1980-13-45,3,\n\
+             E00005,Five,1980-01-05,five,\nE00001,Again,1980-01-02,2,\n,Nobody,1980-01-02,2,\n{GOOD4}"
+        ),
+    );
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("warning"), "{}", out.stdout);
+    let loaded = env.query("select employee_id, name from person order by employee_id");
+    assert_eq!(loaded, [["E00001", "One"], ["E00004", "Four"]]);
+    let rejected = env.query(
+        "select connector, table_name, file, line, reason, raw from rejected_rows order by line",
+    );
+    let lines: Vec<&str> = rejected.iter().map(|r| r[3].as_str()).collect();
+    assert_eq!(lines, ["3", "4", "5", "6", "7"]);
+    for r in &rejected {
+        assert_eq!(r[0], "hr");
+        assert_eq!(r[1], "person");
+        assert!(r[2].ends_with("persons.csv"), "{r:?}");
+        assert!(!r[4].is_empty(), "a reason: {r:?}");
+    }
+    assert!(rejected[1][4].contains("1980-13-45"), "{:?}", rejected[1]);
+    assert!(rejected[3][4].contains("E00001"), "{:?}", rejected[3]);
+    assert_eq!(rejected[0][5], "E00002,Two,1980-01-02,2");
+}
+
+fn ad_env(extra: &str, memberships: &str) -> Env {
+    let env = Env::new();
+    env.write_pipeline(&format!(
+        r#"name = "testad"
+[connector.ad]
+exports = "../exports/ad"
+
+[[entity]]
+name = "ad_account"
+connector = "ad"
+file = "accounts.csv"
+key = "dn"
+columns = {{ dn = "string", sam = "string" }}
+
+[[entity]]
+name = "ad_group"
+connector = "ad"
+file = "groups.csv"
+key = "dn"
+columns = {{ dn = "string", cn = "string" }}
+
+[[link]]
+name = "ad_member_of"
+connector = "ad"
+file = "memberships.csv"
+from = {{ entity = "ad_account", column = "account_dn" }}
+to = {{ entity = "ad_group", column = "group_dn" }}
+{extra}
+
+[[job]]
+name = "complete"
+[[job.task]]
+name = "sync_ad"
+type = "synchronize"
+connector = "ad"
+"#
+    ));
+    env.write("exports/ad/accounts.csv", "dn,sam\nCN=a,a\nCN=b,b\n");
+    env.write("exports/ad/groups.csv", "dn,cn\nCN=g1,g1\nCN=g2,g2\n");
+    env.write("exports/ad/memberships.csv", memberships);
+    env
+}
+
+#[test]
+fn link_row_naming_an_unknown_account() {
+    let body = "account_dn,group_dn\nCN=a,CN=g1\nCN=ghost,CN=g1\nCN=b,CN=g2\n";
+    let env = ad_env("", body);
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("memberships.csv")
+            && out.stderr.contains("line 3")
+            && out.stderr.contains("CN=ghost"),
+        "{}",
+        out.stderr
+    );
+    // Nothing of the connector was committed, not even its valid entities.
+    assert!(
+        env.query(
+            "select table_name from information_schema.tables where table_name = 'ad_account'"
+        )
+        .is_empty()
+    );
+
+    let env = ad_env("csv = { on_bad_row = \"quarantine\" }", body);
+    env.run("complete", &[], &[]).expect_code(0);
+    assert_eq!(
+        env.query("select account_dn, group_dn from ad_member_of order by account_dn"),
+        [["CN=a", "CN=g1"], ["CN=b", "CN=g2"]]
+    );
+    let rejected = env.query("select table_name, line, reason from rejected_rows");
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0][0], "ad_member_of");
+    assert_eq!(rejected[0][1], "3");
+    assert!(rejected[0][2].contains("CN=ghost"), "{rejected:?}");
+}
+
+#[test]
+fn duplicated_link_rows_collapse_to_one_pair() {
+    let env = ad_env(
+        "",
+        "account_dn,group_dn\nCN=a,CN=g1\nCN=a,CN=g1\nCN=b,CN=g2\n",
+    );
+    env.run("complete", &[], &[]).expect_code(0);
+    assert_eq!(env.scalar("select count(*) from ad_member_of"), "2");
+}

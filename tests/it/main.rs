@@ -1,0 +1,12 @@
+//! Integration tests: the igaflow binary against real stores in temporary folders.
+
+mod common;
+
+mod bad_input;
+mod crash;
+mod roundtrip;
+mod sql_cli;
+mod sync_contoso;
+mod sync_modes;
+mod thresholds;
+mod validate;

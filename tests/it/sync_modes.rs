@@ -1,0 +1,111 @@
+//! Initial loads and incremental change files on a small HR pipeline.
+
+use crate::common::*;
+
+#[test]
+fn initial_load_into_empty_table_then_refused_when_not_empty() {
+    let env = Env::new();
+    env.write_pipeline(&hr_pipeline(""));
+    env.write("exports/hr/persons.csv", persons_csv(1..=50));
+    let first = env.run("initial", &[], &[]);
+    first.expect_code(0);
+    assert_eq!(env.scalar("select count(*) from person"), "50");
+    assert_eq!(
+        env.scalar("select count(*) from person__history where _change = 'insert'"),
+        "50"
+    );
+    assert_eq!(env.scalar("select count(*) from recently_modified"), "50");
+
+    let before = snapshot(&env.store(), &["person", "person__history"], false);
+    let second = env.run("initial", &[], &[]);
+    second.expect_code(2);
+    assert!(
+        second.stderr.contains("person") && second.stderr.contains("not empty"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(
+        snapshot(&env.store(), &["person", "person__history"], false),
+        before
+    );
+    // A complete run on the initial load works as usual afterwards.
+    env.write("exports/hr/persons.csv", persons_csv(1..=52));
+    let complete = env.run("complete", &[], &[]);
+    complete.expect_code(0);
+    assert!(
+        complete
+            .stdout
+            .contains("person: 2 inserted, 0 updated, 0 deleted"),
+        "{}",
+        complete.stdout
+    );
+}
+
+#[test]
+fn incremental_commands_are_case_insensitive_and_missing_keys_warn() {
+    let env = Env::new();
+    env.write_pipeline(&hr_pipeline(""));
+    env.write("exports/hr/persons.csv", persons_csv(1..=10));
+    env.run("complete", &[], &[]).expect_code(0);
+    env.write(
+        "exports/hr/persons.csv",
+        "note,command,employee_id,name,birth_date,level\n\
+         ,INSERT,E00011,New Person,1990-05-05,1\n\
+         changed,Update,E00002,Person 2,1980-01-03,4\n\
+         ,delete,E00003,,,\n\
+         ,update,E00077,Upserted,2000-02-29,2\n\
+         ,delete,E00099,,,\n",
+    );
+    let out = env.run("incremental", &[], &[]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("warning"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("person: 2 inserted, 1 updated, 1 deleted"),
+        "{}",
+        out.stdout
+    );
+    let rows = env.query("select employee_id, name, cast(birth_date as varchar), level, note from person order by employee_id");
+    let ids: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "E00001", "E00002", "E00004", "E00005", "E00006", "E00007", "E00008", "E00009",
+            "E00010", "E00011", "E00077"
+        ]
+    );
+    assert_eq!(
+        rows[1],
+        ["E00002", "Person 2", "1980-01-03", "4", "changed"]
+    );
+    assert_eq!(rows[10], ["E00077", "Upserted", "2000-02-29", "2", ""]);
+    let task = env.query("select status, message from task_runs order by started_at desc limit 1");
+    assert_eq!(task[0][0], "warning");
+    assert!(task[0][1].contains("2 warnings"), "{}", task[0][1]);
+    // History of the incremental run: the delete closes E00003.
+    assert_eq!(
+        env.scalar("select count(*) from person__history where employee_id = 'E00003' and _valid_to is null"),
+        "0"
+    );
+}
+
+#[test]
+fn incremental_file_with_unknown_command_is_bad_input() {
+    let env = Env::new();
+    env.write_pipeline(&hr_pipeline(""));
+    env.write("exports/hr/persons.csv", persons_csv(1..=3));
+    env.run("complete", &[], &[]).expect_code(0);
+    env.write(
+        "exports/hr/persons.csv",
+        "command,employee_id,name,birth_date,level,note\nupsert,E00001,X,1980-01-01,1,\n",
+    );
+    let out = env.run("incremental", &[], &[]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("persons.csv")
+            && out.stderr.contains("line 2")
+            && out.stderr.contains("upsert"),
+        "{}",
+        out.stderr
+    );
+}
