@@ -271,7 +271,24 @@ impl Pipeline {
             file: file.to_path_buf(),
             problems: vec![ConfigProblem {
                 line: e.span().map(|s| line_of(text, s.start)).unwrap_or(1),
-                message: e.message().trim().to_string(),
+                message: match e.span() {
+                    Some(s) => format!(
+                        "{} (at `{}`)",
+                        e.message().trim(),
+                        text[..s.start]
+                            .rsplit('\n')
+                            .next()
+                            .map(|before| {
+                                let end = text[s.start..]
+                                    .find('\n')
+                                    .map_or(text.len(), |n| s.start + n);
+                                format!("{before}{}", &text[s.start..end])
+                            })
+                            .unwrap_or_default()
+                            .trim()
+                    ),
+                    None => e.message().trim().to_string(),
+                },
             }],
         })?;
         let dir = file

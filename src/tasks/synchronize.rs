@@ -385,6 +385,11 @@ async fn committed(
     Ok(df.select(exprs)?)
 }
 
+/// A frame over collected batches that keeps its schema when there are none.
+fn frame(ctx: &SessionContext, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<DataFrame> {
+    Ok(ctx.read_table(engine::mem_table(schema.clone(), batches.to_vec())?)?)
+}
+
 fn history_schema(state: &SchemaRef) -> SchemaRef {
     let mut fields: Vec<Field> = state
         .fields()
@@ -637,7 +642,7 @@ async fn plan_entity(
         &format!("{}__history", e.name),
         &key,
         vec![quoted(&e.key)],
-        ctx.read_batches(state_batches.clone())?,
+        frame(ctx, &state_schema, &state_batches)?,
         old_full,
         &rows,
         &rc.run_id,
@@ -659,7 +664,7 @@ async fn register_planned_keys(
     let name = format!("new_keys__{}", e.name);
     let _ = ctx.deregister_table(name.as_str())?;
     let df = match &p.new_state {
-        Some((_, batches)) => ctx.read_batches(batches.clone())?,
+        Some((schema, batches)) => frame(ctx, schema, batches)?,
         None => committed(ctx, catalog, &e.name, &engine::expr::declared_schema(e)).await?,
     };
     ctx.register_table(
@@ -753,8 +758,9 @@ async fn plan_link(
         .join(from_keys, JoinType::LeftSemi, &[f], &["_fk"], None)?
         .join(to_keys, JoinType::LeftSemi, &[t], &["_tk"], None)?
         .sort(vec![quoted(f).sort(true, true), quoted(t).sort(true, true)])?;
+    let desired_schema = Arc::new(desired.schema().as_arrow().clone());
     let desired_batches = desired.collect().await?;
-    let desired = ctx.read_batches(desired_batches.clone())?;
+    let desired = frame(ctx, &desired_schema, &desired_batches)?;
 
     let batches = change_set(
         ctx,

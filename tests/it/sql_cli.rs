@@ -112,7 +112,7 @@ fn runs_lists_past_runs_and_as_of_reads_old_state() {
     let runs = igaflow(&["runs", "--store", &store], &[]);
     runs.expect_code(0);
     assert_eq!(
-        runs.stdout.matches("complete").count(),
+        runs.stdout.matches("| manual").count(),
         2,
         "{}",
         runs.stdout

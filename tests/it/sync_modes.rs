@@ -20,7 +20,7 @@ fn initial_load_into_empty_table_then_refused_when_not_empty() {
     let second = env.run("initial", &[], &[]);
     second.expect_code(2);
     assert!(
-        second.stderr.contains("person") && second.stderr.contains("not empty"),
+        second.stderr.contains("person") && second.stderr.contains("already has 50 rows"),
         "{}",
         second.stderr
     );
@@ -107,5 +107,56 @@ fn incremental_file_with_unknown_command_is_bad_input() {
             && out.stderr.contains("upsert"),
         "{}",
         out.stderr
+    );
+}
+
+#[test]
+fn file_uri_store_and_dry_run() {
+    let env = Env::new();
+    env.write_pipeline(&hr_pipeline(""));
+    env.write("exports/hr/persons.csv", persons_csv(1..=10));
+    let uri = format!("file://{}", env.store());
+    let pipeline = env.pipeline();
+    igaflow(
+        &["run", &pipeline, "--job", "complete", "--store", &uri],
+        &[],
+    )
+    .expect_code(0);
+    assert_eq!(env.scalar("select count(*) from person"), "10");
+    assert!(env.path("store/person/_delta_log").is_dir());
+
+    env.write("exports/hr/persons.csv", persons_csv(3..=12));
+    let before = snapshot(
+        &env.store(),
+        &["person", "person__history", "recently_modified", "runs"],
+        false,
+    );
+    let dry = igaflow(
+        &[
+            "run",
+            &pipeline,
+            "--job",
+            "complete",
+            "--store",
+            &uri,
+            "--dry-run",
+        ],
+        &[],
+    );
+    dry.expect_code(0);
+    assert!(
+        dry.stdout
+            .contains("person: 2 inserted, 0 updated, 2 deleted"),
+        "{}",
+        dry.stdout
+    );
+    assert!(dry.stdout.contains("dry run"), "{}", dry.stdout);
+    assert_eq!(
+        snapshot(
+            &env.store(),
+            &["person", "person__history", "recently_modified", "runs"],
+            false
+        ),
+        before
     );
 }
