@@ -6,6 +6,7 @@
 //! problem it finds, so one `igaflow validate` run lists them all.
 
 mod expand;
+pub mod model;
 pub mod raw;
 mod validate;
 
@@ -16,6 +17,7 @@ use indexmap::IndexMap;
 
 use crate::error::{ConfigProblem, Error, Result};
 
+pub use model::*;
 pub use validate::TASK_TYPES;
 
 /// Column types of entity tables (SPEC section 3).
@@ -247,6 +249,8 @@ pub struct Pipeline {
     pub entities: Vec<Entity>,
     pub links: Vec<Link>,
     pub jobs: Vec<Job>,
+    /// Roles, resource types, classification (sections 5 and 6).
+    pub model: RoleModel,
 }
 
 impl Pipeline {

@@ -27,18 +27,18 @@ pub struct RawPipeline {
     pub job: Vec<S<RawJob>>,
     #[serde(default)]
     pub output: Option<RawOutput>,
-    // Sections of later tasks (role model, orders, notifications, lifecycle). They are accepted
-    // here so one pipeline file serves every release; their own checks live with their tasks.
     #[serde(default)]
-    pub role: Option<toml::Value>,
+    pub role: Vec<S<RawRole>>,
     #[serde(default)]
-    pub composite_role: Option<toml::Value>,
+    pub composite_role: Vec<S<RawCompositeRole>>,
     #[serde(default)]
-    pub manual_assignments: Option<toml::Value>,
+    pub manual_assignments: Option<S<RawManualAssignments>>,
     #[serde(default)]
-    pub resource_type: Option<toml::Value>,
+    pub resource_type: Vec<S<RawResourceType>>,
     #[serde(default)]
-    pub classification: Option<toml::Value>,
+    pub classification: Vec<S<RawClassification>>,
+    // Sections of later tasks (notifications, lifecycle). They are accepted here so one
+    // pipeline file serves every release; their own checks live with their tasks.
     #[serde(default)]
     pub notify: Option<toml::Value>,
     #[serde(default)]
@@ -160,4 +160,102 @@ pub struct RawTask {
     pub sql: Option<S<String>>,
     pub output: Option<S<String>>,
     pub format: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    pub name: S<String>,
+    pub owner: Option<S<String>>,
+    pub rule: Option<S<String>>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompositeRole {
+    pub name: S<String>,
+    pub owner: Option<S<String>>,
+    pub rule: Option<S<String>>,
+    pub roles: S<Vec<String>>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawManualAssignments {
+    pub file: S<String>,
+    #[serde(default)]
+    pub csv: RawCsv,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCorrelation {
+    pub target: S<String>,
+    pub owner: S<String>,
+    pub confidence: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLinkValue {
+    pub role: Option<S<String>>,
+    pub rule: Option<S<String>>,
+    pub target: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResourceLink {
+    pub link: S<String>,
+    pub managed: Option<S<String>>,
+    #[serde(default)]
+    pub values: Vec<S<RawLinkValue>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvisioningThresholds {
+    pub min_rows: Option<u64>,
+    pub max_deleted_percent: Option<f64>,
+    pub max_deleted: Option<u64>,
+    pub max_added_percent: Option<f64>,
+    pub max_modified_percent: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResourceType {
+    pub name: S<String>,
+    pub owner: Option<S<String>>,
+    pub target: S<String>,
+    pub rule: Option<S<String>>,
+    pub roles: Option<S<Vec<String>>>,
+    pub on_lost: Option<S<String>>,
+    #[serde(default)]
+    pub disable: IndexMap<String, S<String>>,
+    pub orphans: Option<S<String>>,
+    #[serde(default)]
+    pub create_only: Vec<S<String>>,
+    #[serde(default)]
+    pub correlation: Vec<S<RawCorrelation>>,
+    #[serde(default)]
+    pub scalars: IndexMap<String, S<String>>,
+    #[serde(default)]
+    pub link: Vec<S<RawResourceLink>>,
+    #[serde(default)]
+    pub thresholds: RawProvisioningThresholds,
+    /// Section 9 (identity update), checked by its task.
+    pub lifecycle: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClassification {
+    pub target: S<String>,
+    pub name: S<String>,
+    pub rule: S<String>,
+    #[serde(default)]
+    pub protect: bool,
 }

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use sha2::{Digest, Sha256};
 
+mod model;
+
 use super::expand::expand_env;
 use super::raw::{self, S};
 use super::*;
@@ -449,6 +451,22 @@ pub(super) fn resolve(
         });
     }
 
+    let broken: HashSet<String> = entities
+        .iter()
+        .filter(|e| e.columns.len() != raw_columns_len(&raw, &e.name))
+        .map(|e| e.name.clone())
+        .collect();
+    let model = model::resolve_model(
+        &mut cx,
+        model::ModelInput {
+            raw: &raw,
+            entities: &entities,
+            links: &links,
+            broken,
+            resolve_path: &resolve_path,
+        },
+    );
+
     if !cx.problems.is_empty() {
         cx.problems.sort_by_key(|p| p.line);
         return Err(Error::Config {
@@ -469,6 +487,7 @@ pub(super) fn resolve(
         entities,
         links,
         jobs,
+        model,
     })
 }
 

@@ -72,3 +72,32 @@ pub fn check_computed(entity: &Entity) -> Vec<(usize, String)> {
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or(s).to_string()
 }
+
+/// An empty frame with the entity's full schema: declared columns, then computed ones.
+pub fn empty_entity_frame(
+    ctx: &SessionContext,
+    entity: &Entity,
+) -> datafusion::error::Result<DataFrame> {
+    let df = ctx.read_batch(RecordBatch::new_empty(declared_schema(entity)))?;
+    apply_computed(ctx, df, entity)
+}
+
+/// Plans `text` as an expression over `df`'s columns (parse, type-check, optimize) and returns
+/// its type, or the planner's first message line.
+pub fn plan_expr(
+    ctx: &SessionContext,
+    df: &DataFrame,
+    text: &str,
+) -> std::result::Result<datafusion::arrow::datatypes::DataType, String> {
+    let planned = ctx
+        .parse_sql_expr(text, df.schema())
+        .and_then(|expr| df.clone().select(vec![expr.alias("_e")]))
+        .and_then(|next| {
+            let plan = next.logical_plan().clone();
+            ctx.state().optimize(&plan).map(|_| next)
+        });
+    match planned {
+        Ok(next) => Ok(next.schema().field(0).data_type().clone()),
+        Err(e) => Err(first_line(&e.strip_backtrace())),
+    }
+}

@@ -1,5 +1,6 @@
 //! The one place that builds DataFusion sessions, plus small Arrow helpers every task shares.
 
+mod as_of;
 pub mod expr;
 mod row_values;
 
@@ -30,6 +31,13 @@ pub fn context() -> SessionContext {
     ctx
 }
 
+/// A session whose `current_date` is `as_of` (the run's `--as-of` date).
+pub fn context_at(as_of: chrono::NaiveDate) -> SessionContext {
+    let ctx = context();
+    ctx.register_udf(as_of::current_date_udf(as_of));
+    ctx
+}
+
 /// Casts a batch to `schema` by column name; columns missing from the batch become NULL.
 pub fn cast_batch(
     batch: &RecordBatch,
@@ -51,11 +59,35 @@ pub fn cast_batch(
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
-/// Concatenates batches into one table-sized `MemTable` source for a session.
+/// Batches as one `MemTable` source for a session. The schema is made all-nullable and every
+/// batch is aligned to it (plans may infer NOT NULL or carry metadata a batch lacks).
 pub fn mem_table(
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
 ) -> datafusion::error::Result<Arc<datafusion::datasource::MemTable>> {
+    let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| {
+                f.as_ref()
+                    .clone()
+                    .with_nullable(true)
+                    .with_metadata(Default::default())
+            })
+            .collect::<Vec<_>>(),
+    ));
+    let batches = batches
+        .iter()
+        .map(|b| {
+            if b.schema() == schema {
+                Ok(b.clone())
+            } else {
+                Ok(RecordBatch::try_new(schema.clone(), b.columns().to_vec())
+                    .or_else(|_| cast_batch(b, &schema))?)
+            }
+        })
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
     Ok(Arc::new(datafusion::datasource::MemTable::try_new(
         schema,
         vec![batches],

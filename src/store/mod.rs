@@ -120,6 +120,17 @@ impl Store {
             .expect("invariant: table names are plain identifiers")
     }
 
+    /// Writes a file under the store root (e.g. `_orders/<run>/<connector>.json`); a single
+    /// put, so readers see the whole file or none.
+    pub async fn put_file(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
+        use object_store::ObjectStoreExt;
+        self.objects
+            .put(&self.object_path(rel), bytes.into())
+            .await
+            .map_err(|e| Error::store(format!("writing {rel}: {e}")))?;
+        Ok(())
+    }
+
     fn object_path(&self, rel: &str) -> object_store::path::Path {
         if self.prefix.as_ref().is_empty() {
             object_store::path::Path::from(rel)

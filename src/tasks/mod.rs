@@ -1,7 +1,14 @@
 //! Task types. Each module is one task type of SPEC sections 4–9; the job engine calls
 //! [`run_task`] with the run's context and gets back an outcome it records in `task_runs`.
 
+pub mod classification;
+pub mod correlation_keys;
+pub mod expressions;
+mod frames;
+pub mod orders;
+pub mod pre_existing;
 pub mod prepare_synchronization;
+pub mod role_model;
 pub mod synchronize;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -88,6 +95,12 @@ pub async fn run_task(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     match task.kind.as_str() {
         "prepare_synchronization" => prepare_synchronization::run(rc, task).await,
         "synchronize" => synchronize::run(rc, task).await,
+        "compute_correlation_keys" => correlation_keys::run(rc, task).await,
+        "compute_role_model" => role_model::run(rc, task).await,
+        "update_classification" => classification::run(rc, task).await,
+        "generate_provisioning_orders" => orders::run(rc, task).await,
+        "save_pre_existing_access_rights" => pre_existing::run(rc, task).await,
+        "update_entity_property_expressions" => expressions::run(rc, task).await,
         other => Err(Error::TaskFailed(format!(
             "task type `{other}` is not available in this release of igaflow"
         ))),

@@ -44,6 +44,16 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    pub fn new(connector: &str, mode: SyncMode) -> Self {
+        Self {
+            connector: connector.to_string(),
+            mode,
+            entities: Vec::new(),
+            links: Vec::new(),
+            rejected: Vec::new(),
+        }
+    }
+
     pub fn entity(&self, name: &str) -> Option<&PreparedTable> {
         self.entities.iter().find(|t| t.name == name)
     }
@@ -204,13 +214,7 @@ pub async fn prepare(
     let pipeline = rc.pipeline;
     let exports = &pipeline.connectors[connector].exports;
     let incremental = mode == SyncMode::Incremental;
-    let mut prepared = Prepared {
-        connector: connector.to_string(),
-        mode,
-        entities: Vec::new(),
-        links: Vec::new(),
-        rejected: Vec::new(),
-    };
+    let mut prepared = Prepared::new(connector, mode);
 
     for e in pipeline.connector_entities(connector) {
         let spec = CsvSpec {

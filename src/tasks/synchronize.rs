@@ -20,6 +20,7 @@ use datafusion::functions::string::expr_fn::concat;
 use datafusion::logical_expr::SortExpr;
 use datafusion::prelude::*;
 
+use super::frames::{committed, frame, quoted};
 use super::prepare_synchronization::{self, Prepared, register_new_keys};
 use super::{RunContext, TaskOutcome, TaskStatus, failpoint};
 use crate::config::{Entity, Link, SyncMode, Task, Thresholds, timestamp_type};
@@ -142,7 +143,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     };
     let parsed_here = !matches!(catalog.staged.get(connector), Some(s) if s.run_id == rc.run_id);
 
-    let ctx = engine::context();
+    let ctx = engine::context_at(rc.as_of);
     rc.store.register_all(&ctx, &catalog).await?;
 
     if mode == SyncMode::Initial {
@@ -347,47 +348,11 @@ fn summarize(plans: &[TablePlan], rejected: u64, warnings: &[String]) -> String 
     parts.join("; ")
 }
 
-fn quoted(name: &str) -> Expr {
-    col(format!("\"{name}\""))
-}
-
 fn ts_lit(micros: i64) -> Expr {
     lit(ScalarValue::TimestampMicrosecond(
         Some(micros),
         Some("UTC".into()),
     ))
-}
-
-/// The committed table `name` as a DataFrame with exactly `schema`'s columns (cast by name;
-/// columns added to the configuration since are NULL), or an empty one.
-async fn committed(
-    ctx: &SessionContext,
-    catalog: &Catalog,
-    name: &str,
-    schema: &SchemaRef,
-) -> Result<DataFrame> {
-    if !catalog.tables.contains_key(name) {
-        return Ok(ctx.read_batch(RecordBatch::new_empty(schema.clone()))?);
-    }
-    let df = ctx.table(name).await?;
-    let have = df.schema().clone();
-    let exprs: Vec<Expr> = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            if have.has_column_with_unqualified_name(f.name()) {
-                cast(quoted(f.name()), f.data_type().clone()).alias(f.name())
-            } else {
-                cast(lit(ScalarValue::Null), f.data_type().clone()).alias(f.name())
-            }
-        })
-        .collect();
-    Ok(df.select(exprs)?)
-}
-
-/// A frame over collected batches that keeps its schema when there are none.
-fn frame(ctx: &SessionContext, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<DataFrame> {
-    Ok(ctx.read_table(engine::mem_table(schema.clone(), batches.to_vec())?)?)
 }
 
 fn history_schema(state: &SchemaRef) -> SchemaRef {
@@ -849,13 +814,7 @@ async fn load_staging(
     mode: SyncMode,
 ) -> Result<Prepared> {
     let ctx = engine::context();
-    let mut prepared = Prepared {
-        connector: connector.to_string(),
-        mode,
-        entities: Vec::new(),
-        links: Vec::new(),
-        rejected: Vec::new(),
-    };
+    let mut prepared = Prepared::new(connector, mode);
     let names: Vec<(String, bool)> = rc
         .pipeline
         .connector_entities(connector)

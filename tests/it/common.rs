@@ -121,15 +121,7 @@ impl Env {
 }
 
 pub fn query(store: &str, sql: &str) -> Vec<Vec<String>> {
-    let out = igaflow(&["sql", "--store", store, "--format", "csv", sql], &[]);
-    out.expect_code(0);
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_reader(out.stdout.as_bytes());
-    reader
-        .records()
-        .map(|r| r.unwrap().iter().map(str::to_string).collect())
-        .collect()
+    query_with_header(store, sql).1
 }
 
 /// Columns of a CSV query result, with the header.

@@ -180,15 +180,18 @@ fn day1_then_day2_exact_changes_history_and_recently_modified() {
             .unwrap()
             .count()
     };
-    let before: Vec<usize> = [
-        "person",
-        "person__history",
-        "ad_member_of",
-        "recently_modified",
-    ]
-    .iter()
-    .map(|t| log_files(t))
-    .collect();
+    let versions = || -> Vec<usize> {
+        [
+            "person",
+            "person__history",
+            "ad_member_of",
+            "recently_modified",
+        ]
+        .iter()
+        .map(|t| log_files(t))
+        .collect()
+    };
+    let before = versions();
     let again = env.run("complete", &[], &[("CONTOSO_DAY", "day2")]);
     again.expect_code(0);
     assert!(
@@ -196,15 +199,7 @@ fn day1_then_day2_exact_changes_history_and_recently_modified() {
         "{}",
         again.stdout
     );
-    let after: Vec<usize> = [
-        "person",
-        "person__history",
-        "ad_member_of",
-        "recently_modified",
-    ]
-    .iter()
-    .map(|t| log_files(t))
-    .collect();
+    let after = versions();
     assert_eq!(before, after, "a run without changes wrote table versions");
     let run3 = run_id_of(&again);
     assert_eq!(

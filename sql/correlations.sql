@@ -1,0 +1,65 @@
+-- Correlation of one resource type's accounts with owners (SPEC section 5 and 11.1–11.4).
+--
+-- Views registered by compute_role_model for the resource type:
+--   corr_targets(account_key)                 every account of the target entity
+--   corr_target_keys(account_key, rule, value) correlation_keys, target side
+--   corr_owner_keys(owner_key, rule, value)    correlation_keys, owner side
+--   corr_rules(rule, confidence)
+--   corr_previous(account_key, owner_key, rule) links of the previous run (sticky)
+--
+-- Result: one row per account: account_key, owner_key, rule, status, conflict.
+WITH matches AS (
+    SELECT t.account_key, t.rule,
+           min(o.owner_key) AS owner_key,
+           count(DISTINCT o.owner_key) AS owners
+    FROM corr_target_keys t
+    JOIN corr_owner_keys o ON o.rule = t.rule AND o.value = t.value
+    GROUP BY t.account_key, t.rule
+),
+first_single AS (
+    -- The first rule that finds exactly one owner decides; later rules are not tried.
+    SELECT account_key, min(rule) AS rule FROM matches WHERE owners = 1 GROUP BY account_key
+),
+found AS (
+    SELECT f.account_key, m.owner_key, f.rule,
+           CASE WHEN r.confidence < 100 THEN 'suggested' ELSE 'linked' END AS status
+    FROM first_single f
+    JOIN matches m ON m.account_key = f.account_key AND m.rule = f.rule
+    JOIN corr_rules r ON r.rule = f.rule
+),
+ambiguous AS (
+    SELECT DISTINCT account_key FROM matches WHERE owners > 1
+),
+proposed AS (
+    SELECT a.account_key,
+           CASE WHEN p.account_key IS NOT NULL THEN p.owner_key ELSE f.owner_key END AS owner_key,
+           CASE WHEN p.account_key IS NOT NULL THEN p.rule ELSE f.rule END AS rule,
+           CASE
+               WHEN p.account_key IS NOT NULL THEN 'linked'
+               WHEN f.account_key IS NOT NULL THEN f.status
+               WHEN am.account_key IS NOT NULL THEN 'ambiguous'
+               ELSE 'uncorrelated'
+           END AS status,
+           p.account_key IS NOT NULL AS sticky,
+           coalesce(p.account_key IS NOT NULL AND f.status = 'linked' AND f.owner_key <> p.owner_key, false) AS conflict
+    FROM corr_targets a
+    LEFT JOIN corr_previous p ON p.account_key = a.account_key
+    LEFT JOIN found f ON f.account_key = a.account_key
+    LEFT JOIN ambiguous am ON am.account_key = a.account_key
+),
+ranked AS (
+    -- An owner keeps one linked account: an existing link first, then by rule, then by key.
+    SELECT *,
+           row_number() OVER (
+               PARTITION BY owner_key, status = 'linked'
+               ORDER BY sticky DESC, rule, account_key
+           ) AS rank
+    FROM proposed
+)
+SELECT account_key,
+       owner_key,
+       rule,
+       CASE WHEN status = 'linked' AND rank > 1 THEN 'duplicate' ELSE status END AS status,
+       conflict
+FROM ranked
+ORDER BY account_key

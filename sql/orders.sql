@@ -1,0 +1,132 @@
+-- Provisioning order parts of one resource type (SPEC section 6, 11.8–11.11).
+--
+-- Views registered by generate_provisioning_orders:
+--   o_assigned(owner_key, account_key, state)        assigned_resources of the resource type
+--   o_linked(account_key, owner_key)                 linked correlations
+--   o_accounts(account_key, class, protect, status)  every target account: classification and
+--                                                    correlation status
+--   o_desired_scalars(owner_key, attribute, value)   assigned_scalars (text of the target type)
+--   o_current_scalars(account_key, attribute, value) the target's current values, same text form
+--   o_desired_links(owner_key, link, value)
+--   o_current_links(account_key, link, value)
+--   o_disable(account_key, attribute, value)         disable values per account
+--   o_managed(link, value)                           values named in the link rules
+--   o_link_modes(link, managed)                      rules | all
+--   o_create_only(attribute)
+--   o_policy(on_lost, orphans)
+--
+-- Result: one row per order part: change_type, kind (added|modified|disabled|deleted),
+-- owner_key, account_key, part (order|attribute|add|remove), name, old_value, new_value.
+WITH
+protected AS (
+    SELECT account_key FROM o_accounts WHERE protect
+),
+added AS (
+    SELECT owner_key FROM o_assigned WHERE account_key IS NULL AND state = 'assigned'
+),
+kept AS (
+    SELECT owner_key, account_key FROM o_assigned WHERE account_key IS NOT NULL
+),
+lost AS (
+    SELECT l.account_key, l.owner_key
+    FROM o_linked l
+    LEFT JOIN o_assigned a ON a.account_key = l.account_key
+    WHERE a.account_key IS NULL
+),
+orphan AS (
+    -- Never linked and no classification rule; an account awaiting review is not an orphan.
+    SELECT account_key, CAST(NULL AS VARCHAR) AS owner_key
+    FROM o_accounts
+    WHERE class = 'orphan' AND coalesce(status, 'uncorrelated') NOT IN ('suggested', 'ambiguous')
+),
+to_disable AS (
+    SELECT account_key, owner_key FROM lost, o_policy WHERE o_policy.on_lost = 'disable'
+    UNION ALL
+    SELECT account_key, owner_key FROM orphan, o_policy WHERE o_policy.orphans = 'disable'
+),
+to_delete AS (
+    SELECT account_key, owner_key FROM lost, o_policy WHERE o_policy.on_lost = 'delete'
+    UNION ALL
+    SELECT account_key, owner_key FROM orphan, o_policy WHERE o_policy.orphans = 'delete'
+),
+scalar_diff AS (
+    SELECT k.owner_key, k.account_key, d.attribute, c.value AS old_value, d.value AS new_value
+    FROM kept k
+    JOIN o_desired_scalars d ON d.owner_key = k.owner_key
+    LEFT JOIN o_create_only co ON co.attribute = d.attribute
+    LEFT JOIN o_current_scalars c ON c.account_key = k.account_key AND c.attribute = d.attribute
+    WHERE co.attribute IS NULL AND d.value IS DISTINCT FROM c.value
+),
+link_add AS (
+    SELECT k.owner_key, k.account_key, d.link, d.value
+    FROM kept k
+    JOIN o_desired_links d ON d.owner_key = k.owner_key
+    LEFT JOIN o_current_links c
+        ON c.account_key = k.account_key AND c.link = d.link AND c.value = d.value
+    WHERE c.account_key IS NULL
+),
+link_remove AS (
+    SELECT k.owner_key, k.account_key, c.link, c.value
+    FROM kept k
+    JOIN o_current_links c ON c.account_key = k.account_key
+    JOIN o_link_modes m ON m.link = c.link
+    LEFT JOIN o_desired_links d
+        ON d.owner_key = k.owner_key AND d.link = c.link AND d.value = c.value
+    LEFT JOIN o_managed n ON n.link = c.link AND n.value = c.value
+    WHERE d.owner_key IS NULL AND (m.managed = 'all' OR n.link IS NOT NULL)
+),
+disable_diff AS (
+    SELECT t.owner_key, t.account_key, x.attribute, c.value AS old_value, x.value AS new_value
+    FROM to_disable t
+    JOIN o_disable x ON x.account_key = t.account_key
+    LEFT JOIN o_current_scalars c ON c.account_key = t.account_key AND c.attribute = x.attribute
+    WHERE x.value IS DISTINCT FROM c.value
+),
+modified AS (
+    SELECT owner_key, account_key FROM scalar_diff
+    UNION SELECT owner_key, account_key FROM link_add
+    UNION SELECT owner_key, account_key FROM link_remove
+),
+parts AS (
+    SELECT 'Added' AS change_type, 'added' AS kind, owner_key, CAST(NULL AS VARCHAR) AS account_key,
+           'order' AS part, CAST(NULL AS VARCHAR) AS name,
+           CAST(NULL AS VARCHAR) AS old_value, CAST(NULL AS VARCHAR) AS new_value
+    FROM added
+    UNION ALL
+    SELECT 'Added', 'added', a.owner_key, CAST(NULL AS VARCHAR), 'attribute', d.attribute,
+           CAST(NULL AS VARCHAR), d.value
+    FROM added a JOIN o_desired_scalars d ON d.owner_key = a.owner_key
+    WHERE d.value IS NOT NULL
+    UNION ALL
+    SELECT 'Added', 'added', a.owner_key, CAST(NULL AS VARCHAR), 'add', d.link,
+           CAST(NULL AS VARCHAR), d.value
+    FROM added a JOIN o_desired_links d ON d.owner_key = a.owner_key
+    UNION ALL
+    SELECT 'Modified', 'modified', owner_key, account_key, 'order', CAST(NULL AS VARCHAR),
+           CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)
+    FROM modified
+    UNION ALL
+    SELECT 'Modified', 'modified', owner_key, account_key, 'attribute', attribute, old_value, new_value
+    FROM scalar_diff
+    UNION ALL
+    SELECT 'Modified', 'modified', owner_key, account_key, 'add', link, CAST(NULL AS VARCHAR), value
+    FROM link_add
+    UNION ALL
+    SELECT 'Modified', 'modified', owner_key, account_key, 'remove', link, value, CAST(NULL AS VARCHAR)
+    FROM link_remove
+    UNION ALL
+    SELECT DISTINCT 'Modified', 'disabled', owner_key, account_key, 'order', CAST(NULL AS VARCHAR),
+           CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)
+    FROM disable_diff
+    UNION ALL
+    SELECT 'Modified', 'disabled', owner_key, account_key, 'attribute', attribute, old_value, new_value
+    FROM disable_diff
+    UNION ALL
+    SELECT 'Deleted', 'deleted', owner_key, account_key, 'order', CAST(NULL AS VARCHAR),
+           CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)
+    FROM to_delete
+)
+SELECT p.*
+FROM parts p
+LEFT JOIN protected x ON x.account_key = p.account_key
+WHERE x.account_key IS NULL

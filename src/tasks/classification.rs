@@ -1,0 +1,202 @@
+//! `update_classification`: what each account of a target entity is (SPEC section 5).
+//!
+//! `classification` (`entity`, `account_key`, `class`, `protect`): a linked account gets its
+//! resource type's name; any other the first classification rule in file order that holds
+//! (service, admin…), else `orphan`. Accounts of a class with `protect = true` never get orders.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{BooleanArray, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::prelude::*;
+
+use super::frames::{NewTable, commit_tables, quoted, require, session};
+use super::role_model::{empty, rule_hits, union_all, view};
+use super::{RunContext, TaskOutcome, TaskStatus};
+use crate::config::{ConfigExpr, Task};
+use crate::error::{Error, Result};
+
+const CLASSIFICATION_SQL: &str = include_str!("../../sql/classification.sql");
+
+pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
+    let (ctx, catalog) = session(rc).await?;
+    let model = &rc.pipeline.model;
+    let rts = super::correlation_keys::selected(rc, task);
+    let targets: BTreeSet<&str> = rts
+        .iter()
+        .map(|rt| rt.target.as_str())
+        .chain(model.classifications.iter().map(|c| c.target.as_str()))
+        .collect();
+    if targets.is_empty() {
+        return Ok(TaskOutcome::skipped(
+            "no resource type or classification rule",
+        ));
+    }
+    let correlations = if catalog.tables.contains_key("correlations") {
+        Some(ctx.table("correlations").await?)
+    } else {
+        None
+    };
+    let mut frames = Vec::new();
+    for target in targets {
+        let entity = rc.pipeline.entity(target).expect("invariant: validated");
+        let table = require(&ctx, &catalog, target, "synchronize").await?;
+        let key = cast(quoted(&entity.key), DataType::Utf8);
+        view(
+            &ctx,
+            "cls_accounts",
+            table
+                .clone()
+                .select(vec![key.clone().alias("account_key")])?,
+        )?;
+
+        // Linked correlations of resource types on this entity, with their file order.
+        let rt_names: Vec<&str> = model
+            .resource_types
+            .iter()
+            .filter(|rt| rt.target == target)
+            .map(|rt| rt.name.as_str())
+            .collect();
+        let orders: Vec<i64> = (0..rt_names.len() as i64).collect();
+        let rt_order = ctx.read_batch(
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![
+                    Field::new("_rt", DataType::Utf8, false),
+                    Field::new("rt_order", DataType::Int64, false),
+                ])),
+                vec![
+                    Arc::new(datafusion::arrow::array::StringArray::from_iter_values(
+                        rt_names,
+                    )),
+                    Arc::new(Int64Array::from(orders)),
+                ],
+            )
+            .map_err(|e| Error::Engine(e.into()))?,
+        )?;
+        let linked = match &correlations {
+            Some(c) => c
+                .clone()
+                .filter(col("status").eq(lit("linked")))?
+                .join(
+                    rt_order,
+                    JoinType::Inner,
+                    &["resource_type"],
+                    &["_rt"],
+                    None,
+                )?
+                .select(vec![
+                    col("account_key"),
+                    col("resource_type"),
+                    col("rt_order"),
+                ])?,
+            None => rt_order.filter(lit(false))?.select(vec![
+                cast(col("_rt"), DataType::Utf8).alias("account_key"),
+                col("_rt").alias("resource_type"),
+                col("rt_order"),
+            ])?,
+        };
+        view(&ctx, "cls_linked", linked)?;
+
+        // Classification rules on this entity, by file order.
+        let rules: Vec<(usize, &crate::config::Classification)> = model
+            .classifications
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.target == target)
+            .collect();
+        let named: Vec<(String, &ConfigExpr)> = rules
+            .iter()
+            .map(|(i, c)| (i.to_string(), &c.rule))
+            .collect();
+        let hits = rule_hits(&ctx, table, key, &named, "_order")?.select(vec![
+            col("owner_key").alias("account_key"),
+            cast(col("_order"), DataType::Int64).alias("rule_order"),
+        ])?;
+        view(&ctx, "cls_hits", hits)?;
+        let rules_batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("rule_order", DataType::Int64, false),
+                Field::new("class", DataType::Utf8, false),
+                Field::new("protect", DataType::Boolean, false),
+            ])),
+            vec![
+                Arc::new(Int64Array::from_iter_values(
+                    rules.iter().map(|(i, _)| *i as i64),
+                )),
+                Arc::new(datafusion::arrow::array::StringArray::from_iter_values(
+                    rules.iter().map(|(_, c)| c.name.as_str()),
+                )),
+                Arc::new(BooleanArray::from(
+                    rules.iter().map(|(_, c)| c.protect).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .map_err(|e| Error::Engine(e.into()))?;
+        view(&ctx, "cls_rules", ctx.read_batch(rules_batch)?)?;
+        let result = ctx.sql(CLASSIFICATION_SQL).await?;
+        let result = super::role_model::materialize(&ctx, result).await?;
+        frames.push(result.select(vec![
+            lit(target).alias("entity"),
+            col("account_key"),
+            col("class"),
+            col("protect"),
+        ])?);
+    }
+    let all = match union_all(frames)? {
+        Some(df) => df,
+        None => empty(
+            &ctx,
+            Arc::new(Schema::new(vec![Field::new(
+                "entity",
+                DataType::Utf8,
+                true,
+            )])),
+        )?,
+    };
+    let all = all.sort(vec![
+        col("entity").sort(true, true),
+        col("account_key").sort(true, true),
+    ])?;
+    let summary = all
+        .clone()
+        .aggregate(
+            vec![col("class")],
+            vec![datafusion::functions_aggregate::expr_fn::count(lit(1)).alias("n")],
+        )?
+        .select(vec![
+            cast(col("class"), DataType::Utf8).alias("class"),
+            cast(col("n"), DataType::Int64).alias("n"),
+        ])?
+        .sort(vec![col("class").sort(true, true)])?
+        .collect()
+        .await?;
+    let mut parts = Vec::new();
+    for b in &summary {
+        let class = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::StringArray>();
+        let n = b.column(1).as_any().downcast_ref::<Int64Array>();
+        if let (Some(class), Some(n)) = (class, n) {
+            for i in 0..b.num_rows() {
+                parts.push(format!("{} {}", n.value(i), class.value(i)));
+            }
+        }
+    }
+    let table = NewTable::from_frame("classification", all).await?;
+    let rows = table.rows();
+    let written = commit_tables(rc, &catalog, "task:update_classification", vec![table]).await?;
+    Ok(TaskOutcome {
+        status: if written == 0 && !rc.dry_run {
+            TaskStatus::NoChanges
+        } else {
+            TaskStatus::Succeeded
+        },
+        rows_read: rows,
+        rows_written: written,
+        changes: rows,
+        message: format!("classified {rows} account(s): {}", parts.join(", ")),
+        exit_code: 0,
+    })
+}

@@ -1,0 +1,108 @@
+//! `compute_correlation_keys`: every correlation rule's value on both sides, as one long table.
+//!
+//! `correlation_keys` (`resource_type`, `side` = owner|target, `entity`, `key`, `rule`, `value`)
+//! holds, for each resource type and rule (numbered from 1), the rule's expression evaluated over
+//! the whole owner table and the whole target table. NULL and empty values are not keys
+//! (SPEC 11.3). Correlation then is a join of this table with itself.
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::prelude::*;
+
+use super::frames::{NewTable, commit_tables, quoted, require, session};
+use super::{RunContext, TaskOutcome, TaskStatus};
+use crate::config::{ResourceType, Task};
+use crate::error::Result;
+
+pub const TABLE: &str = "correlation_keys";
+
+pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
+    let (ctx, catalog) = session(rc).await?;
+    let mut all: Option<DataFrame> = None;
+    for rt in selected(rc, task) {
+        for df in keys_of(rc, &ctx, &catalog, rt).await? {
+            all = Some(match all {
+                None => df,
+                Some(a) => a.union(df)?,
+            });
+        }
+    }
+    let Some(all) = all else {
+        return Ok(TaskOutcome::skipped(
+            "no resource type has correlation rules",
+        ));
+    };
+    let all = all.sort(vec![
+        col("resource_type").sort(true, true),
+        col("side").sort(true, true),
+        col("rule").sort(true, true),
+        col("value").sort(true, true),
+        col("key").sort(true, true),
+    ])?;
+    let table = NewTable::from_frame(TABLE, all).await?;
+    let rows = table.rows();
+    let written = commit_tables(rc, &catalog, "task:compute_correlation_keys", vec![table]).await?;
+    Ok(TaskOutcome {
+        status: if written == 0 && !rc.dry_run {
+            TaskStatus::NoChanges
+        } else {
+            TaskStatus::Succeeded
+        },
+        rows_read: 0,
+        rows_written: written,
+        changes: rows,
+        message: format!("{rows} correlation keys"),
+        exit_code: 0,
+    })
+}
+
+/// The resource types a task works on (`resource_types`, default all).
+pub fn selected<'a>(rc: &'a RunContext<'_>, task: &Task) -> Vec<&'a ResourceType> {
+    rc.pipeline
+        .model
+        .resource_types
+        .iter()
+        .filter(|rt| {
+            task.resource_types
+                .as_ref()
+                .is_none_or(|v| v.contains(&rt.name))
+        })
+        .collect()
+}
+
+/// One frame per rule and side: `resource_type, side, entity, key, rule, value`.
+async fn keys_of(
+    rc: &RunContext<'_>,
+    ctx: &SessionContext,
+    catalog: &crate::store::Catalog,
+    rt: &ResourceType,
+) -> Result<Vec<DataFrame>> {
+    let mut out = Vec::new();
+    for (side, entity_name) in [("owner", &rt.owner), ("target", &rt.target)] {
+        let entity = rc
+            .pipeline
+            .entity(entity_name)
+            .expect("invariant: validated");
+        let table = require(ctx, catalog, entity_name, "synchronize").await?;
+        for rule in &rt.correlation {
+            let text = if side == "owner" {
+                &rule.owner.text
+            } else {
+                &rule.target.text
+            };
+            let value = ctx.parse_sql_expr(text, table.schema())?;
+            let df = table
+                .clone()
+                .select(vec![
+                    lit(rt.name.as_str()).alias("resource_type"),
+                    lit(side).alias("side"),
+                    lit(entity_name.as_str()).alias("entity"),
+                    cast(quoted(&entity.key), DataType::Utf8).alias("key"),
+                    lit(rule.number).alias("rule"),
+                    cast(value, DataType::Utf8).alias("value"),
+                ])?
+                .filter(col("value").is_not_null().and(col("value").not_eq(lit(""))))?;
+            out.push(df);
+        }
+    }
+    Ok(out)
+}

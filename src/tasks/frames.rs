@@ -1,0 +1,175 @@
+//! DataFrame helpers the tasks share: committed tables, collected batches, quoted columns.
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
+use datafusion::prelude::*;
+
+use crate::engine;
+use crate::error::Result;
+use crate::store::Catalog;
+
+/// A column by its exact name (configuration names may need quoting in SQL).
+pub fn quoted(name: &str) -> Expr {
+    col(format!("\"{name}\""))
+}
+
+/// The committed table `name` (registered in `ctx`) as a DataFrame with exactly `schema`'s
+/// columns (cast by name; columns added to the configuration since are NULL), or an empty one.
+pub async fn committed(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    name: &str,
+    schema: &SchemaRef,
+) -> Result<DataFrame> {
+    if !catalog.tables.contains_key(name) {
+        return Ok(ctx.read_batch(RecordBatch::new_empty(schema.clone()))?);
+    }
+    let df = ctx.table(name).await?;
+    let have = df.schema().clone();
+    let exprs: Vec<Expr> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if have.has_column_with_unqualified_name(f.name()) {
+                cast(quoted(f.name()), f.data_type().clone()).alias(f.name())
+            } else {
+                cast(lit(ScalarValue::Null), f.data_type().clone()).alias(f.name())
+            }
+        })
+        .collect();
+    Ok(df.select(exprs)?)
+}
+
+/// A frame over collected batches that keeps its schema when there are none.
+pub fn frame(
+    ctx: &SessionContext,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<DataFrame> {
+    Ok(ctx.read_table(engine::mem_table(schema.clone(), batches.to_vec())?)?)
+}
+
+/// Runs a DataFrame and returns its schema with the batches (the schema survives no rows).
+pub async fn collect(df: DataFrame) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await?;
+    Ok((schema, batches))
+}
+
+/// A table's next content: name, schema, batches.
+pub struct NewTable {
+    pub name: String,
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl NewTable {
+    pub async fn from_frame(name: &str, df: DataFrame) -> Result<Self> {
+        let (schema, batches) = collect(df).await?;
+        Ok(Self {
+            name: name.to_string(),
+            schema,
+            batches,
+        })
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.batches.iter().map(|b| b.num_rows() as u64).sum()
+    }
+}
+
+/// Overwrites each table whose content changed and commits them together in one catalog
+/// version (nothing on a dry run). Returns the rows written: 0 when nothing changed.
+pub async fn commit_tables(
+    rc: &super::RunContext<'_>,
+    catalog: &Catalog,
+    what: &str,
+    tables: Vec<NewTable>,
+) -> Result<u64> {
+    if rc.dry_run || tables.is_empty() {
+        return Ok(0);
+    }
+    let mut change = crate::store::CatalogChange {
+        run_id: rc.run_id.clone(),
+        what: what.to_string(),
+        ..Default::default()
+    };
+    let mut written = 0;
+    for t in tables {
+        if unchanged(rc, catalog, &t).await? {
+            continue;
+        }
+        written += t.rows();
+        let v = rc
+            .store
+            .write_table(
+                catalog,
+                &t.name,
+                t.schema,
+                t.batches,
+                crate::store::WriteMode::Overwrite,
+                &rc.run_id,
+            )
+            .await?;
+        change.tables.insert(t.name, v);
+    }
+    if change.tables.is_empty() {
+        return Ok(0);
+    }
+    rc.store.commit(catalog, change).await?;
+    Ok(written)
+}
+
+/// Whether the committed table holds exactly these rows (as a multiset, columns by name).
+async fn unchanged(rc: &super::RunContext<'_>, catalog: &Catalog, t: &NewTable) -> Result<bool> {
+    if !catalog.tables.contains_key(&t.name) {
+        return Ok(false);
+    }
+    let ctx = engine::context();
+    if !rc.store.register(&ctx, catalog, &t.name).await? {
+        return Ok(false);
+    }
+    let old = ctx.table(t.name.as_str()).await?;
+    let same_columns = old.schema().fields().len() == t.schema.fields().len()
+        && t.schema
+            .fields()
+            .iter()
+            .all(|f| old.schema().has_column_with_unqualified_name(f.name()));
+    if !same_columns || old.clone().count().await? as u64 != t.rows() {
+        return Ok(false);
+    }
+    let old = committed(&ctx, catalog, &t.name, &t.schema).await?;
+    let new = frame(&ctx, &t.schema, &t.batches)?;
+    let new = new.select(
+        t.schema
+            .fields()
+            .iter()
+            .map(|f| quoted(f.name()))
+            .collect::<Vec<_>>(),
+    )?;
+    Ok(new.except(old)?.count().await? == 0)
+}
+
+/// A session at the run's as-of date with every committed table registered.
+pub async fn session(rc: &super::RunContext<'_>) -> Result<(SessionContext, Catalog)> {
+    let catalog = rc.store.catalog().await?;
+    let ctx = engine::context_at(rc.as_of);
+    rc.store.register_all(&ctx, &catalog).await?;
+    Ok((ctx, catalog))
+}
+
+/// The committed table `name`, or an error saying which task must run first.
+pub async fn require(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    name: &str,
+    producer: &str,
+) -> Result<DataFrame> {
+    if !catalog.tables.contains_key(name) {
+        return Err(crate::error::Error::TaskFailed(format!(
+            "table `{name}` does not exist yet: run `{producer}` first (e.g. a synchronization or an earlier task of the job)"
+        )));
+    }
+    Ok(ctx.table(name).await?)
+}

@@ -1,0 +1,908 @@
+//! `generate_provisioning_orders`: what must change in each target system (SPEC section 6).
+//!
+//! `sql/orders.sql` computes, per resource type and over whole tables, the long table of order
+//! parts (an order's header, each attribute change, each link value to add or remove). This
+//! module then shapes the parts into orders — the JSON document and Parquet file per connector
+//! are output formatting — gives each order an id derived from its content, applies the
+//! provisioning thresholds and merges the orders into `provisioning_orders`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::ScalarValue;
+use datafusion::prelude::*;
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::frames::{NewTable, commit_tables, committed, quoted, require, session};
+use super::role_model::{empty, text_batch, union_all, view};
+use super::{RunContext, TaskOutcome, TaskStatus};
+use crate::config::{ColumnType, Managed, ResourceType, Task};
+use crate::error::{Error, Result, exit};
+use crate::store::Catalog;
+
+const ORDERS_SQL: &str = include_str!("../../sql/orders.sql");
+pub const TABLE: &str = "provisioning_orders";
+
+/// One provisioning order as emitted (the JSON shape of SPEC section 6).
+#[derive(Debug, Clone, Serialize)]
+pub struct Order {
+    pub order_id: String,
+    pub change_type: String,
+    pub resource_type: String,
+    pub entity: String,
+    pub owner: Option<OwnerRef>,
+    pub resource_key: Option<String>,
+    pub attributes: BTreeMap<String, Change>,
+    pub links: BTreeMap<String, LinkChange>,
+    #[serde(skip)]
+    pub connector: String,
+    #[serde(skip)]
+    pub kind: String,
+    #[serde(skip)]
+    pub account_key: Option<String>,
+    #[serde(skip)]
+    pub blocked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OwnerRef {
+    pub entity: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Change {
+    pub old: Value,
+    pub new: Value,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct LinkChange {
+    pub add: Vec<String>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct OrdersFile<'a> {
+    run_id: &'a str,
+    connector: &'a str,
+    generated_at: String,
+    orders: Vec<&'a Order>,
+}
+
+pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
+    let (ctx, catalog) = session(rc).await?;
+    let rts: Vec<&ResourceType> = rc
+        .pipeline
+        .model
+        .resource_types
+        .iter()
+        .filter(|rt| task.connector.as_ref().is_none_or(|c| *c == rt.connector))
+        .collect();
+    if rts.is_empty() {
+        return Ok(TaskOutcome::skipped("no resource type for this connector"));
+    }
+    let mut orders: Vec<Order> = Vec::new();
+    let mut blocked_messages = Vec::new();
+    for rt in &rts {
+        let (mut rt_orders, base) = orders_of(rc, &ctx, &catalog, rt).await?;
+        if let Some(reason) = threshold_reason(rt, &rt_orders, base) {
+            if rc.force || task.force {
+                tracing::warn!(resource_type = %rt.name, "provisioning threshold overridden: {reason}");
+            } else {
+                blocked_messages.push(format!("{}: {reason}", rt.name));
+                for o in &mut rt_orders {
+                    o.blocked = true;
+                }
+            }
+        }
+        orders.extend(rt_orders);
+    }
+    orders.sort_by(|a, b| {
+        (
+            &a.resource_type,
+            a.owner.as_ref().map(|o| &o.key).is_none(),
+            a.owner.as_ref().map(|o| &o.key),
+            a.resource_key.is_none(),
+            &a.resource_key,
+            &a.change_type,
+        )
+            .cmp(&(
+                &b.resource_type,
+                b.owner.as_ref().map(|o| &o.key).is_none(),
+                b.owner.as_ref().map(|o| &o.key),
+                b.resource_key.is_none(),
+                &b.resource_key,
+                &b.change_type,
+            ))
+    });
+
+    // Merge into provisioning_orders.
+    let connectors: Vec<String> = {
+        let mut v: Vec<String> = rts.iter().map(|rt| rt.connector.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let (table, new_count, inactive) = merge(rc, &ctx, &catalog, &orders, &connectors).await?;
+    let emitted: Vec<&Order> = orders.iter().filter(|o| !o.blocked).collect();
+
+    // Order files, one pair per connector with orders.
+    let generated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut files = Vec::new();
+    for connector in &connectors {
+        let these: Vec<&Order> = emitted
+            .iter()
+            .copied()
+            .filter(|o| &o.connector == connector)
+            .collect();
+        if these.is_empty() {
+            continue;
+        }
+        let doc = OrdersFile {
+            run_id: &rc.run_id,
+            connector,
+            generated_at: generated_at.clone(),
+            orders: these.clone(),
+        };
+        let json_bytes =
+            serde_json::to_vec_pretty(&doc).map_err(|e| Error::store(e.to_string()))?;
+        if rc.dry_run {
+            println!("{}", String::from_utf8_lossy(&json_bytes));
+            continue;
+        }
+        let parquet_bytes = parquet_of(&rc.run_id, connector, &these)?;
+        write_order_file(rc, connector, "json", json_bytes).await?;
+        write_order_file(rc, connector, "parquet", parquet_bytes).await?;
+        files.push(format!("{connector}.json"));
+    }
+
+    let written = commit_tables(
+        rc,
+        &catalog,
+        "task:generate_provisioning_orders",
+        vec![table],
+    )
+    .await?;
+    let mut by_type: BTreeMap<&str, usize> = BTreeMap::new();
+    for o in &emitted {
+        *by_type.entry(o.change_type.as_str()).or_default() += 1;
+    }
+    let counts: Vec<String> = by_type.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    let mut message = format!(
+        "{} order(s) ({} new, {} no longer needed){}{}",
+        emitted.len(),
+        new_count,
+        inactive,
+        if counts.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", counts.join(", "))
+        },
+        if rc.dry_run {
+            "; dry run, nothing written".to_string()
+        } else {
+            String::new()
+        }
+    );
+    if !blocked_messages.is_empty() {
+        message = format!(
+            "provisioning blocked, no order file written for: {}. If the change is intended, re-run with --force. {message}",
+            blocked_messages.join("; ")
+        );
+        return Ok(TaskOutcome {
+            status: TaskStatus::Blocked,
+            rows_read: 0,
+            rows_written: written,
+            changes: orders.len() as u64,
+            message,
+            exit_code: exit::BLOCKED,
+        });
+    }
+    Ok(TaskOutcome {
+        status: if new_count == 0 && inactive == 0 {
+            TaskStatus::NoChanges
+        } else {
+            TaskStatus::Succeeded
+        },
+        rows_read: 0,
+        rows_written: written,
+        changes: emitted.len() as u64,
+        message,
+        exit_code: 0,
+    })
+}
+
+/// Deleted and disabled orders count as deletions; the base is the linked accounts.
+fn threshold_reason(rt: &ResourceType, orders: &[Order], base: u64) -> Option<String> {
+    let t = &rt.thresholds;
+    if base < t.min_rows || base == 0 {
+        return None;
+    }
+    let count = |kinds: &[&str]| {
+        orders
+            .iter()
+            .filter(|o| kinds.contains(&o.kind.as_str()))
+            .count() as u64
+    };
+    let pct = |n: u64| n as f64 * 100.0 / base as f64;
+    let deleted = count(&["deleted", "disabled"]);
+    let added = count(&["added"]);
+    let modified = count(&["modified"]);
+    let mut reasons = Vec::new();
+    if pct(deleted) > t.max_deleted_percent {
+        reasons.push(format!(
+            "{deleted} of {base} linked accounts deleted or disabled ({:.1}% > max_deleted_percent {})",
+            pct(deleted),
+            t.max_deleted_percent
+        ));
+    }
+    if let Some(max) = t.max_deleted
+        && deleted > max
+    {
+        reasons.push(format!(
+            "{deleted} accounts deleted or disabled (> max_deleted {max})"
+        ));
+    }
+    if let Some(max) = t.max_added_percent
+        && pct(added) > max
+    {
+        reasons.push(format!(
+            "{added} accounts added ({:.1}% > max_added_percent {max})",
+            pct(added)
+        ));
+    }
+    if let Some(max) = t.max_modified_percent
+        && pct(modified) > max
+    {
+        reasons.push(format!(
+            "{modified} accounts modified ({:.1}% > max_modified_percent {max})",
+            pct(modified)
+        ));
+    }
+    (!reasons.is_empty()).then(|| reasons.join(", "))
+}
+
+/// The orders of one resource type and its number of linked accounts.
+async fn orders_of(
+    rc: &RunContext<'_>,
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    rt: &ResourceType,
+) -> Result<(Vec<Order>, u64)> {
+    let target_entity = rc
+        .pipeline
+        .entity(&rt.target)
+        .expect("invariant: validated");
+    let owner_entity = rc.pipeline.entity(&rt.owner).expect("invariant: validated");
+    let rt_name = lit(rt.name.as_str());
+    let of_rt = |df: DataFrame| df.filter(col("resource_type").eq(rt_name.clone()));
+
+    let assigned = of_rt(require(ctx, catalog, "assigned_resources", "compute_role_model").await?)?;
+    view(
+        ctx,
+        "o_assigned",
+        assigned.select(vec![col("owner_key"), col("account_key"), col("state")])?,
+    )?;
+    let correlations = of_rt(require(ctx, catalog, "correlations", "compute_role_model").await?)?;
+    let linked = correlations
+        .clone()
+        .filter(col("status").eq(lit("linked")))?
+        .select(vec![col("account_key"), col("owner_key")])?;
+    let base = linked.clone().count().await? as u64;
+    view(ctx, "o_linked", linked.clone())?;
+
+    let target = require(ctx, catalog, &rt.target, "synchronize").await?;
+    let account_key = cast(quoted(&target_entity.key), DataType::Utf8);
+    let accounts = target
+        .clone()
+        .select(vec![account_key.clone().alias("account_key")])?;
+    let classes = if catalog.tables.contains_key("classification") {
+        ctx.table("classification")
+            .await?
+            .filter(col("entity").eq(lit(rt.target.as_str())))?
+            .select(vec![
+                col("account_key").alias("_ck"),
+                col("class"),
+                col("protect"),
+            ])?
+    } else {
+        // Without classification nothing is an orphan and nothing is protected.
+        empty(
+            ctx,
+            Arc::new(Schema::new(vec![
+                Field::new("_ck", DataType::Utf8, true),
+                Field::new("class", DataType::Utf8, true),
+                Field::new("protect", DataType::Boolean, true),
+            ])),
+        )?
+    };
+    let statuses = correlations.select(vec![col("account_key").alias("_sk"), col("status")])?;
+    view(
+        ctx,
+        "o_accounts",
+        accounts
+            .join(classes, JoinType::Left, &["account_key"], &["_ck"], None)?
+            .join(statuses, JoinType::Left, &["account_key"], &["_sk"], None)?
+            .select(vec![
+                col("account_key"),
+                col("class"),
+                coalesce_bool(col("protect")).alias("protect"),
+                col("status"),
+            ])?,
+    )?;
+    view(
+        ctx,
+        "o_desired_scalars",
+        of_rt(require(ctx, catalog, "assigned_scalars", "compute_role_model").await?)?
+            .select(vec![col("owner_key"), col("attribute"), col("value")])?,
+    )?;
+    view(
+        ctx,
+        "o_desired_links",
+        of_rt(require(ctx, catalog, "assigned_links", "compute_role_model").await?)?
+            .select(vec![col("owner_key"), col("link"), col("value")])?,
+    )?;
+
+    // Current values of the scalar and disable columns, as text of the column type.
+    let mut columns: Vec<&str> = rt.scalars.iter().map(|(c, _)| c.as_str()).collect();
+    for (c, _) in &rt.disable {
+        if !columns.contains(&c.as_str()) {
+            columns.push(c);
+        }
+    }
+    let mut current = Vec::new();
+    for c in &columns {
+        current.push(target.clone().select(vec![
+            account_key.clone().alias("account_key"),
+            lit(*c).alias("attribute"),
+            cast(quoted(c), DataType::Utf8).alias("value"),
+        ])?);
+    }
+    view(
+        ctx,
+        "o_current_scalars",
+        or_empty_utf8(
+            ctx,
+            union_all(current)?,
+            &["account_key", "attribute", "value"],
+        )?,
+    )?;
+
+    // Current link values of the resource type's links.
+    let mut current_links = Vec::new();
+    for l in &rt.links {
+        let link = rc.pipeline.link(&l.link).expect("invariant: validated");
+        if !catalog.tables.contains_key(&l.link) {
+            continue;
+        }
+        current_links.push(ctx.table(l.link.as_str()).await?.select(vec![
+            cast(quoted(&link.from.column), DataType::Utf8).alias("account_key"),
+            lit(l.link.as_str()).alias("link"),
+            cast(quoted(&link.to.column), DataType::Utf8).alias("value"),
+        ])?);
+    }
+    view(
+        ctx,
+        "o_current_links",
+        or_empty_utf8(
+            ctx,
+            union_all(current_links)?,
+            &["account_key", "link", "value"],
+        )?,
+    )?;
+
+    // Disable values: expressions over the owner (NULL columns when the owner is gone).
+    let owner_key_expr = cast(quoted(&owner_entity.key), DataType::Utf8);
+    let owners = require(ctx, catalog, &rt.owner, "synchronize").await?;
+    let with_owner = target
+        .clone()
+        .select(vec![account_key.clone().alias("_account_key")])?
+        .join(
+            linked.select(vec![
+                col("account_key").alias("_lk"),
+                col("owner_key").alias("_lo"),
+            ])?,
+            JoinType::Left,
+            &["_account_key"],
+            &["_lk"],
+            None,
+        )?
+        .join(
+            owners.with_column("_ok", owner_key_expr)?,
+            JoinType::Left,
+            &["_lo"],
+            &["_ok"],
+            None,
+        )?;
+    let mut disable = Vec::new();
+    for (c, e) in &rt.disable {
+        let value = ctx.parse_sql_expr(&e.text, with_owner.schema())?;
+        disable.push(with_owner.clone().select(vec![
+                col("_account_key").alias("account_key"),
+                lit(c.as_str()).alias("attribute"),
+                cast(
+                    try_cast(value, super::role_model::target_type(rc, rt, c)),
+                    DataType::Utf8,
+                )
+                .alias("value"),
+            ])?);
+    }
+    view(
+        ctx,
+        "o_disable",
+        or_empty_utf8(
+            ctx,
+            union_all(disable)?,
+            &["account_key", "attribute", "value"],
+        )?,
+    )?;
+
+    // Configuration: managed values, link modes, create_only, policy.
+    let (mut m_links, mut m_values) = (Vec::new(), Vec::new());
+    let (mut modes_link, mut modes) = (Vec::new(), Vec::new());
+    for l in &rt.links {
+        modes_link.push(l.link.as_str());
+        modes.push(match l.managed {
+            Managed::Rules => "rules",
+            Managed::All => "all",
+        });
+        for v in &l.values {
+            m_links.push(l.link.as_str());
+            m_values.push(v.target.as_str());
+        }
+    }
+    view(
+        ctx,
+        "o_managed",
+        ctx.read_batch(text_batch(&[("link", m_links), ("value", m_values)])?)?,
+    )?;
+    view(
+        ctx,
+        "o_link_modes",
+        ctx.read_batch(text_batch(&[("link", modes_link), ("managed", modes)])?)?,
+    )?;
+    let create_only: Vec<&str> = rt.create_only.iter().map(String::as_str).collect();
+    view(
+        ctx,
+        "o_create_only",
+        ctx.read_batch(text_batch(&[("attribute", create_only)])?)?,
+    )?;
+    view(
+        ctx,
+        "o_policy",
+        ctx.read_batch(text_batch(&[
+            ("on_lost", vec![rt.on_lost.name()]),
+            ("orphans", vec![rt.orphans.name()]),
+        ])?)?,
+    )?;
+
+    let text = |n: &&str| -> Expr { cast(col(*n), DataType::Utf8).alias(*n) };
+    let parts = ctx
+        .sql(ORDERS_SQL)
+        .await?
+        .select(
+            [
+                "change_type",
+                "kind",
+                "owner_key",
+                "account_key",
+                "part",
+                "name",
+                "old_value",
+                "new_value",
+            ]
+            .iter()
+            .map(text)
+            .collect::<Vec<Expr>>(),
+        )?
+        .sort(vec![
+            col("owner_key").sort(true, false),
+            col("account_key").sort(true, true),
+            col("change_type").sort(true, true),
+            col("kind").sort(true, true),
+            col("part").sort(true, true),
+            col("name").sort(true, true),
+            col("old_value").sort(true, true),
+            col("new_value").sort(true, true),
+        ])?
+        .collect()
+        .await?;
+    Ok((assemble(rc, rt, &parts), base))
+}
+
+fn coalesce_bool(e: Expr) -> Expr {
+    datafusion::functions::core::expr_fn::coalesce(vec![e, lit(ScalarValue::Boolean(Some(false)))])
+}
+
+fn or_empty_utf8(ctx: &SessionContext, df: Option<DataFrame>, names: &[&str]) -> Result<DataFrame> {
+    match df {
+        Some(df) => Ok(df),
+        None => empty(
+            ctx,
+            Arc::new(Schema::new(
+                names
+                    .iter()
+                    .map(|n| Field::new(*n, DataType::Utf8, true))
+                    .collect::<Vec<_>>(),
+            )),
+        ),
+    }
+}
+
+/// Shapes sorted order parts into orders (output formatting over the result set).
+fn assemble(rc: &RunContext<'_>, rt: &ResourceType, parts: &[RecordBatch]) -> Vec<Order> {
+    let target = rc
+        .pipeline
+        .entity(&rt.target)
+        .expect("invariant: validated");
+    let types: HashMap<&str, ColumnType> = target
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.ty))
+        .collect();
+    let key_scalar = rt
+        .scalars
+        .iter()
+        .any(|(c, _)| *c == target.key)
+        .then_some(target.key.as_str());
+    let mut orders: Vec<Order> = Vec::new();
+    let mut index: HashMap<(String, String, Option<String>, Option<String>), usize> =
+        HashMap::new();
+    for b in parts {
+        let get = |name: &str| -> &StringArray {
+            b.column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .expect("invariant: orders.sql returns text columns")
+        };
+        let opt = |a: &StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_string());
+        let (change, kind, owner, account, part, name, old, new) = (
+            get("change_type"),
+            get("kind"),
+            get("owner_key"),
+            get("account_key"),
+            get("part"),
+            get("name"),
+            get("old_value"),
+            get("new_value"),
+        );
+        for i in 0..b.num_rows() {
+            let id = (
+                change.value(i).to_string(),
+                kind.value(i).to_string(),
+                opt(owner, i),
+                opt(account, i),
+            );
+            let at = *index.entry(id.clone()).or_insert_with(|| {
+                orders.push(Order {
+                    order_id: String::new(),
+                    change_type: id.0.clone(),
+                    resource_type: rt.name.clone(),
+                    entity: rt.target.clone(),
+                    owner: id.2.clone().map(|key| OwnerRef {
+                        entity: rt.owner.clone(),
+                        key,
+                    }),
+                    resource_key: id.3.clone(),
+                    attributes: BTreeMap::new(),
+                    links: BTreeMap::new(),
+                    connector: rt.connector.clone(),
+                    kind: id.1.clone(),
+                    account_key: id.3.clone(),
+                    blocked: false,
+                });
+                orders.len() - 1
+            });
+            let order = &mut orders[at];
+            match part.value(i) {
+                "attribute" => {
+                    let attr = name.value(i);
+                    let ty = types.get(attr).copied().unwrap_or(ColumnType::String);
+                    let new_value = opt(new, i);
+                    if order.change_type == "Added" && Some(attr) == key_scalar {
+                        order.resource_key = new_value.clone();
+                    }
+                    order.attributes.insert(
+                        attr.to_string(),
+                        Change {
+                            old: typed(ty, opt(old, i).as_deref()),
+                            new: typed(ty, new_value.as_deref()),
+                        },
+                    );
+                }
+                "add" => order
+                    .links
+                    .entry(name.value(i).to_string())
+                    .or_default()
+                    .add
+                    .push(new.value(i).to_string()),
+                "remove" => order
+                    .links
+                    .entry(name.value(i).to_string())
+                    .or_default()
+                    .remove
+                    .push(old.value(i).to_string()),
+                _ => {}
+            }
+        }
+    }
+    for o in &mut orders {
+        for l in o.links.values_mut() {
+            l.add.sort();
+            l.add.dedup();
+            l.remove.sort();
+            l.remove.dedup();
+        }
+        o.order_id = order_id(o);
+    }
+    orders
+}
+
+/// A JSON value of the target column's type (SPEC 11.10).
+fn typed(ty: ColumnType, v: Option<&str>) -> Value {
+    let Some(v) = v else { return Value::Null };
+    match ty {
+        ColumnType::Int => v
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| json!(v)),
+        ColumnType::Float => v
+            .parse::<f64>()
+            .ok()
+            .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number))
+            .unwrap_or_else(|| json!(v)),
+        ColumnType::Bool => match v {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => json!(v),
+        },
+        ColumnType::Timestamp => chrono::DateTime::parse_from_rfc3339(v)
+            .map(|t| {
+                json!(
+                    t.with_timezone(&chrono::Utc)
+                        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                )
+            })
+            .or_else(|_| {
+                chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S%.f").map(|t| {
+                    json!(
+                        t.and_utc()
+                            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                    )
+                })
+            })
+            .unwrap_or_else(|_| json!(v)),
+        ColumnType::String | ColumnType::Date => json!(v),
+    }
+}
+
+/// The first 16 hex digits of the SHA-256 of the order's content (without its id): the same
+/// order in a later run has the same id.
+fn order_id(o: &Order) -> String {
+    let content = json!({
+        "connector": o.connector,
+        "resource_type": o.resource_type,
+        "change_type": o.change_type,
+        "entity": o.entity,
+        "owner": o.owner,
+        "resource_key": o.resource_key,
+        "attributes": o.attributes,
+        "links": o.links,
+    });
+    let hash = Sha256::digest(content.to_string().as_bytes());
+    hex::encode(&hash[..8])
+}
+
+fn orders_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(
+        [
+            "order_id",
+            "run_id",
+            "last_run_id",
+            "connector",
+            "resource_type",
+            "change_type",
+            "owner_key",
+            "account_key",
+            "attributes",
+            "links",
+            "state",
+            "message",
+        ]
+        .iter()
+        .map(|n| Field::new(*n, DataType::Utf8, true))
+        .collect::<Vec<_>>(),
+    ))
+}
+
+/// The next `provisioning_orders`: each order once by id; ids seen before keep their first run
+/// and state (unless pending, blocked or inactive, which take the new state), and orders of
+/// these connectors that this run no longer produces become `inactive`.
+async fn merge(
+    rc: &RunContext<'_>,
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    orders: &[Order],
+    connectors: &[String],
+) -> Result<(NewTable, usize, usize)> {
+    let mut cols: Vec<Vec<Option<String>>> =
+        (0..12).map(|_| Vec::with_capacity(orders.len())).collect();
+    for o in orders {
+        let values = [
+            Some(o.order_id.clone()),
+            Some(rc.run_id.clone()),
+            Some(rc.run_id.clone()),
+            Some(o.connector.clone()),
+            Some(o.resource_type.clone()),
+            Some(o.change_type.clone()),
+            o.owner.as_ref().map(|w| w.key.clone()),
+            o.account_key.clone(),
+            Some(json_text(&o.attributes)),
+            Some(json_text(&o.links)),
+            Some(if o.blocked { "blocked" } else { "pending" }.to_string()),
+            None,
+        ];
+        for (c, v) in cols.iter_mut().zip(values) {
+            c.push(v);
+        }
+    }
+    let schema = orders_schema();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        cols.into_iter()
+            .map(|c| Arc::new(StringArray::from(c)) as Arc<dyn Array>)
+            .collect(),
+    )
+    .map_err(|e| Error::Engine(e.into()))?;
+    let new = ctx.read_batch(batch)?;
+    view(ctx, "orders_new", new.clone())?;
+    let old = committed(ctx, catalog, TABLE, &schema).await?;
+    view(ctx, "orders_old", old)?;
+    let connector_list: Vec<&str> = connectors.iter().map(String::as_str).collect();
+    view(
+        ctx,
+        "orders_connectors",
+        ctx.read_batch(text_batch(&[("connector", connector_list)])?)?,
+    )?;
+    let merged = ctx
+        .sql(
+            "SELECT coalesce(n.order_id, o.order_id) AS order_id,
+                    coalesce(o.run_id, n.run_id) AS run_id,
+                    coalesce(n.last_run_id, o.last_run_id) AS last_run_id,
+                    coalesce(n.connector, o.connector) AS connector,
+                    coalesce(n.resource_type, o.resource_type) AS resource_type,
+                    coalesce(n.change_type, o.change_type) AS change_type,
+                    coalesce(n.owner_key, o.owner_key) AS owner_key,
+                    coalesce(n.account_key, o.account_key) AS account_key,
+                    coalesce(n.attributes, o.attributes) AS attributes,
+                    coalesce(n.links, o.links) AS links,
+                    CASE
+                        WHEN n.order_id IS NOT NULL AND (o.order_id IS NULL OR o.state IN ('pending', 'blocked', 'inactive')) THEN n.state
+                        WHEN n.order_id IS NOT NULL THEN o.state
+                        WHEN o.state IN ('pending', 'blocked') AND c.connector IS NOT NULL THEN 'inactive'
+                        ELSE o.state
+                    END AS state,
+                    coalesce(n.message, o.message) AS message
+             FROM orders_new n
+             FULL OUTER JOIN orders_old o ON o.order_id = n.order_id
+             LEFT JOIN orders_connectors c ON c.connector = o.connector
+             ORDER BY order_id",
+        )
+        .await?;
+    let new_count = ctx
+        .sql("SELECT n.order_id FROM orders_new n LEFT JOIN orders_old o ON o.order_id = n.order_id WHERE o.order_id IS NULL AND n.state = 'pending'")
+        .await?
+        .count()
+        .await?;
+    let inactive = ctx
+        .sql(
+            "SELECT o.order_id FROM orders_old o
+             JOIN orders_connectors c ON c.connector = o.connector
+             LEFT JOIN orders_new n ON n.order_id = o.order_id
+             WHERE n.order_id IS NULL AND o.state IN ('pending', 'blocked')",
+        )
+        .await?
+        .count()
+        .await?;
+    Ok((
+        NewTable::from_frame(TABLE, merged).await?,
+        new_count,
+        inactive,
+    ))
+}
+
+/// Compact JSON text (maps are sorted: deterministic).
+fn json_text<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// The Parquet form of a connector's orders: one row per order, attributes and links as JSON.
+fn parquet_of(run_id: &str, connector: &str, orders: &[&Order]) -> Result<Vec<u8>> {
+    let names = [
+        "order_id",
+        "run_id",
+        "connector",
+        "change_type",
+        "resource_type",
+        "entity",
+        "owner_entity",
+        "owner_key",
+        "resource_key",
+        "attributes",
+        "links",
+    ];
+    let schema = Arc::new(Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ));
+    let col = |f: &dyn Fn(&Order) -> Option<String>| -> Arc<dyn Array> {
+        Arc::new(StringArray::from(
+            orders.iter().map(|o| f(o)).collect::<Vec<_>>(),
+        ))
+    };
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            col(&|o| Some(o.order_id.clone())),
+            col(&|_| Some(run_id.to_string())),
+            col(&|_| Some(connector.to_string())),
+            col(&|o| Some(o.change_type.clone())),
+            col(&|o| Some(o.resource_type.clone())),
+            col(&|o| Some(o.entity.clone())),
+            col(&|o| o.owner.as_ref().map(|w| w.entity.clone())),
+            col(&|o| o.owner.as_ref().map(|w| w.key.clone())),
+            col(&|o| o.resource_key.clone()),
+            col(&|o| Some(json_text(&o.attributes))),
+            col(&|o| Some(json_text(&o.links))),
+        ],
+    )
+    .map_err(|e| Error::Engine(e.into()))?;
+    let mut out = Vec::new();
+    let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(&mut out, schema, None)
+        .map_err(|e| Error::store(format!("orders parquet: {e}")))?;
+    writer
+        .write(&batch)
+        .map_err(|e| Error::store(format!("orders parquet: {e}")))?;
+    writer
+        .close()
+        .map_err(|e| Error::store(format!("orders parquet: {e}")))?;
+    Ok(out)
+}
+
+/// `<orders dir>/<run_id>/<connector>.<ext>`: `[output] orders` (relative to the pipeline) or
+/// `_orders` in the store.
+async fn write_order_file(
+    rc: &RunContext<'_>,
+    connector: &str,
+    ext: &str,
+    bytes: Vec<u8>,
+) -> Result<()> {
+    match &rc.pipeline.orders_dir {
+        Some(dir) => {
+            let dir = rc.pipeline.dir.join(dir).join(&rc.run_id);
+            std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+                context: format!("creating {}", dir.display()),
+                source,
+            })?;
+            let path = dir.join(format!("{connector}.{ext}"));
+            let tmp = dir.join(format!(".{connector}.{ext}.tmp"));
+            std::fs::write(&tmp, &bytes)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|source| Error::Io {
+                    context: format!("writing {}", path.display()),
+                    source,
+                })
+        }
+        None => {
+            rc.store
+                .put_file(&format!("_orders/{}/{connector}.{ext}", rc.run_id), bytes)
+                .await
+        }
+    }
+}

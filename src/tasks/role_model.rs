@@ -1,0 +1,845 @@
+//! `compute_role_model`: correlations, assigned roles, assigned resources with their desired
+//! scalars and link values (SPEC section 5).
+//!
+//! Every configuration expression is evaluated over a whole table into a long table of hits
+//! (`owner_key`, name); the fixed SQL in `sql/` (correlations, assigned_roles,
+//! assigned_resources) joins those. No value from the data is ever spliced into SQL text: the
+//! only text that becomes SQL is the configuration's own expressions.
+//!
+//! Tables written (one atomic commit):
+//! - `correlations` (`resource_type`, `account_key`, `owner_key`, `rule`, `status`, `conflict`)
+//! - `assigned_roles` (`owner_key`, `role`, `origin`, `via`, `start_date`, `end_date`)
+//! - `assigned_resources` (`resource_type`, `owner_key`, `account_key`, `state`)
+//! - `assigned_scalars` (`resource_type`, `owner_key`, `attribute`, `value`): desired values,
+//!   cast to the target column's type, as text
+//! - `assigned_links` (`resource_type`, `owner_key`, `link`, `value`): desired link values
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::functions_nested::expr_fn::make_array;
+use datafusion::prelude::*;
+
+use super::correlation_keys::{self, selected};
+use super::frames::{NewTable, commit_tables, quoted, require, session};
+use super::{RunContext, TaskOutcome, TaskStatus};
+use crate::config::{ConfigExpr, ResourceType, Task};
+use crate::error::{Error, Result};
+use crate::store::Catalog;
+
+const CORRELATIONS_SQL: &str = include_str!("../../sql/correlations.sql");
+const CANDIDATES_SQL: &str = include_str!("../../sql/correlation_candidates.sql");
+const ASSIGNED_ROLES_SQL: &str = include_str!("../../sql/assigned_roles.sql");
+const ASSIGNED_RESOURCES_SQL: &str = include_str!("../../sql/assigned_resources.sql");
+
+pub const PRE_EXISTING: &str = "pre_existing_rights";
+
+pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
+    let (ctx, catalog) = session(rc).await?;
+    let rts = selected(rc, task);
+    let mut warnings: Vec<String> = Vec::new();
+
+    // 1. Correlations.
+    let mut correlations: Vec<DataFrame> = Vec::new();
+    let mut counts = Vec::new();
+    for rt in &rts {
+        let df = correlate(rc, &ctx, &catalog, rt).await?;
+        let df = materialize(&ctx, df).await?;
+        let (linked, ambiguous, conflicts) = status_counts(df.clone()).await?;
+        if ambiguous > 0 {
+            warnings.push(format!(
+                "{}: {ambiguous} ambiguous account(s) not linked",
+                rt.name
+            ));
+        }
+        if conflicts > 0 {
+            warnings.push(format!(
+                "{}: {conflicts} linked account(s) whose rules now match another owner (kept)",
+                rt.name
+            ));
+        }
+        counts.push(format!("{}: {linked} linked", rt.name));
+        correlations.push(df);
+    }
+    let correlations = union_all(correlations)?
+        .map(Ok)
+        .unwrap_or_else(|| empty(&ctx, correlations_schema()))?;
+    let correlations =
+        merge_other_types(&ctx, &catalog, "correlations", correlations, &rts).await?;
+    let correlations = materialize(&ctx, correlations).await?;
+    view(&ctx, "correlations_new", correlations.clone())?;
+
+    // 2. Assigned roles.
+    let (assigned_roles, manual_warnings) = assigned_roles(rc, &ctx, &catalog).await?;
+    warnings.extend(manual_warnings);
+    let assigned_roles = materialize(&ctx, assigned_roles).await?;
+    view(&ctx, "assigned_roles", assigned_roles.clone())?;
+
+    // 3. Assigned resources, desired scalars and links.
+    let mut resources = Vec::new();
+    let mut scalars = Vec::new();
+    let mut links = Vec::new();
+    for rt in &rts {
+        let res = assigned_resources(rc, &ctx, &catalog, rt).await?;
+        let res = materialize(&ctx, res).await?;
+        scalars.push(desired_scalars(rc, &ctx, rt, res.clone()).await?);
+        links.push(desired_links(rc, &ctx, &catalog, rt, res.clone()).await?);
+        resources.push(res.select(vec![
+            lit(rt.name.as_str()).alias("resource_type"),
+            col("owner_key"),
+            col("account_key"),
+            col("state"),
+        ])?);
+    }
+    let resources = or_empty(&ctx, union_all(resources)?, resources_schema())?;
+    let scalars = or_empty(&ctx, union_all(scalars)?, scalars_schema())?;
+    let links = or_empty(&ctx, union_all(links)?, links_schema())?;
+    let resources =
+        merge_other_types(&ctx, &catalog, "assigned_resources", resources, &rts).await?;
+    let scalars = merge_other_types(&ctx, &catalog, "assigned_scalars", scalars, &rts).await?;
+    let links = merge_other_types(&ctx, &catalog, "assigned_links", links, &rts).await?;
+
+    let tables = vec![
+        NewTable::from_frame(
+            "correlations",
+            correlations.sort(vec![
+                col("resource_type").sort(true, true),
+                col("account_key").sort(true, true),
+            ])?,
+        )
+        .await?,
+        NewTable::from_frame("assigned_roles", assigned_roles).await?,
+        NewTable::from_frame(
+            "assigned_resources",
+            resources.sort(vec![
+                col("resource_type").sort(true, true),
+                col("owner_key").sort(true, true),
+            ])?,
+        )
+        .await?,
+        NewTable::from_frame(
+            "assigned_scalars",
+            scalars.sort(vec![
+                col("resource_type").sort(true, true),
+                col("owner_key").sort(true, true),
+                col("attribute").sort(true, true),
+            ])?,
+        )
+        .await?,
+        NewTable::from_frame(
+            "assigned_links",
+            links.sort(vec![
+                col("resource_type").sort(true, true),
+                col("owner_key").sort(true, true),
+                col("link").sort(true, true),
+                col("value").sort(true, true),
+            ])?,
+        )
+        .await?,
+    ];
+    let roles = tables[1].rows();
+    let assigned = tables[2].rows();
+    let written = commit_tables(rc, &catalog, "task:compute_role_model", tables).await?;
+    let mut message = format!(
+        "{}; {roles} role assignment(s); {assigned} assigned resource(s)",
+        counts.join(", ")
+    );
+    if !warnings.is_empty() {
+        message.push_str(&format!(
+            "; {} warning(s): {}",
+            warnings.len(),
+            warnings.join("; ")
+        ));
+    }
+    Ok(TaskOutcome {
+        // Unchanged results are `no_changes` even when they carry warnings (the message keeps
+        // them): a persistent data condition must not make every run look eventful.
+        status: if written == 0 && !rc.dry_run {
+            TaskStatus::NoChanges
+        } else if !warnings.is_empty() {
+            TaskStatus::Warning
+        } else {
+            TaskStatus::Succeeded
+        },
+        rows_read: 0,
+        rows_written: written,
+        changes: assigned,
+        message,
+        exit_code: 0,
+    })
+}
+
+/// (linked, ambiguous, conflicts) of one resource type's correlations.
+async fn status_counts(df: DataFrame) -> Result<(i64, i64, i64)> {
+    use datafusion::functions_aggregate::expr_fn::sum;
+    let count_if = |e: Expr| sum(when(e, lit(1i64)).otherwise(lit(0i64)).unwrap_or(lit(0i64)));
+    let batches = df
+        .aggregate(
+            vec![],
+            vec![
+                count_if(col("status").eq(lit("linked"))).alias("linked"),
+                count_if(col("status").eq(lit("ambiguous"))).alias("ambiguous"),
+                count_if(col("conflict").is_true()).alias("conflicts"),
+            ],
+        )?
+        .collect()
+        .await?;
+    let get = |name: &str| -> i64 {
+        batches
+            .first()
+            .and_then(|b| b.column_by_name(name))
+            .and_then(|c| {
+                c.as_any()
+                    .downcast_ref::<Int64Array>()
+                    .map(|a| if a.is_null(0) { 0 } else { a.value(0) })
+            })
+            .unwrap_or(0)
+    };
+    Ok((get("linked"), get("ambiguous"), get("conflicts")))
+}
+
+fn text_column<'a>(b: &'a RecordBatch, name: &str) -> &'a StringArray {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .expect("invariant: a text column of igaflow's own query")
+}
+
+/// Registers `df` as view `name` (replacing an earlier one).
+pub fn view(ctx: &SessionContext, name: &str, df: DataFrame) -> Result<()> {
+    let _ = ctx.deregister_table(name)?;
+    ctx.register_table(name, df.into_view())?;
+    Ok(())
+}
+
+pub fn union_all(frames: Vec<DataFrame>) -> Result<Option<DataFrame>> {
+    let mut out: Option<DataFrame> = None;
+    for f in frames {
+        out = Some(match out {
+            None => f,
+            Some(a) => a.union(f)?,
+        });
+    }
+    Ok(out)
+}
+
+fn or_empty(ctx: &SessionContext, df: Option<DataFrame>, schema: Arc<Schema>) -> Result<DataFrame> {
+    match df {
+        Some(df) => Ok(df),
+        None => empty(ctx, schema),
+    }
+}
+
+pub fn empty(ctx: &SessionContext, schema: Arc<Schema>) -> Result<DataFrame> {
+    Ok(ctx.read_batch(RecordBatch::new_empty(schema))?)
+}
+
+/// Runs `df` once and returns a frame over the result (so later joins do not recompute it).
+pub async fn materialize(ctx: &SessionContext, df: DataFrame) -> Result<DataFrame> {
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await?;
+    super::frames::frame(ctx, &schema, &batches)
+}
+
+fn utf8(names: &[&str]) -> Arc<Schema> {
+    Arc::new(Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn correlations_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("resource_type", DataType::Utf8, true),
+        Field::new("account_key", DataType::Utf8, true),
+        Field::new("owner_key", DataType::Utf8, true),
+        Field::new("rule", DataType::Int64, true),
+        Field::new("status", DataType::Utf8, true),
+        Field::new("conflict", DataType::Boolean, true),
+    ]))
+}
+fn resources_schema() -> Arc<Schema> {
+    utf8(&["resource_type", "owner_key", "account_key", "state"])
+}
+fn scalars_schema() -> Arc<Schema> {
+    utf8(&["resource_type", "owner_key", "attribute", "value"])
+}
+fn links_schema() -> Arc<Schema> {
+    utf8(&["resource_type", "owner_key", "link", "value"])
+}
+
+/// When a task works on some resource types only, the other types' rows stay as they were.
+async fn merge_other_types(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    table: &str,
+    new: DataFrame,
+    rts: &[&ResourceType],
+) -> Result<DataFrame> {
+    if !catalog.tables.contains_key(table) {
+        return Ok(new);
+    }
+    let names: Vec<Expr> = rts.iter().map(|rt| lit(rt.name.as_str())).collect();
+    let schema = Arc::new(new.schema().as_arrow().clone());
+    let old = super::frames::committed(ctx, catalog, table, &schema)
+        .await?
+        .filter(col("resource_type").in_list(names, true))?;
+    Ok(old.union(new)?)
+}
+
+/// The owner key of an entity table as text.
+fn key_text(rc: &RunContext<'_>, entity: &str) -> Expr {
+    let e = rc.pipeline.entity(entity).expect("invariant: validated");
+    cast(quoted(&e.key), DataType::Utf8)
+}
+
+/// `(owner_key, <name_col>)` for every row of `table` where each named rule holds: one scan,
+/// the rules as an array of CASE expressions, unnested.
+pub fn rule_hits(
+    ctx: &SessionContext,
+    table: DataFrame,
+    key: Expr,
+    rules: &[(String, &ConfigExpr)],
+    name_col: &str,
+) -> Result<DataFrame> {
+    if rules.is_empty() {
+        return empty(ctx, utf8(&["owner_key", name_col]));
+    }
+    let mut cases = Vec::with_capacity(rules.len());
+    for (name, rule) in rules {
+        let cond = ctx.parse_sql_expr(&rule.text, table.schema())?;
+        cases.push(when(cond, lit(name.as_str())).end()?);
+    }
+    Ok(table
+        .select(vec![
+            key.alias("owner_key"),
+            make_array(cases).alias("_hits"),
+        ])?
+        .unnest_columns(&["_hits"])?
+        .filter(col("_hits").is_not_null())?
+        .select(vec![col("owner_key"), col("_hits").alias(name_col)])?)
+}
+
+async fn correlate(
+    rc: &RunContext<'_>,
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    rt: &ResourceType,
+) -> Result<DataFrame> {
+    let target = require(ctx, catalog, &rt.target, "synchronize").await?;
+    view(
+        ctx,
+        "corr_targets",
+        target.select(vec![key_text(rc, &rt.target).alias("account_key")])?,
+    )?;
+    let keys = if rt.correlation.is_empty() {
+        empty(ctx, utf8(&["resource_type", "side", "key", "value"]))?.select(vec![
+            col("resource_type"),
+            col("side"),
+            col("key"),
+            cast(lit(0i64), DataType::Int64).alias("rule"),
+            col("value"),
+        ])?
+    } else {
+        require(
+            ctx,
+            catalog,
+            correlation_keys::TABLE,
+            "compute_correlation_keys",
+        )
+        .await?
+        .filter(col("resource_type").eq(lit(rt.name.as_str())))?
+    };
+    view(
+        ctx,
+        "corr_target_keys",
+        keys.clone()
+            .filter(col("side").eq(lit("target")))?
+            .select(vec![
+                col("key").alias("account_key"),
+                col("rule"),
+                col("value"),
+            ])?,
+    )?;
+    view(
+        ctx,
+        "corr_owner_keys",
+        keys.filter(col("side").eq(lit("owner")))?.select(vec![
+            col("key").alias("owner_key"),
+            col("rule"),
+            col("value"),
+        ])?,
+    )?;
+    let rules = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("rule", DataType::Int64, false),
+            Field::new("confidence", DataType::Int64, false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from_iter_values(
+                rt.correlation.iter().map(|r| r.number),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                rt.correlation.iter().map(|r| r.confidence),
+            )),
+        ],
+    )
+    .map_err(datafusion::error::DataFusionError::from)?;
+    view(ctx, "corr_rules", ctx.read_batch(rules)?)?;
+    let previous = if catalog.tables.contains_key("correlations") {
+        ctx.table("correlations")
+            .await?
+            .filter(
+                col("resource_type")
+                    .eq(lit(rt.name.as_str()))
+                    .and(col("status").eq(lit("linked"))),
+            )?
+            .select(vec![col("account_key"), col("owner_key"), col("rule")])?
+    } else {
+        empty(ctx, correlations_schema())?.select(vec![
+            col("account_key"),
+            col("owner_key"),
+            col("rule"),
+        ])?
+    };
+    view(ctx, "corr_previous", previous)?;
+    let result = ctx.sql(CORRELATIONS_SQL).await?;
+    let result = materialize(ctx, result).await?;
+    view(ctx, "rt_correlations", result.clone())?;
+    let candidates = ctx.sql(CANDIDATES_SQL).await?;
+    let candidates = materialize(ctx, candidates).await?;
+    view(ctx, &format!("rt_candidates__{}", rt.name), candidates)?;
+    Ok(result.select(vec![
+        lit(rt.name.as_str()).alias("resource_type"),
+        col("account_key"),
+        col("owner_key"),
+        col("rule"),
+        col("status"),
+        col("conflict"),
+    ])?)
+}
+
+/// Assigned roles and the warnings of manual assignments.
+async fn assigned_roles(
+    rc: &RunContext<'_>,
+    ctx: &SessionContext,
+    catalog: &Catalog,
+) -> Result<(DataFrame, Vec<String>)> {
+    let model = &rc.pipeline.model;
+    let mut warnings = Vec::new();
+    let owners: BTreeSet<&str> = model
+        .roles
+        .iter()
+        .map(|r| r.owner.as_str())
+        .chain(model.composite_roles.iter().map(|r| r.owner.as_str()))
+        .collect();
+
+    let mut rule_frames = Vec::new();
+    let mut composite_frames = Vec::new();
+    let mut known = Vec::new();
+    for owner in &owners {
+        let table = require(ctx, catalog, owner, "synchronize").await?;
+        known.push(
+            table
+                .clone()
+                .select(vec![key_text(rc, owner).alias("owner_key")])?,
+        );
+        let singles: Vec<(String, &ConfigExpr)> = model
+            .roles
+            .iter()
+            .filter(|r| r.owner == *owner)
+            .filter_map(|r| r.rule.as_ref().map(|e| (r.name.clone(), e)))
+            .collect();
+        rule_frames.push(rule_hits(
+            ctx,
+            table.clone(),
+            key_text(rc, owner),
+            &singles,
+            "role",
+        )?);
+        let composites: Vec<(String, &ConfigExpr)> = model
+            .composite_roles
+            .iter()
+            .filter(|r| r.owner == *owner)
+            .filter_map(|r| r.rule.as_ref().map(|e| (r.name.clone(), e)))
+            .collect();
+        composite_frames.push(rule_hits(
+            ctx,
+            table,
+            key_text(rc, owner),
+            &composites,
+            "composite",
+        )?);
+    }
+    view(
+        ctx,
+        "rule_hits",
+        or_empty(ctx, union_all(rule_frames)?, utf8(&["owner_key", "role"]))?,
+    )?;
+    view(
+        ctx,
+        "composite_hits",
+        or_empty(
+            ctx,
+            union_all(composite_frames)?,
+            utf8(&["owner_key", "composite"]),
+        )?,
+    )?;
+    let (composite, member): (Vec<&str>, Vec<&str>) = model
+        .composite_roles
+        .iter()
+        .flat_map(|c| c.roles.iter().map(move |r| (c.name.as_str(), r.as_str())))
+        .unzip();
+    view(
+        ctx,
+        "composite_members",
+        ctx.read_batch(text_batch(&[("composite", composite), ("role", member)])?)?,
+    )?;
+    let singles: Vec<&str> = model.roles.iter().map(|r| r.name.as_str()).collect();
+    view(
+        ctx,
+        "single_roles",
+        ctx.read_batch(text_batch(&[("role", singles)])?)?,
+    )?;
+
+    // Manual assignments of known owners.
+    let manual = match &model.manual_assignments {
+        None => empty(ctx, utf8(&["owner_key", "role"]))?.select(vec![
+            col("owner_key"),
+            col("role"),
+            cast(lit(datafusion::common::ScalarValue::Null), DataType::Date32).alias("start_date"),
+            cast(lit(datafusion::common::ScalarValue::Null), DataType::Date32).alias("end_date"),
+        ])?,
+        Some(m) => {
+            use crate::config::ColumnType as T;
+            let spec = crate::input::csv::CsvSpec {
+                file: m.file.clone(),
+                columns: vec![
+                    ("owner_key".into(), T::String),
+                    ("role".into(), T::String),
+                    ("start_date".into(), T::Date),
+                    ("end_date".into(), T::Date),
+                ],
+                key: None,
+                command_column: None,
+                split: Vec::new(),
+                options: &m.csv,
+            };
+            let loaded = crate::input::csv::read(&spec)?;
+            crate::input::csv::fail_on_bad_rows(&m.file, &loaded.rejected, m.csv.on_bad_row)?;
+            if !loaded.rejected.is_empty() {
+                warnings.push(format!(
+                    "{}: {} bad row(s) ignored",
+                    m.file.display(),
+                    loaded.rejected.len()
+                ));
+            }
+            let df = ctx.read_batch(loaded.batch)?.select(vec![
+                col("owner_key"),
+                col("role"),
+                col("start_date"),
+                col("end_date"),
+                col(crate::input::csv::LINE),
+            ])?;
+            let known = or_empty(ctx, union_all(known)?, utf8(&["owner_key"]))?
+                .select(vec![col("owner_key").alias("_known")])?;
+            let names: Vec<Expr> = model
+                .roles
+                .iter()
+                .map(|r| lit(r.name.as_str()))
+                .chain(model.composite_roles.iter().map(|r| lit(r.name.as_str())))
+                .collect();
+            let unknown = df
+                .clone()
+                .filter(
+                    col("role")
+                        .in_list(names.clone(), true)
+                        .or(col("role").is_null()),
+                )?
+                .sort(vec![col(crate::input::csv::LINE).sort(true, true)])?
+                .collect()
+                .await?;
+            let mut unknown_roles = Vec::new();
+            for b in &unknown {
+                let roles = text_column(b, "role");
+                for i in 0..b.num_rows() {
+                    unknown_roles.push(roles.value(i).to_string());
+                }
+            }
+            if !unknown_roles.is_empty() {
+                unknown_roles.sort();
+                unknown_roles.dedup();
+                warnings.push(format!(
+                    "{}: assignments of unknown role(s) ignored: {}",
+                    m.file.display(),
+                    unknown_roles.join(", ")
+                ));
+            }
+            df.join(known, JoinType::LeftSemi, &["owner_key"], &["_known"], None)?
+                .select(vec![
+                    col("owner_key"),
+                    col("role"),
+                    col("start_date"),
+                    col("end_date"),
+                ])?
+        }
+    };
+    view(ctx, "manual", manual)?;
+
+    // Roles behind pre-existing link values.
+    let pre = pre_existing_roles(rc, ctx, catalog).await?;
+    view(ctx, "pre_existing_roles", pre)?;
+
+    Ok((ctx.sql(ASSIGNED_ROLES_SQL).await?, warnings))
+}
+
+/// `(owner_key, role)` for saved pre-existing link values that a role's link rule grants.
+async fn pre_existing_roles(
+    rc: &RunContext<'_>,
+    ctx: &SessionContext,
+    catalog: &Catalog,
+) -> Result<DataFrame> {
+    let mut rts = Vec::new();
+    let mut links = Vec::new();
+    let mut values = Vec::new();
+    let mut roles = Vec::new();
+    for rt in &rc.pipeline.model.resource_types {
+        for l in &rt.links {
+            for v in &l.values {
+                if let Some(role) = &v.role {
+                    rts.push(rt.name.as_str());
+                    links.push(l.link.as_str());
+                    values.push(v.target.as_str());
+                    roles.push(role.as_str());
+                }
+            }
+        }
+    }
+    if !catalog.tables.contains_key(PRE_EXISTING) || rts.is_empty() {
+        return empty(ctx, utf8(&["owner_key", "role"]));
+    }
+    let config = ctx.read_batch(text_batch(&[
+        ("_rt", rts),
+        ("_link", links),
+        ("_value", values),
+        ("_role", roles),
+    ])?)?;
+    Ok(ctx
+        .table(PRE_EXISTING)
+        .await?
+        .join(
+            config,
+            JoinType::Inner,
+            &["resource_type", "link", "value"],
+            &["_rt", "_link", "_value"],
+            None,
+        )?
+        .select(vec![col("owner_key"), col("_role").alias("role")])?
+        .distinct()?)
+}
+
+/// A batch of text columns.
+pub fn text_batch(columns: &[(&str, Vec<&str>)]) -> Result<RecordBatch> {
+    let schema = utf8(&columns.iter().map(|c| c.0).collect::<Vec<_>>());
+    RecordBatch::try_new(
+        schema,
+        columns
+            .iter()
+            .map(|c| Arc::new(StringArray::from_iter_values(c.1.iter())) as _)
+            .collect(),
+    )
+    .map_err(|e| Error::Engine(e.into()))
+}
+
+async fn assigned_resources(
+    rc: &RunContext<'_>,
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    rt: &ResourceType,
+) -> Result<DataFrame> {
+    let owner = require(ctx, catalog, &rt.owner, "synchronize").await?;
+    let key = key_text(rc, &rt.owner);
+    view(
+        ctx,
+        "rt_owners",
+        owner.clone().select(vec![key.clone().alias("owner_key")])?,
+    )?;
+    let hits = if rt.assigns_everyone() {
+        owner.select(vec![key.alias("owner_key")])?
+    } else if let Some(rule) = &rt.rule {
+        rule_hits(ctx, owner, key, &[(rt.name.clone(), rule)], "_rt")?
+            .select(vec![col("owner_key")])?
+    } else {
+        empty(ctx, utf8(&["owner_key"]))?
+    };
+    view(ctx, "rt_rule_hits", hits)?;
+    let roles: Vec<&str> = rt.roles.iter().map(String::as_str).collect();
+    view(
+        ctx,
+        "rt_roles",
+        ctx.read_batch(text_batch(&[("role", roles)])?)?,
+    )?;
+    let corr = ctx
+        .table("correlations_new")
+        .await?
+        .filter(col("resource_type").eq(lit(rt.name.as_str())))?;
+    view(ctx, "rt_correlations", corr)?;
+    let candidates = ctx.table(format!("rt_candidates__{}", rt.name)).await?;
+    view(ctx, "rt_candidates", candidates)?;
+    Ok(ctx.sql(ASSIGNED_RESOURCES_SQL).await?)
+}
+
+/// The target column types of a resource type, by name.
+pub fn target_type(rc: &RunContext<'_>, rt: &ResourceType, column: &str) -> DataType {
+    rc.pipeline
+        .entity(&rt.target)
+        .and_then(|e| e.columns.iter().find(|c| c.name == column))
+        .map(|c| c.ty.data_type())
+        .unwrap_or(DataType::Utf8)
+}
+
+/// Desired scalar values of assigned owners, cast to the target column type, as text.
+async fn desired_scalars(
+    rc: &RunContext<'_>,
+    ctx: &SessionContext,
+    rt: &ResourceType,
+    assigned: DataFrame,
+) -> Result<DataFrame> {
+    if rt.scalars.is_empty() {
+        return empty(ctx, scalars_schema());
+    }
+    let owner = ctx
+        .table(rt.owner.as_str())
+        .await?
+        .with_column("_owner_key", key_text(rc, &rt.owner))?
+        .join(
+            assigned.select(vec![col("owner_key").alias("_assigned")])?,
+            JoinType::LeftSemi,
+            &["_owner_key"],
+            &["_assigned"],
+            None,
+        )?;
+    let mut frames = Vec::new();
+    for (column, expr) in &rt.scalars {
+        let value = ctx.parse_sql_expr(&expr.text, owner.schema())?;
+        frames.push(owner.clone().select(vec![
+            lit(rt.name.as_str()).alias("resource_type"),
+            col("_owner_key").alias("owner_key"),
+            lit(column.as_str()).alias("attribute"),
+            cast(try_cast(value, target_type(rc, rt, column)), DataType::Utf8).alias("value"),
+        ])?);
+    }
+    Ok(union_all(frames)?.expect("at least one scalar"))
+}
+
+/// Desired link values of assigned owners: by role, by rule, unconditional, and pre-existing.
+async fn desired_links(
+    rc: &RunContext<'_>,
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    rt: &ResourceType,
+    assigned: DataFrame,
+) -> Result<DataFrame> {
+    let assigned_keys = assigned.select(vec![col("owner_key").alias("_assigned")])?;
+    let mut frames = Vec::new();
+    let (mut ids, mut links, mut values) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut role_ids, mut role_names) = (Vec::new(), Vec::new());
+    let mut all_ids = Vec::new();
+    let mut rules: Vec<(String, &ConfigExpr)> = Vec::new();
+    for l in &rt.links {
+        for v in &l.values {
+            let id = format!("v{}", ids.len());
+            match (&v.role, &v.rule) {
+                (Some(role), _) => {
+                    role_ids.push(id.clone());
+                    role_names.push(role.as_str());
+                }
+                (None, Some(rule)) => rules.push((id.clone(), rule)),
+                (None, None) => all_ids.push(id.clone()),
+            }
+            ids.push(id);
+            links.push(l.link.as_str());
+            values.push(v.target.as_str());
+        }
+    }
+    if !ids.is_empty() {
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let config = ctx.read_batch(text_batch(&[
+            ("_vid", id_refs),
+            ("link", links),
+            ("value", values),
+        ])?)?;
+        // By role.
+        let role_id_refs: Vec<&str> = role_ids.iter().map(String::as_str).collect();
+        let by_role = ctx
+            .table("assigned_roles")
+            .await?
+            .join(
+                ctx.read_batch(text_batch(&[
+                    ("_rid", role_id_refs),
+                    ("_role", role_names),
+                ])?)?,
+                JoinType::Inner,
+                &["role"],
+                &["_role"],
+                None,
+            )?
+            .select(vec![col("owner_key"), col("_rid").alias("vid")])?;
+        frames.push(by_role);
+        // By rule.
+        let owner = ctx.table(rt.owner.as_str()).await?;
+        frames.push(rule_hits(
+            ctx,
+            owner,
+            key_text(rc, &rt.owner),
+            &rules,
+            "vid",
+        )?);
+        // Unconditional.
+        let all_refs: Vec<&str> = all_ids.iter().map(String::as_str).collect();
+        frames.push(
+            assigned_keys
+                .clone()
+                .join_on(
+                    ctx.read_batch(text_batch(&[("vid", all_refs)])?)?,
+                    JoinType::Inner,
+                    vec![lit(true)],
+                )?
+                .select(vec![col("_assigned").alias("owner_key"), col("vid")])?,
+        );
+        let granted = union_all(frames)?.expect("three frames");
+        let granted = granted
+            .join(config, JoinType::Inner, &["vid"], &["_vid"], None)?
+            .select(vec![col("owner_key"), col("link"), col("value")])?;
+        frames = vec![granted];
+    }
+    if catalog.tables.contains_key(PRE_EXISTING) {
+        frames.push(
+            ctx.table(PRE_EXISTING)
+                .await?
+                .filter(col("resource_type").eq(lit(rt.name.as_str())))?
+                .select(vec![col("owner_key"), col("link"), col("value")])?,
+        );
+    }
+    let Some(all) = union_all(frames)? else {
+        return empty(ctx, links_schema());
+    };
+    Ok(all
+        .join(
+            assigned_keys,
+            JoinType::LeftSemi,
+            &["owner_key"],
+            &["_assigned"],
+            None,
+        )?
+        .distinct()?
+        .select(vec![
+            lit(rt.name.as_str()).alias("resource_type"),
+            col("owner_key"),
+            col("link"),
+            col("value"),
+        ])?)
+}
