@@ -3,6 +3,7 @@
 mod common;
 
 mod bad_input;
+mod cases;
 mod crash;
 mod roundtrip;
 mod sql_cli;

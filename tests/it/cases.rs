@@ -1,0 +1,128 @@
+//! Golden cases under `datasets/cases/<case>/`: a pipeline, its exports per day, `case.toml`
+//! listing the steps (day, job, extra arguments, expected exit code) and, per step, the orders
+//! the run must emit (a reviewed JSON file: the orders of every connector's file, without their
+//! ids) and queries with their expected CSV output.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::common::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    step: Vec<Step>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Step {
+    day: String,
+    job: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    exit: i32,
+    /// Expected orders of the run (all connectors), without `order_id`.
+    orders: Option<String>,
+    /// A text the run's report or error must contain.
+    #[serde(default)]
+    report_contains: Vec<String>,
+    #[serde(default)]
+    query: Vec<Query>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Query {
+    sql: String,
+    /// The expected `igaflow sql --format csv` output, header included.
+    csv: String,
+}
+
+/// The orders emitted by `run_id` (every connector's JSON file, by connector name), checked
+/// against the spec's shape, with their ids removed.
+pub fn emitted_orders(store: &str, run_id: &str) -> Vec<Value> {
+    let dir = Path::new(store).join("_orders").join(run_id);
+    let mut files: Vec<_> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect(),
+        Err(_) => return Vec::new(),
+    };
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        assert_eq!(doc["run_id"], run_id, "{}", f.display());
+        assert_eq!(doc["connector"], f.file_stem().unwrap().to_str().unwrap());
+        assert!(doc["generated_at"].as_str().is_some_and(|s| s.ends_with('Z')), "{doc}");
+        for mut o in doc["orders"].as_array().unwrap().clone() {
+            let id = o["order_id"].as_str().unwrap().to_string();
+            assert!(id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+            o.as_object_mut().unwrap().remove("order_id");
+            out.push(o);
+        }
+    }
+    out
+}
+
+fn run_case(dir: &Path) {
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let case: Case = toml::from_str(&std::fs::read_to_string(dir.join("case.toml")).unwrap())
+        .unwrap_or_else(|e| panic!("{name}/case.toml: {e}"));
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = store_dir.path().join("store").to_string_lossy().into_owned();
+    let pipeline = dir.to_string_lossy().into_owned();
+    for (i, step) in case.step.iter().enumerate() {
+        let what = format!("case {name}, step {} ({} {})", i + 1, step.day, step.job);
+        let mut args = vec!["run", pipeline.as_str(), "--job", step.job.as_str(), "--store", store.as_str()];
+        args.extend(step.args.iter().map(String::as_str));
+        let out = igaflow(&args, &[("CASE_DAY", step.day.as_str())]);
+        assert_eq!(out.code, Some(step.exit), "{what}: {out:?}");
+        for text in &step.report_contains {
+            assert!(
+                out.stdout.contains(text) || out.stderr.contains(text),
+                "{what}: `{text}` not in\n{}\n{}",
+                out.stdout,
+                out.stderr
+            );
+        }
+        if let Some(expected) = &step.orders {
+            let run_id = run_id_of(&out);
+            let expected: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(expected)).unwrap())
+                .unwrap_or_else(|e| panic!("{name}/{expected}: {e}"));
+            let got = Value::Array(emitted_orders(&store, &run_id));
+            assert_eq!(
+                got,
+                expected,
+                "{what}: orders differ\n--- got\n{}",
+                serde_json::to_string_pretty(&got).unwrap()
+            );
+        }
+        for q in &step.query {
+            let out = igaflow(&["sql", "--store", &store, "--format", "csv", &q.sql], &[]);
+            out.expect_code(0);
+            assert_eq!(out.stdout.trim_end(), q.csv.trim_end(), "{what}: {}", q.sql);
+        }
+    }
+}
+
+#[test]
+fn golden_cases() {
+    let root = repo().join("datasets/cases");
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("case.toml").is_file())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 3, "golden cases missing under {}", root.display());
+    let only = std::env::var("IGAFLOW_CASE").ok();
+    for dir in dirs {
+        if only.as_ref().is_some_and(|o| !dir.ends_with(o)) {
+            continue;
+        }
+        run_case(&dir);
+    }
+}
