@@ -35,7 +35,7 @@ impl Store {
         let mut batches: Vec<RecordBatch> = batches
             .into_iter()
             .filter(|b| b.num_rows() > 0)
-            .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
+            .map(|b| crate::engine::cast_batch(&b, &schema))
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| Error::store(format!("table {name}: {e}")))?;
         let committed = catalog.tables.get(name).copied();
@@ -84,13 +84,22 @@ impl Store {
 }
 
 /// Delta tables here are all-nullable: a NOT NULL flag that DataFusion infers for one run's
-/// data must not make the next run's append fail.
+/// data must not make the next run's append fail. View types (which a Parquet scan may
+/// produce) are stored as their plain forms, so a table keeps one schema.
 fn nullable(schema: &SchemaRef) -> SchemaRef {
+    use datafusion::arrow::datatypes::DataType;
     Arc::new(Schema::new(
         schema
             .fields()
             .iter()
-            .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+            .map(|f| {
+                let ty = match f.data_type() {
+                    DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+                    DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+                    other => other.clone(),
+                };
+                Field::new(f.name(), ty, true)
+            })
             .collect::<Vec<_>>(),
     ))
 }

@@ -25,6 +25,9 @@ struct Step {
     args: Vec<String>,
     #[serde(default)]
     exit: i32,
+    /// Start this step on a new, empty store.
+    #[serde(default)]
+    fresh_store: bool,
     /// Expected orders of the run (all connectors), without `order_id`.
     orders: Option<String>,
     /// A text the run's report or error must contain.
@@ -72,17 +75,28 @@ fn run_case(dir: &Path) {
     let case: Case = toml::from_str(&std::fs::read_to_string(dir.join("case.toml")).unwrap())
         .unwrap_or_else(|e| panic!("{name}/case.toml: {e}"));
     let store_dir = tempfile::tempdir().unwrap();
-    let store = store_dir.path().join("store").to_string_lossy().into_owned();
+    let mut store = store_dir.path().join("store").to_string_lossy().into_owned();
     let pipeline = dir.to_string_lossy().into_owned();
     for (i, step) in case.step.iter().enumerate() {
+        if step.fresh_store {
+            store = store_dir.path().join(format!("store{i}")).to_string_lossy().into_owned();
+        }
         let what = format!("case {name}, step {} ({} {})", i + 1, step.day, step.job);
         let mut args = vec!["run", pipeline.as_str(), "--job", step.job.as_str(), "--store", store.as_str()];
         args.extend(step.args.iter().map(String::as_str));
         let out = igaflow(&args, &[("CASE_DAY", step.day.as_str())]);
         assert_eq!(out.code, Some(step.exit), "{what}: {out:?}");
+        let messages = if step.report_contains.is_empty() {
+            String::new()
+        } else {
+            let run_id = run_id_of(&out);
+            query(&store, &format!("select message from task_runs where run_id = '{run_id}'"))
+                .concat()
+                .join("\n")
+        };
         for text in &step.report_contains {
             assert!(
-                out.stdout.contains(text) || out.stderr.contains(text),
+                out.stdout.contains(text) || out.stderr.contains(text) || messages.contains(text),
                 "{what}: `{text}` not in\n{}\n{}",
                 out.stdout,
                 out.stderr
