@@ -97,6 +97,7 @@ pub async fn run_job(
         as_of: opts.as_of.unwrap_or_else(|| started_at.date_naive()),
         force: opts.force,
         dry_run: opts.dry_run,
+        overlay: Default::default(),
     };
     tracing::info!(run_id = %run_id, job = %job.name, "run started");
 

@@ -87,7 +87,13 @@ pub async fn commit_tables(
     what: &str,
     tables: Vec<NewTable>,
 ) -> Result<u64> {
-    if rc.dry_run || tables.is_empty() {
+    if rc.dry_run {
+        for t in tables {
+            rc.stage_dry_run(t);
+        }
+        return Ok(0);
+    }
+    if tables.is_empty() {
         return Ok(0);
     }
     let mut change = crate::store::CatalogChange {
@@ -152,10 +158,22 @@ async fn unchanged(rc: &super::RunContext<'_>, catalog: &Catalog, t: &NewTable) 
 }
 
 /// A session at the run's as-of date with every committed table registered.
+///
+/// On a dry run, the tables that earlier tasks of the run would have committed replace the
+/// committed ones (and appear in the returned catalog with version `u64::MAX`).
 pub async fn session(rc: &super::RunContext<'_>) -> Result<(SessionContext, Catalog)> {
-    let catalog = rc.store.catalog().await?;
+    let mut catalog = rc.store.catalog().await?;
     let ctx = engine::context_at(rc.as_of);
     rc.store.register_all(&ctx, &catalog).await?;
+    let overlay = rc.overlay.lock().expect("overlay lock");
+    for (name, t) in overlay.iter() {
+        let _ = ctx.deregister_table(name.as_str())?;
+        ctx.register_table(
+            name.as_str(),
+            engine::mem_table(t.schema.clone(), t.batches.clone())?,
+        )?;
+        catalog.tables.insert(name.clone(), u64::MAX);
+    }
     Ok((ctx, catalog))
 }
 

@@ -4,7 +4,7 @@
 pub mod classification;
 pub mod correlation_keys;
 pub mod expressions;
-mod frames;
+pub mod frames;
 pub mod orders;
 pub mod pre_existing;
 pub mod prepare_synchronization;
@@ -89,6 +89,19 @@ pub struct RunContext<'a> {
     pub as_of: NaiveDate,
     pub force: bool,
     pub dry_run: bool,
+    /// On a dry run, the tables earlier tasks would have committed, kept in memory so later
+    /// tasks of the run see them; never written.
+    pub overlay: std::sync::Mutex<std::collections::BTreeMap<String, frames::NewTable>>,
+}
+
+impl RunContext<'_> {
+    /// Keeps a dry run's table in memory for the run's later tasks.
+    pub fn stage_dry_run(&self, table: frames::NewTable) {
+        self.overlay
+            .lock()
+            .expect("overlay lock")
+            .insert(table.name.clone(), table);
+    }
 }
 
 pub async fn run_task(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {

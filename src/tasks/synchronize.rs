@@ -255,6 +255,15 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     if rc.dry_run || (changes == 0 && rejected == 0 && !unblock) {
         if rc.dry_run {
             outcome.message = format!("dry run, nothing committed: {}", outcome.message);
+            for p in &plans {
+                if let Some((schema, batches)) = &p.new_state {
+                    rc.stage_dry_run(super::frames::NewTable {
+                        name: p.name.clone(),
+                        schema: schema.clone(),
+                        batches: batches.clone(),
+                    });
+                }
+            }
         }
         return Ok(outcome);
     }

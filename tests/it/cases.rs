@@ -50,7 +50,10 @@ struct Query {
 pub fn emitted_orders(store: &str, run_id: &str) -> Vec<Value> {
     let dir = Path::new(store).join("_orders").join(run_id);
     let mut files: Vec<_> = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect(),
+        Ok(rd) => rd
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect(),
         Err(_) => return Vec::new(),
     };
     files.sort();
@@ -59,10 +62,18 @@ pub fn emitted_orders(store: &str, run_id: &str) -> Vec<Value> {
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
         assert_eq!(doc["run_id"], run_id, "{}", f.display());
         assert_eq!(doc["connector"], f.file_stem().unwrap().to_str().unwrap());
-        assert!(doc["generated_at"].as_str().is_some_and(|s| s.ends_with('Z')), "{doc}");
+        assert!(
+            doc["generated_at"]
+                .as_str()
+                .is_some_and(|s| s.ends_with('Z')),
+            "{doc}"
+        );
         for mut o in doc["orders"].as_array().unwrap().clone() {
             let id = o["order_id"].as_str().unwrap().to_string();
-            assert!(id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+            assert!(
+                id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()),
+                "{id}"
+            );
             o.as_object_mut().unwrap().remove("order_id");
             out.push(o);
         }
@@ -75,14 +86,29 @@ fn run_case(dir: &Path) {
     let case: Case = toml::from_str(&std::fs::read_to_string(dir.join("case.toml")).unwrap())
         .unwrap_or_else(|e| panic!("{name}/case.toml: {e}"));
     let store_dir = tempfile::tempdir().unwrap();
-    let mut store = store_dir.path().join("store").to_string_lossy().into_owned();
+    let mut store = store_dir
+        .path()
+        .join("store")
+        .to_string_lossy()
+        .into_owned();
     let pipeline = dir.to_string_lossy().into_owned();
     for (i, step) in case.step.iter().enumerate() {
         if step.fresh_store {
-            store = store_dir.path().join(format!("store{i}")).to_string_lossy().into_owned();
+            store = store_dir
+                .path()
+                .join(format!("store{i}"))
+                .to_string_lossy()
+                .into_owned();
         }
         let what = format!("case {name}, step {} ({} {})", i + 1, step.day, step.job);
-        let mut args = vec!["run", pipeline.as_str(), "--job", step.job.as_str(), "--store", store.as_str()];
+        let mut args = vec![
+            "run",
+            pipeline.as_str(),
+            "--job",
+            step.job.as_str(),
+            "--store",
+            store.as_str(),
+        ];
         args.extend(step.args.iter().map(String::as_str));
         let out = igaflow(&args, &[("CASE_DAY", step.day.as_str())]);
         assert_eq!(out.code, Some(step.exit), "{what}: {out:?}");
@@ -90,9 +116,12 @@ fn run_case(dir: &Path) {
             String::new()
         } else {
             let run_id = run_id_of(&out);
-            query(&store, &format!("select message from task_runs where run_id = '{run_id}'"))
-                .concat()
-                .join("\n")
+            query(
+                &store,
+                &format!("select message from task_runs where run_id = '{run_id}'"),
+            )
+            .concat()
+            .join("\n")
         };
         for text in &step.report_contains {
             assert!(
@@ -104,8 +133,9 @@ fn run_case(dir: &Path) {
         }
         if let Some(expected) = &step.orders {
             let run_id = run_id_of(&out);
-            let expected: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(expected)).unwrap())
-                .unwrap_or_else(|e| panic!("{name}/{expected}: {e}"));
+            let expected: Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join(expected)).unwrap())
+                    .unwrap_or_else(|e| panic!("{name}/{expected}: {e}"));
             let got = Value::Array(emitted_orders(&store, &run_id));
             assert_eq!(
                 got,
@@ -131,7 +161,11 @@ fn golden_cases() {
         .filter(|p| p.join("case.toml").is_file())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 3, "golden cases missing under {}", root.display());
+    assert!(
+        dirs.len() >= 3,
+        "golden cases missing under {}",
+        root.display()
+    );
     let only = std::env::var("IGAFLOW_CASE").ok();
     for dir in dirs {
         if only.as_ref().is_some_and(|o| !dir.ends_with(o)) {
