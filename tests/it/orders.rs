@@ -8,10 +8,20 @@ use crate::common::*;
 
 /// A pipeline like `datasets/cases/lifecycle` with the resource type's rule given.
 fn app_pipeline(rt_rule: &str) -> String {
-    let text = std::fs::read_to_string(repo().join("datasets/cases/lifecycle/pipeline.toml")).unwrap();
-    let text = text.replace("exports = \"${CASE_DAY:-day1}/hr\"", "exports = \"../exports/hr\"");
-    let text = text.replace("exports = \"${CASE_DAY:-day1}/app\"", "exports = \"../exports/app\"");
-    text.replace("rule = \"status = 'active'\"", &format!("rule = \"{rt_rule}\""))
+    let text =
+        std::fs::read_to_string(repo().join("datasets/cases/lifecycle/pipeline.toml")).unwrap();
+    let text = text.replace(
+        "exports = \"${CASE_DAY:-day1}/hr\"",
+        "exports = \"../exports/hr\"",
+    );
+    let text = text.replace(
+        "exports = \"${CASE_DAY:-day1}/app\"",
+        "exports = \"../exports/app\"",
+    );
+    text.replace(
+        "rule = \"status = 'active'\"",
+        &format!("rule = \"{rt_rule}\""),
+    )
 }
 
 fn write_company(env: &Env, n: usize) {
@@ -42,7 +52,11 @@ fn a_rule_change_disabling_half_the_accounts_is_blocked_until_forced() {
     write_company(&env, 1000);
     let first = env.run("complete", &[], &[]);
     first.expect_code(0);
-    assert!(first.stdout.contains("no_changes") || first.stdout.contains("0 order(s)"), "{}", first.stdout);
+    assert!(
+        first.stdout.contains("no_changes") || first.stdout.contains("0 order(s)"),
+        "{}",
+        first.stdout
+    );
 
     // The broken rule keeps only Sales: 500 of 1000 linked accounts would be disabled.
     env.write_pipeline(&app_pipeline("dept = 'Sales'"));
@@ -50,9 +64,17 @@ fn a_rule_change_disabling_half_the_accounts_is_blocked_until_forced() {
     blocked.expect_code(3);
     let run = run_id_of(&blocked);
     assert!(blocked.stdout.contains("blocked"), "{}", blocked.stdout);
-    let message = env.scalar(&format!("select message from task_runs where run_id = '{run}' and task = 'orders'"));
-    assert!(message.contains("500 of 1000") && message.contains("50.0%") && message.contains("--force"), "{message}");
-    assert!(!orders_dir(&env, &run).exists(), "a blocked run wrote order files");
+    let message = env.scalar(&format!(
+        "select message from task_runs where run_id = '{run}' and task = 'orders'"
+    ));
+    assert!(
+        message.contains("500 of 1000") && message.contains("50.0%") && message.contains("--force"),
+        "{message}"
+    );
+    assert!(
+        !orders_dir(&env, &run).exists(),
+        "a blocked run wrote order files"
+    );
     assert_eq!(
         env.query("select state, count(*) from provisioning_orders group by state"),
         [["blocked", "500"]]
@@ -63,7 +85,11 @@ fn a_rule_change_disabling_half_the_accounts_is_blocked_until_forced() {
     let run = run_id_of(&forced);
     let orders = emitted_orders(&env.store(), &run);
     assert_eq!(orders.len(), 500);
-    assert!(orders.iter().all(|o| o["attributes"]["enabled"]["new"] == false));
+    assert!(
+        orders
+            .iter()
+            .all(|o| o["attributes"]["enabled"]["new"] == false)
+    );
     assert_eq!(
         env.query("select state, count(*) from provisioning_orders group by state"),
         [["pending", "500"]]
@@ -76,7 +102,10 @@ const HOSTILE: &str = "CN=Q\"uote';DROP TABLE person;--' OR 1=1 --,OU=G";
 fn hostile_pipeline(group: &str) -> String {
     app_pipeline("status = 'active'").replace(
         "{ role = \"it\", target = \"G_IT\" }",
-        &format!("{{ role = \"it\", target = \"G_IT\" }}, {{ role = \"sales\", target = {} }}", toml_string(group)),
+        &format!(
+            "{{ role = \"it\", target = \"G_IT\" }}, {{ role = \"sales\", target = {} }}",
+            toml_string(group)
+        ),
     )
 }
 
@@ -92,26 +121,50 @@ fn hostile_values_flow_through_unchanged_and_touch_no_other_order() {
         env.write_pipeline(&hostile_pipeline(group));
         env.write("exports/hr/persons.csv", "id,name,dept,status,mail\nP1,Ann,Sales,active,ann@x.com\nP2,Bob,IT,active,bob@x.com\nP'3,O'Hara; --,IT,active,x' OR '1'='1\n");
         env.write("exports/app/accounts.csv", "login,owner_id,email,dept,enabled\nann,P1,ann@x.com,Sales,true\nbob,P2,bob@x.com,IT,true\n");
-        env.write("exports/app/groups.csv", format!("gid\nG_IT\nG_SALES\n{}\n", csv_field(group)));
-        env.write("exports/app/members.csv", "login,gid\nann,G_SALES\nbob,G_IT\n");
+        env.write(
+            "exports/app/groups.csv",
+            format!("gid\nG_IT\nG_SALES\n{}\n", csv_field(group)),
+        );
+        env.write(
+            "exports/app/members.csv",
+            "login,gid\nann,G_SALES\nbob,G_IT\n",
+        );
         let out = env.run("complete", &[], &[]);
         out.expect_code(0);
         let orders = emitted_orders(&env.store(), &run_id_of(&out));
-        assert_eq!(env.scalar("select count(*) from person"), "3", "the person table survived");
-        let ids = env.query("select owner_key, order_id from provisioning_orders order by owner_key");
+        assert_eq!(
+            env.scalar("select count(*) from person"),
+            "3",
+            "the person table survived"
+        );
+        let ids =
+            env.query("select owner_key, order_id from provisioning_orders order by owner_key");
         results.push((orders, ids));
     }
     let (hostile, plain) = (&results[0], &results[1]);
     // Ann's order adds the hostile group, byte for byte.
-    let ann = hostile.0.iter().find(|o| o["owner"]["key"] == "P1").unwrap();
+    let ann = hostile
+        .0
+        .iter()
+        .find(|o| o["owner"]["key"] == "P1")
+        .unwrap();
     assert_eq!(ann["links"]["member"]["add"], serde_json::json!([HOSTILE]));
     // Every other order is identical, down to its id.
     let others = |r: &(Vec<serde_json::Value>, Vec<Vec<String>>)| -> Vec<Vec<String>> {
         r.1.iter().filter(|row| row[0] != "P1").cloned().collect()
     };
     assert_eq!(others(hostile), others(plain));
-    assert_eq!(others(hostile).len(), 1, "the joiner P'3 gets an order: {:?}", hostile.1);
-    let joiner = hostile.0.iter().find(|o| o["owner"]["key"] == "P'3").unwrap();
+    assert_eq!(
+        others(hostile).len(),
+        1,
+        "the joiner P'3 gets an order: {:?}",
+        hostile.1
+    );
+    let joiner = hostile
+        .0
+        .iter()
+        .find(|o| o["owner"]["key"] == "P'3")
+        .unwrap();
     assert_eq!(joiner["attributes"]["email"]["new"], "x' OR '1'='1");
 }
 
@@ -124,7 +177,13 @@ fn normalized_file(path: &Path, run_id: &str) -> String {
     let text = std::fs::read_to_string(path).unwrap();
     text.replace(run_id, "RUN")
         .lines()
-        .map(|l| if l.trim_start().starts_with("\"generated_at\"") { "  \"generated_at\": \"T\"," } else { l })
+        .map(|l| {
+            if l.trim_start().starts_with("\"generated_at\"") {
+                "  \"generated_at\": \"T\","
+            } else {
+                l
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -139,12 +198,17 @@ fn same_inputs_give_byte_identical_orders_and_ids() {
     let second = a.run("complete", &[], &[("CONTOSO_DAY", "day2")]);
     second.expect_code(0);
     let run2 = run_id_of(&second);
-    let message = a.scalar(&format!("select message from task_runs where run_id = '{run2}' and task = 'orders'"));
+    let message = a.scalar(&format!(
+        "select message from task_runs where run_id = '{run2}' and task = 'orders'"
+    ));
     assert!(message.contains("(0 new"), "{message}");
     let f1 = normalized_file(&orders_dir(&a, &run1).join("ad.json"), &run1);
     let f2 = normalized_file(&orders_dir(&a, &run2).join("ad.json"), &run2);
     assert_eq!(f1, f2);
-    assert!(f1.matches("\"order_id\"").count() > 50, "the demo emits orders");
+    assert!(
+        f1.matches("\"order_id\"").count() > 50,
+        "the demo emits orders"
+    );
 
     // Another store, same exports: the same bytes.
     let b = Env::new();
@@ -152,19 +216,24 @@ fn same_inputs_give_byte_identical_orders_and_ids() {
     let other = b.run("complete", &[], &[("CONTOSO_DAY", "day2")]);
     other.expect_code(0);
     let run3 = run_id_of(&other);
-    assert_eq!(normalized_file(&orders_dir(&b, &run3).join("ad.json"), &run3), f1);
+    assert_eq!(
+        normalized_file(&orders_dir(&b, &run3).join("ad.json"), &run3),
+        f1
+    );
 }
 
 #[test]
 fn json_orders_match_the_spec_shape_and_the_parquet_file() {
     let env = Env::new();
     env.write_pipeline(&contoso_pipeline_text());
-    env.run("complete", &[], &[("CONTOSO_DAY", "day1")]).expect_code(0);
+    env.run("complete", &[], &[("CONTOSO_DAY", "day1")])
+        .expect_code(0);
     let out = env.run("complete", &[], &[("CONTOSO_DAY", "day2")]);
     out.expect_code(0);
     let run = run_id_of(&out);
     let dir = orders_dir(&env, &run);
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("ad.json")).unwrap()).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("ad.json")).unwrap()).unwrap();
     let keys: Vec<&String> = doc.as_object().unwrap().keys().collect();
     assert_eq!(keys, ["connector", "generated_at", "orders", "run_id"]);
     let orders = doc["orders"].as_array().unwrap();
@@ -172,21 +241,51 @@ fn json_orders_match_the_spec_shape_and_the_parquet_file() {
         let fields: Vec<&String> = o.as_object().unwrap().keys().collect();
         assert_eq!(
             fields,
-            ["attributes", "change_type", "entity", "links", "order_id", "owner", "resource_key", "resource_type"]
+            [
+                "attributes",
+                "change_type",
+                "entity",
+                "links",
+                "order_id",
+                "owner",
+                "resource_key",
+                "resource_type"
+            ]
         );
         assert!(["Added", "Modified", "Deleted"].contains(&o["change_type"].as_str().unwrap()));
         for change in o["attributes"].as_object().unwrap().values() {
-            assert!(change.get("old").is_some() && change.get("new").is_some(), "{o}");
+            assert!(
+                change.get("old").is_some() && change.get("new").is_some(),
+                "{o}"
+            );
         }
     }
     // The mover 000136: department and groups.
-    let mover = orders.iter().find(|o| o["owner"]["key"] == "000136").unwrap();
+    let mover = orders
+        .iter()
+        .find(|o| o["owner"]["key"] == "000136")
+        .unwrap();
     assert_eq!(mover["change_type"], "Modified");
-    assert_eq!(mover["attributes"]["department"], serde_json::json!({"old": "Marketing", "new": "IT"}));
-    assert!(mover["links"]["ad_member_of"]["add"].as_array().unwrap().iter().any(|g| g == "CN=SG_Dept_IT,OU=Groups,DC=contoso,DC=com"));
+    assert_eq!(
+        mover["attributes"]["department"],
+        serde_json::json!({"old": "Marketing", "new": "IT"})
+    );
+    assert!(
+        mover["links"]["ad_member_of"]["add"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g == "CN=SG_Dept_IT,OU=Groups,DC=contoso,DC=com")
+    );
     // The leaver 000120: disabled (typed number), links kept.
-    let leaver = orders.iter().find(|o| o["owner"]["key"] == "000120").unwrap();
-    assert_eq!(leaver["attributes"], serde_json::json!({"user_account_control": {"old": 512, "new": 514}}));
+    let leaver = orders
+        .iter()
+        .find(|o| o["owner"]["key"] == "000120")
+        .unwrap();
+    assert_eq!(
+        leaver["attributes"],
+        serde_json::json!({"user_account_control": {"old": 512, "new": 514}})
+    );
     assert_eq!(leaver["links"], serde_json::json!({}));
 
     // The Parquet file holds the same orders.
@@ -194,7 +293,9 @@ fn json_orders_match_the_spec_shape_and_the_parquet_file() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let rows = rt.block_on(async {
         let ctx = datafusion::prelude::SessionContext::new();
-        ctx.register_parquet("o", file.to_str().unwrap(), Default::default()).await.unwrap();
+        ctx.register_parquet("o", file.to_str().unwrap(), Default::default())
+            .await
+            .unwrap();
         ctx.sql("select order_id, change_type, owner_key, resource_key, attributes, links from o")
             .await
             .unwrap()
@@ -202,11 +303,17 @@ fn json_orders_match_the_spec_shape_and_the_parquet_file() {
             .await
             .unwrap()
     });
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&rows).unwrap().to_string();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&rows)
+        .unwrap()
+        .to_string();
     let n: usize = rows.iter().map(|b| b.num_rows()).sum();
     assert_eq!(n, orders.len());
     for o in orders {
-        assert!(text.contains(o["order_id"].as_str().unwrap()), "{} missing from the Parquet file", o["order_id"]);
+        assert!(
+            text.contains(o["order_id"].as_str().unwrap()),
+            "{} missing from the Parquet file",
+            o["order_id"]
+        );
     }
     let attributes = r#"{"department":{"old":"Marketing","new":"IT"}}"#;
     assert!(text.contains(attributes), "{attributes} not in\n{text}");
@@ -218,9 +325,16 @@ fn dry_run_prints_the_orders_and_commits_nothing() {
     env.write_pipeline(&contoso_pipeline_text());
     let out = env.run("complete", &["--dry-run"], &[("CONTOSO_DAY", "day1")]);
     out.expect_code(0);
-    assert!(out.stdout.contains("\"change_type\": \"Added\""), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("\"change_type\": \"Added\""),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("14 Added"), "{}", out.stdout);
     let catalog = env.path("store/_igaflow/catalog");
-    assert!(!catalog.exists() || std::fs::read_dir(&catalog).unwrap().count() == 0, "a dry run committed");
+    assert!(
+        !catalog.exists() || std::fs::read_dir(&catalog).unwrap().count() == 0,
+        "a dry run committed"
+    );
     assert!(!env.path("store/_orders").exists());
 }

@@ -160,3 +160,34 @@ fn file_uri_store_and_dry_run() {
         before
     );
 }
+
+#[test]
+fn computed_columns_follow_the_as_of_date() {
+    let env = Env::new();
+    let text = hr_pipeline(
+        "computed = { adult = \"birth_date <= current_date - INTERVAL '18' YEAR\" }",
+    ) + "\n[[job]]\nname = \"expressions\"\n[[job.task]]\nname = \"expr\"\ntype = \"update_entity_property_expressions\"\n";
+    env.write_pipeline(&text);
+    env.write(
+        "exports/hr/persons.csv",
+        format!("{HR_HEADER}E1,Kid,2010-06-15,1,\nE2,Grown,1980-01-01,1,\n"),
+    );
+    env.run("complete", &["--as-of", "2028-06-14"], &[])
+        .expect_code(0);
+    assert_eq!(
+        env.query("select employee_id, adult from person order by employee_id"),
+        [["E1", "false"], ["E2", "true"]]
+    );
+    // The same day: nothing to recompute.
+    let same = env.run("expressions", &["--as-of", "2028-06-14"], &[]);
+    same.expect_code(0);
+    assert!(same.stdout.contains("no_changes"), "{}", same.stdout);
+    // A day later E1 turns 18 (dates are inclusive).
+    let next = env.run("expressions", &["--as-of", "2028-06-15"], &[]);
+    next.expect_code(0);
+    assert!(next.stdout.contains("person: 1 row(s)"), "{}", next.stdout);
+    assert_eq!(
+        env.scalar("select adult from person where employee_id = 'E1'"),
+        "true"
+    );
+}

@@ -159,3 +159,84 @@ fn valid_demo_pipeline_and_toml_syntax_error() {
         missing.stderr
     );
 }
+
+/// The lifecycle golden case's pipeline with one replacement, validated: exit 2, and the message
+/// names the place, the expression and its line.
+#[track_caller]
+fn model_error(from: &str, to: &str, texts: &[&str]) {
+    let base =
+        std::fs::read_to_string(repo().join("datasets/cases/lifecycle/pipeline.toml")).unwrap();
+    assert!(base.contains(from), "{from}");
+    let text = base.replacen(from, to, 1);
+    let env = Env::new();
+    for d in ["day1/hr", "day1/app"] {
+        std::fs::create_dir_all(env.path(&format!("pipeline/{d}"))).unwrap();
+    }
+    env.write_pipeline(&text);
+    let out = igaflow(&["validate", &env.pipeline()], &[]);
+    out.expect_code(2);
+    let line = text[..text.find(to).unwrap()].matches('\n').count() + 1;
+    let loc = format!("pipeline.toml:{line}");
+    assert!(
+        out.stderr.contains(&loc),
+        "expected {loc} in {}",
+        out.stderr
+    );
+    for t in texts {
+        assert!(out.stderr.contains(t), "expected `{t}` in {}", out.stderr);
+    }
+}
+
+#[test]
+fn role_model_expressions_are_planned() {
+    model_error(
+        "rule = \"dept = 'Sales'\"",
+        "rule = \"dept = \"",
+        &["role `sales`", "dept = "],
+    );
+    model_error(
+        "rule = \"dept = 'IT'\"",
+        "rule = \"depart = 'IT'\"",
+        &["role `it`", "depart = 'IT'"],
+    );
+    model_error(
+        "rule = \"status = 'active'\"",
+        "rule = \"status\"",
+        &["resource type `app_user`: rule", "not a condition"],
+    );
+    model_error(
+        "login = \"lower(name)\"",
+        "login = \"lower(nme)\"",
+        &["scalar `login`", "lower(nme)"],
+    );
+    model_error(
+        "email = \"mail\"",
+        "emial = \"mail\"",
+        &["`emial` is not a column of `account`"],
+    );
+    model_error(
+        "{ target = \"owner_id\", owner = \"id\" }",
+        "{ target = \"owner_id\", owner = \"ident\" }",
+        &["correlation rule 1 owner", "ident"],
+    );
+    model_error(
+        "rule = \"login LIKE 'svc\\\\_%'\"",
+        "rule = \"logon LIKE 'svc%'\"",
+        &["classification `service`", "logon"],
+    );
+    model_error(
+        "{ role = \"sales\", target = \"G_SALES\" }",
+        "{ role = \"sails\", target = \"G_SALES\" }",
+        &["unknown role `sails`"],
+    );
+    model_error(
+        "link = \"member\"",
+        "link = \"members\"",
+        &["unknown link `members`"],
+    );
+    model_error(
+        "on_lost = \"disable\"",
+        "on_lost = \"remove\"",
+        &["on_lost = \"remove\""],
+    );
+}
