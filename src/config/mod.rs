@@ -67,6 +67,25 @@ impl ColumnType {
     }
 }
 
+/// A duration such as `500ms`, `30s`, `10m`, `2h` or `1d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return None,
+    };
+    (seconds > 0.0).then(|| std::time::Duration::from_secs_f64(seconds))
+}
+
 /// Timestamps are stored as microseconds in UTC: Parquet readers other than DataFusion see them
 /// as timestamps (second precision would land as a plain integer).
 pub fn timestamp_type() -> DataType {

@@ -370,6 +370,18 @@ pub(super) fn resolve(
                 format!("job `{}` is declared twice", r.name.get_ref()),
             );
         }
+        if let Some(i) = &r.interval
+            && parse_duration(i.get_ref()).is_none()
+        {
+            cx.err(
+                i,
+                format!(
+                    "job `{}`: interval = \"{}\" is not a duration (e.g. \"600s\", \"10m\")",
+                    r.name.get_ref(),
+                    i.get_ref()
+                ),
+            );
+        }
         if r.schedule.is_some() && r.interval.is_some() {
             cx.err(
                 j,
@@ -649,6 +661,17 @@ fn resolve_task(
                 );
             }
         }
+    }
+    if let Some(t) = &r.timeout
+        && parse_duration(t.get_ref()).is_none()
+    {
+        cx.err(
+            t,
+            format!(
+                "job `{job}`, task `{name}`: timeout = \"{}\" is not a duration (e.g. \"30s\", \"10m\", \"2h\")",
+                t.get_ref()
+            ),
+        );
     }
     if kind == "invoke_command" && r.command.as_ref().is_none_or(|c| c.get_ref().is_empty()) {
         cx.err(t, format!("job `{job}`, task `{name}`: `invoke_command` needs `command = [\"program\", \"arg\", …]`"));

@@ -6,6 +6,7 @@
 //! depends on it; `run_if = "changed"` skips a task whose dependencies all ended `no_changes` or
 //! `skipped`.
 
+mod lock;
 mod runs;
 
 use std::collections::HashMap;
@@ -101,43 +102,96 @@ pub async fn run_job(
     };
     tracing::info!(run_id = %run_id, job = %job.name, "run started");
 
+    let lock = if job.concurrent || opts.dry_run {
+        None
+    } else {
+        Some(lock::JobLock::acquire(store, &job.name, &run_id).await?)
+    };
+    let result = run_tasks(&rc, job, opts, started_at).await;
+    let result = match result {
+        Ok(report) if !opts.dry_run => {
+            crate::tasks::failpoint("run.end");
+            runs::record(store, pipeline, job_mode(job), &opts.trigger, &report)
+                .await
+                .map(|_| report)
+        }
+        other => other,
+    };
+    if let Some(lock) = lock {
+        lock.release().await?;
+    }
+    let report = result?;
+    tracing::info!(run_id = %report.run_id, status = %report.status, "run ended");
+    Ok(report)
+}
+
+/// Runs the job's tasks: each starts when its dependencies are done; independent tasks run at
+/// the same time.
+async fn run_tasks(
+    rc: &RunContext<'_>,
+    job: &crate::config::Job,
+    opts: &RunOptions,
+    started_at: chrono::DateTime<Utc>,
+) -> Result<RunReport> {
     let mut done: HashMap<String, TaskStatus> = HashMap::new();
     // Dependencies that failed without continue_on_error poison their dependants.
     let mut poisoned: HashMap<String, bool> = HashMap::new();
     let mut reports: Vec<TaskReport> = Vec::new();
     let mut remaining: Vec<&crate::config::Task> = job.tasks.iter().collect();
     let progress = crate::cli::progress::Progress::new(job.tasks.len() as u64, opts.quiet);
-    while !remaining.is_empty() {
-        let pos = remaining
-            .iter()
-            .position(|t| t.depends_on.iter().all(|d| done.contains_key(d)))
-            .expect("invariant: validation rejected cycles and unknown dependencies");
-        let task = remaining.remove(pos);
-        let t0 = Instant::now();
-        let task_started = Utc::now();
-        progress.start(&task.name);
-        let outcome = if let Some(d) = task
-            .depends_on
-            .iter()
-            .find(|d| poisoned.get(*d).copied().unwrap_or(false))
-        {
-            TaskOutcome::skipped(format!("skipped: dependency `{d}` did not succeed"))
-        } else if task.run_if_changed
-            && !task.depends_on.is_empty()
-            && task
+    let mut running = futures::stream::FuturesUnordered::new();
+    loop {
+        // Start every task whose dependencies are done.
+        let mut i = 0;
+        while i < remaining.len() {
+            let task = remaining[i];
+            if !task.depends_on.iter().all(|d| done.contains_key(d)) {
+                i += 1;
+                continue;
+            }
+            remaining.remove(i);
+            let decided = if let Some(d) = task
                 .depends_on
                 .iter()
-                .all(|d| matches!(done[d], TaskStatus::NoChanges | TaskStatus::Skipped))
-        {
-            TaskOutcome::skipped("skipped: no dependency changed anything (run_if = \"changed\")")
-        } else {
-            match run_task(&rc, task).await {
-                Ok(o) => o,
-                Err(e) => {
-                    tracing::error!(task = %task.name, error = %e, "task failed");
-                    TaskOutcome::from_error(&e)
-                }
-            }
+                .find(|d| poisoned.get(*d).copied().unwrap_or(false))
+            {
+                Some(TaskOutcome::skipped(format!(
+                    "skipped: dependency `{d}` did not succeed"
+                )))
+            } else if task.run_if_changed
+                && !task.depends_on.is_empty()
+                && task
+                    .depends_on
+                    .iter()
+                    .all(|d| matches!(done[d], TaskStatus::NoChanges | TaskStatus::Skipped))
+            {
+                Some(TaskOutcome::skipped(
+                    "skipped: no dependency changed anything (run_if = \"changed\")",
+                ))
+            } else {
+                None
+            };
+            progress.start(&task.name);
+            running.push(async move {
+                let t0 = Instant::now();
+                let task_started = Utc::now();
+                let outcome = match decided {
+                    Some(o) => o,
+                    None => match run_task(rc, task).await {
+                        Ok(o) => o,
+                        Err(e) => {
+                            tracing::error!(task = %task.name, error = %e, "task failed");
+                            TaskOutcome::from_error(&e)
+                        }
+                    },
+                };
+                (task, outcome, task_started, t0.elapsed().as_secs_f64())
+            });
+        }
+        let Some((task, outcome, task_started, seconds)) =
+            futures::StreamExt::next(&mut running).await
+        else {
+            break;
         };
         let bad = matches!(outcome.status, TaskStatus::Failed | TaskStatus::Blocked);
         let skipped_for_failure = outcome.status == TaskStatus::Skipped
@@ -155,9 +209,11 @@ pub async fn run_job(
             outcome,
             started_at: task_started,
             ended_at: Utc::now(),
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds,
         });
     }
+    // The report lists tasks in the job's order.
+    reports.sort_by_key(|r| job.tasks.iter().position(|t| t.name == r.name));
     progress.clear();
 
     let failing: Vec<&TaskReport> = reports
@@ -208,19 +264,13 @@ pub async fn run_job(
     } else {
         "succeeded"
     };
-    let report = RunReport {
-        run_id,
+    Ok(RunReport {
+        run_id: rc.run_id.clone(),
         job: job.name.clone(),
         status: status.to_string(),
         started_at,
         ended_at: Utc::now(),
         tasks: reports,
         exit_code,
-    };
-    if !opts.dry_run {
-        crate::tasks::failpoint("run.end");
-        runs::record(store, pipeline, job_mode(job), &opts.trigger, &report).await?;
-    }
-    tracing::info!(run_id = %report.run_id, status = %report.status, "run ended");
-    Ok(report)
+    })
 }

@@ -131,6 +131,49 @@ impl Store {
         Ok(())
     }
 
+    /// Creates a file under the store root unless it exists (atomic put-if-absent); false when
+    /// it already exists.
+    pub async fn create_file(&self, rel: &str, bytes: Vec<u8>) -> Result<bool> {
+        use object_store::{PutMode, PutOptions};
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .objects
+            .put_opts(&self.object_path(rel), bytes.into(), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(Error::store(format!("creating {rel}: {e}"))),
+        }
+    }
+
+    /// Reads a file under the store root, if it exists.
+    pub async fn read_file(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        use object_store::ObjectStoreExt;
+        match self.objects.get(&self.object_path(rel)).await {
+            Ok(r) => Ok(Some(
+                r.bytes()
+                    .await
+                    .map_err(|e| Error::store(format!("reading {rel}: {e}")))?
+                    .to_vec(),
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::store(format!("reading {rel}: {e}"))),
+        }
+    }
+
+    /// Deletes a file under the store root (absent is fine).
+    pub async fn delete_file(&self, rel: &str) -> Result<()> {
+        use object_store::ObjectStoreExt;
+        match self.objects.delete(&self.object_path(rel)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::store(format!("deleting {rel}: {e}"))),
+        }
+    }
+
     fn object_path(&self, rel: &str) -> object_store::path::Path {
         if self.prefix.as_ref().is_empty() {
             object_store::path::Path::from(rel)

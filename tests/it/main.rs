@@ -5,6 +5,7 @@ mod common;
 mod bad_input;
 mod cases;
 mod crash;
+mod jobs;
 mod orders;
 mod roundtrip;
 mod sql_cli;

@@ -1,0 +1,247 @@
+//! The job engine: dependencies, failures, run_if, concurrency, the lock, invoke_command.
+
+use crate::common::*;
+
+/// The HR pipeline plus a job built from `tasks` (TOML `[[job.task]]` bodies).
+fn job_pipeline(job: &str, tasks: &[&str]) -> String {
+    let mut text = hr_pipeline("");
+    text.push_str(&format!("\n[[job]]\nname = \"{job}\"\n"));
+    for t in tasks {
+        text.push_str(&format!("[[job.task]]\n{t}\n"));
+    }
+    text
+}
+
+fn statuses(env: &Env, run: &str) -> Vec<Vec<String>> {
+    env.query(&format!(
+        "select task, status from task_runs where run_id = '{run}' order by started_at, task"
+    ))
+}
+
+#[test]
+fn a_failing_task_skips_its_dependants_unless_continue_on_error() {
+    let env = Env::new();
+    env.write("exports/hr/persons.csv", persons_csv(1..=3));
+    let fail = "name = \"fail\"\ntype = \"invoke_command\"\ncommand = [\"sh\", \"-c\", \"echo broken export >&2; exit 7\"]";
+    let after = "name = \"after\"\ntype = \"synchronize\"\nconnector = \"hr\"";
+    env.write_pipeline(&job_pipeline("j", &[fail, after]));
+    let out = env.run("j", &[], &[]);
+    out.expect_code(1);
+    let run = run_id_of(&out);
+    let rows = env.query(&format!(
+        "select task, status, message from task_runs where run_id = '{run}' order by task"
+    ));
+    assert_eq!(rows[0][0], "after");
+    assert_eq!(rows[0][1], "skipped");
+    assert_eq!(rows[1][1], "failed");
+    assert!(
+        rows[1][2].contains("code 7") && rows[1][2].contains("broken export"),
+        "{:?}",
+        rows[1]
+    );
+    assert_eq!(
+        env.scalar(&format!("select status from runs where run_id = '{run}'")),
+        "failed"
+    );
+
+    let fail_tolerated = format!("{fail}\ncontinue_on_error = true");
+    env.write_pipeline(&job_pipeline("j", &[&fail_tolerated, after]));
+    let out = env.run("j", &[], &[]);
+    out.expect_code(0);
+    let run = run_id_of(&out);
+    assert_eq!(
+        statuses(&env, &run)
+            .iter()
+            .find(|r| r[0] == "after")
+            .unwrap()[1],
+        "succeeded"
+    );
+    assert_eq!(env.scalar("select count(*) from person"), "3");
+}
+
+#[test]
+fn run_if_changed_skips_when_nothing_changed() {
+    let env = Env::new();
+    env.write("exports/hr/persons.csv", persons_csv(1..=3));
+    let sync = "name = \"sync\"\ntype = \"synchronize\"\nconnector = \"hr\"";
+    let fulfill =
+        "name = \"fulfill\"\ntype = \"invoke_command\"\ncommand = [\"true\"]\nrun_if = \"changed\"";
+    env.write_pipeline(&job_pipeline("j", &[sync, fulfill]));
+    let first = env.run("j", &[], &[]);
+    first.expect_code(0);
+    assert_eq!(
+        statuses(&env, &run_id_of(&first))
+            .iter()
+            .find(|r| r[0] == "fulfill")
+            .unwrap()[1],
+        "succeeded"
+    );
+    let second = env.run("j", &[], &[]);
+    second.expect_code(0);
+    assert_eq!(
+        statuses(&env, &run_id_of(&second))
+            .iter()
+            .find(|r| r[0] == "fulfill")
+            .unwrap()[1],
+        "skipped"
+    );
+}
+
+#[test]
+fn independent_roots_run_at_the_same_time() {
+    let env = Env::new();
+    env.write("exports/hr/persons.csv", persons_csv(1..=3));
+    let a =
+        "name = \"a\"\ntype = \"invoke_command\"\ncommand = [\"sleep\", \"1\"]\ndepends_on = []";
+    let b =
+        "name = \"b\"\ntype = \"invoke_command\"\ncommand = [\"sleep\", \"1\"]\ndepends_on = []";
+    let c = "name = \"c\"\ntype = \"synchronize\"\nconnector = \"hr\"\ndepends_on = [\"a\", \"b\"]";
+    env.write_pipeline(&job_pipeline("j", &[a, b, c]));
+    let out = env.run("j", &[], &[]);
+    out.expect_code(0);
+    let run = run_id_of(&out);
+    let times = env.query(&format!(
+        "select task, cast(started_at as varchar), cast(ended_at as varchar) from task_runs where run_id = '{run}' order by task"
+    ));
+    let (a, b, c) = (&times[0], &times[1], &times[2]);
+    assert!(b[1] < a[2] && a[1] < b[2], "a and b overlap: {times:?}");
+    assert!(c[1] >= a[2] && c[1] >= b[2], "c waits for both: {times:?}");
+}
+
+#[test]
+fn invoke_command_timeout_kills_the_program_and_its_children() {
+    let env = Env::new();
+    env.write("exports/hr/persons.csv", persons_csv(1..=3));
+    let marker = env.path("child.pid");
+    let script = format!("sleep 30 & echo $! > {}; wait", marker.display());
+    let slow = format!(
+        "name = \"slow\"\ntype = \"invoke_command\"\ncommand = [\"sh\", \"-c\", {}]\ntimeout = \"1s\"",
+        toml::Value::String(script)
+    );
+    env.write_pipeline(&job_pipeline("j", &[&slow]));
+    let t0 = std::time::Instant::now();
+    let out = env.run("j", &[], &[]);
+    out.expect_code(1);
+    assert!(
+        t0.elapsed().as_secs() < 20,
+        "the timeout did not stop the run"
+    );
+    let run = run_id_of(&out);
+    let message = env.scalar(&format!(
+        "select message from task_runs where run_id = '{run}'"
+    ));
+    assert!(message.contains("did not finish within"), "{message}");
+    let pid: i32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Gone, or a zombie waiting for a reaper (killed, not running): not alive.
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false);
+    assert!(!alive, "the grandchild {pid} outlived the timeout");
+}
+
+fn lock_file(env: &Env, job: &str) -> std::path::PathBuf {
+    env.path(&format!("store/_igaflow/locks/{job}.json"))
+}
+
+#[test]
+fn a_held_lock_exits_4_and_a_dead_holder_is_cleared() {
+    let env = Env::new();
+    env.write("exports/hr/persons.csv", persons_csv(1..=3));
+    env.write_pipeline(&job_pipeline(
+        "j",
+        &["name = \"sync\"\ntype = \"synchronize\"\nconnector = \"hr\""],
+    ));
+    env.run("j", &[], &[]).expect_code(0);
+    assert!(
+        !lock_file(&env, "j").exists(),
+        "the lock is released after a run"
+    );
+
+    // A live process of this host holds the lock: this test process.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let holder = |pid: u32| {
+        format!(
+            r#"{{"run_id":"other-run","host":"{host}","pid":{pid},"started_at":"2026-11-25T00:00:00Z"}}"#
+        )
+    };
+    std::fs::write(lock_file(&env, "j"), holder(std::process::id())).unwrap();
+    let locked = env.run("j", &[], &[]);
+    locked.expect_code(4);
+    assert!(locked.stderr.contains("other-run"), "{}", locked.stderr);
+
+    // The holder is gone (a finished process): the lock is stale and cleared.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    std::fs::write(lock_file(&env, "j"), holder(dead)).unwrap();
+    env.run("j", &[], &[]).expect_code(0);
+    assert!(!lock_file(&env, "j").exists());
+}
+
+#[test]
+fn a_run_killed_with_sigkill_leaves_a_lock_the_next_run_clears() {
+    let env = Env::new();
+    env.write("exports/hr/persons.csv", persons_csv(1..=3));
+    env.write_pipeline(&job_pipeline(
+        "j",
+        &["name = \"sync\"\ntype = \"synchronize\"\nconnector = \"hr\""],
+    ));
+    let killed = env.run("j", &[], &[("IGAFLOW_FAILPOINT", "sync.commit.0")]);
+    assert_eq!(killed.signal, Some(9), "{killed:?}");
+    assert!(
+        lock_file(&env, "j").exists(),
+        "the killed run held the lock"
+    );
+    env.run("j", &[], &[]).expect_code(0);
+    assert_eq!(env.scalar("select count(*) from person"), "3");
+}
+
+#[test]
+fn configuration_errors_of_jobs() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("exports/hr")).unwrap();
+    let a = "name = \"a\"\ntype = \"synchronize\"\nconnector = \"hr\"\ndepends_on = [\"b\"]";
+    let b = "name = \"b\"\ntype = \"synchronize\"\nconnector = \"hr\"\ndepends_on = [\"a\"]";
+    env.write_pipeline(&job_pipeline("j", &[a, b]));
+    let out = igaflow(&["validate", &env.pipeline()], &[]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("a → b → a") || out.stderr.contains("b → a → b"),
+        "{}",
+        out.stderr
+    );
+
+    let missing = "name = \"x\"\ntype = \"invoke_command\"";
+    env.write_pipeline(&job_pipeline("j", &[missing]));
+    let out = igaflow(&["validate", &env.pipeline()], &[]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("command"), "{}", out.stderr);
+
+    let unknown_dep =
+        "name = \"x\"\ntype = \"synchronize\"\nconnector = \"hr\"\ndepends_on = [\"nope\"]";
+    env.write_pipeline(&job_pipeline("j", &[unknown_dep]));
+    let out = igaflow(&["validate", &env.pipeline()], &[]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("nope"), "{}", out.stderr);
+
+    let bad_timeout =
+        "name = \"x\"\ntype = \"invoke_command\"\ncommand = [\"true\"]\ntimeout = \"soon\"";
+    env.write_pipeline(&job_pipeline("j", &[bad_timeout]));
+    let out = igaflow(&["validate", &env.pipeline()], &[]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("soon"), "{}", out.stderr);
+}
