@@ -1,7 +1,7 @@
 //! The command line (SPEC section 2): flags are parsed and checked into typed options here,
 //! then handed to the library. Nothing below this module prints except through `output`.
 
-mod output;
+pub mod output;
 pub mod progress;
 
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@ pub mod correlation_keys;
 pub mod expressions;
 pub mod frames;
 pub mod invoke_command;
+pub mod invoke_sql;
 pub mod orders;
 pub mod pre_existing;
 pub mod prepare_synchronization;
@@ -116,6 +117,7 @@ pub async fn run_task(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         "save_pre_existing_access_rights" => pre_existing::run(rc, task).await,
         "update_entity_property_expressions" => expressions::run(rc, task).await,
         "invoke_command" => invoke_command::run(rc, task).await,
+        "invoke_sql" => invoke_sql::run(rc, task).await,
         other => Err(Error::TaskFailed(format!(
             "task type `{other}` is not available in this release of igaflow"
         ))),

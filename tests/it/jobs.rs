@@ -245,3 +245,27 @@ fn configuration_errors_of_jobs() {
     out.expect_code(2);
     assert!(out.stderr.contains("soon"), "{}", out.stderr);
 }
+
+#[test]
+fn invoke_sql_writes_a_query_result_to_a_file() {
+    let env = Env::new();
+    env.write("exports/hr/persons.csv", persons_csv(1..=4));
+    env.write("pipeline/levels.sql", "select level, count(*) as persons from person group by level order by level");
+    let sync = "name = \"sync\"\ntype = \"synchronize\"\nconnector = \"hr\"";
+    let csv = "name = \"to_csv\"\ntype = \"invoke_sql\"\nsql = \"levels.sql\"\noutput = \"../out/levels.csv\"";
+    let pq = "name = \"to_parquet\"\ntype = \"invoke_sql\"\nsql = \"levels.sql\"\noutput = \"../out/levels.parquet\"\nformat = \"parquet\"\ndepends_on = [\"sync\"]";
+    env.write_pipeline(&job_pipeline("j", &[sync, csv, pq]));
+    env.run("j", &[], &[]).expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(env.path("out/levels.csv")).unwrap(),
+        "level,persons\n1,1\n2,1\n3,1\n4,1\n"
+    );
+    let bytes = std::fs::read(env.path("out/levels.parquet")).unwrap();
+    assert_eq!(&bytes[..4], b"PAR1");
+
+    // A query that does not plan fails the task with exit 2 and names the file.
+    env.write("pipeline/levels.sql", "select nope from person");
+    let out = env.run("j", &[], &[]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("levels.sql") && out.stderr.contains("nope"), "{}", out.stderr);
+}
