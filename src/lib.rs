@@ -8,5 +8,6 @@ pub mod engine;
 pub mod error;
 pub mod input;
 pub mod jobs;
+pub mod notify;
 pub mod store;
 pub mod tasks;

@@ -76,6 +76,12 @@ pub enum Command {
         as_of: Option<String>,
         query: String,
     },
+    /// Run the pipeline's jobs at their `schedule` (cron, UTC) or `interval` until SIGTERM.
+    Schedule {
+        pipeline: PathBuf,
+        #[arg(long)]
+        store: Option<String>,
+    },
     /// List past runs, or show one run's tasks.
     Runs {
         #[arg(long)]
@@ -251,6 +257,11 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             let report = jobs::run_job(&p, &store, &job, &opts).await?;
             print_report(&report, cli.quiet);
             Ok(report.exit_code)
+        }
+        Command::Schedule { pipeline, store } => {
+            let p = Pipeline::load(&pipeline)?;
+            let store = Store::open(&pipeline_store_uri(store.as_deref(), &p))?;
+            jobs::schedule(&p, &store, cli.quiet).await
         }
         Command::Sql {
             store,

@@ -270,6 +270,16 @@ pub struct Pipeline {
     pub jobs: Vec<Job>,
     /// Roles, resource types, classification (sections 5 and 6).
     pub model: RoleModel,
+    /// `[notify]` (section 8).
+    pub notify: Option<Notify>,
+}
+
+/// Where run summaries go (SPEC section 8).
+#[derive(Debug, Clone)]
+pub struct Notify {
+    pub to: Vec<String>,
+    pub from: String,
+    pub smtp: Option<String>,
 }
 
 impl Pipeline {

@@ -40,7 +40,7 @@ pub struct RawPipeline {
     // Sections of later tasks (notifications, lifecycle). They are accepted here so one
     // pipeline file serves every release; their own checks live with their tasks.
     #[serde(default)]
-    pub notify: Option<toml::Value>,
+    pub notify: Option<S<RawNotify>>,
     #[serde(default)]
     pub lifecycle: Option<toml::Value>,
 }
@@ -258,4 +258,13 @@ pub struct RawClassification {
     pub rule: S<String>,
     #[serde(default)]
     pub protect: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub to: Vec<String>,
+    pub from: S<String>,
+    /// `smtp://host:port` (plain), `smtp://host:port?tls=required` (STARTTLS) or `smtps://…`.
+    pub smtp: Option<S<String>>,
 }

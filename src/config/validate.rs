@@ -382,6 +382,18 @@ pub(super) fn resolve(
                 ),
             );
         }
+        if let Some(c) = &r.schedule
+            && let Err(e) = <croner::Cron as std::str::FromStr>::from_str(c.get_ref())
+        {
+            cx.err(
+                c,
+                format!(
+                    "job `{}`: schedule = \"{}\" is not a cron expression ({e}); e.g. \"0 2 * * *\" (02:00 UTC daily)",
+                    r.name.get_ref(),
+                    c.get_ref()
+                ),
+            );
+        }
         if r.schedule.is_some() && r.interval.is_some() {
             cx.err(
                 j,
@@ -479,6 +491,36 @@ pub(super) fn resolve(
         },
     );
 
+    let notify = raw.notify.as_ref().map(|n| {
+        let r = n.get_ref();
+        for a in r.to.iter().chain(std::iter::once(r.from.get_ref())) {
+            if a.parse::<lettre::Address>().is_err()
+                && a.parse::<lettre::message::Mailbox>().is_err()
+            {
+                cx.err(n, format!("[notify]: `{a}` is not an e-mail address"));
+            }
+        }
+        if r.to.is_empty() {
+            cx.err(n, "[notify]: `to` is empty; list at least one address");
+        }
+        if let Some(u) = &r.smtp
+            && !(u.get_ref().starts_with("smtp://") || u.get_ref().starts_with("smtps://"))
+        {
+            cx.err(
+                u,
+                format!(
+                    "[notify]: smtp = \"{}\" is not an smtp:// or smtps:// URL",
+                    u.get_ref()
+                ),
+            );
+        }
+        Notify {
+            to: r.to.clone(),
+            from: r.from.get_ref().clone(),
+            smtp: r.smtp.as_ref().map(|s| s.get_ref().clone()),
+        }
+    });
+
     if !cx.problems.is_empty() {
         cx.problems.sort_by_key(|p| p.line);
         return Err(Error::Config {
@@ -500,6 +542,7 @@ pub(super) fn resolve(
         links,
         jobs,
         model,
+        notify,
     })
 }
 

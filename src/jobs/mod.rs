@@ -8,6 +8,9 @@
 
 mod lock;
 mod runs;
+mod schedule;
+
+pub use schedule::schedule;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -122,6 +125,9 @@ pub async fn run_job(
     }
     let report = result?;
     tracing::info!(run_id = %report.run_id, status = %report.status, "run ended");
+    if !opts.dry_run {
+        crate::notify::after_run(pipeline, store, &report).await;
+    }
     Ok(report)
 }
 

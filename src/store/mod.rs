@@ -49,6 +49,8 @@ pub struct Store {
     /// Path of the store root inside `objects` (empty for a local folder store).
     prefix: object_store::path::Path,
     storage_options: HashMap<String, String>,
+    /// Serializes the commits of this process's concurrent tasks (see [`Store::lock_commits`]).
+    commits: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -81,6 +83,7 @@ impl Store {
                 objects: Arc::from(objects),
                 prefix,
                 storage_options,
+                commits: Default::default(),
             });
         }
         let path = match uri.strip_prefix("file://") {
@@ -100,7 +103,15 @@ impl Store {
             objects: Arc::new(objects),
             prefix: object_store::path::Path::default(),
             storage_options: HashMap::new(),
+            commits: Default::default(),
         })
+    }
+
+    /// Held while a task writes its tables and commits them. Tasks of one run may run at the
+    /// same time and share tables (`recently_modified`, `rejected_rows`); under this lock each
+    /// writes on top of the latest committed state, so no commit is lost or refused.
+    pub async fn lock_commits(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.commits.lock().await
     }
 
     pub fn root(&self) -> &Url {
@@ -163,6 +174,27 @@ impl Store {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(Error::store(format!("reading {rel}: {e}"))),
         }
+    }
+
+    /// Paths (relative to the store root) of the files under `prefix`.
+    pub async fn list_files(&self, prefix: &str) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let root = self.object_path("");
+        let metas: Vec<_> = self
+            .objects
+            .list(Some(&self.object_path(prefix.trim_end_matches('/'))))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(format!("listing {prefix}: {e}")))?;
+        Ok(metas
+            .into_iter()
+            .map(|m| {
+                let p = m.location.as_ref();
+                p.strip_prefix(root.as_ref())
+                    .map(|r| r.trim_start_matches('/').to_string())
+                    .unwrap_or_else(|| p.to_string())
+            })
+            .collect())
     }
 
     /// Deletes a file under the store root (absent is fine).

@@ -83,7 +83,6 @@ impl NewTable {
 /// version (nothing on a dry run). Returns the rows written: 0 when nothing changed.
 pub async fn commit_tables(
     rc: &super::RunContext<'_>,
-    catalog: &Catalog,
     what: &str,
     tables: Vec<NewTable>,
 ) -> Result<u64> {
@@ -96,6 +95,9 @@ pub async fn commit_tables(
     if tables.is_empty() {
         return Ok(0);
     }
+    let _commits = rc.store.lock_commits().await;
+    let latest = rc.store.catalog().await?;
+    let catalog = &latest;
     let mut change = crate::store::CatalogChange {
         run_id: rc.run_id.clone(),
         what: what.to_string(),

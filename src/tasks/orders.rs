@@ -161,13 +161,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         files.push(format!("{connector}.json"));
     }
 
-    let written = commit_tables(
-        rc,
-        &catalog,
-        "task:generate_provisioning_orders",
-        vec![table],
-    )
-    .await?;
+    let written = commit_tables(rc, "task:generate_provisioning_orders", vec![table]).await?;
     let mut by_type: BTreeMap<&str, usize> = BTreeMap::new();
     for o in &emitted {
         *by_type.entry(o.change_type.as_str()).or_default() += 1;

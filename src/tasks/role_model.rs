@@ -141,7 +141,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     ];
     let roles = tables[1].rows();
     let assigned = tables[2].rows();
-    let written = commit_tables(rc, &catalog, "task:compute_role_model", tables).await?;
+    let written = commit_tables(rc, "task:compute_role_model", tables).await?;
     let mut message = format!(
         "{}; {roles} role assignment(s); {assigned} assigned resource(s)",
         counts.join(", ")

@@ -268,7 +268,20 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         return Ok(outcome);
     }
 
-    // Commit: every table's next Delta version, then one catalog file.
+    // Commit: every table's next Delta version, then one catalog file, on top of the latest
+    // committed state. The connector's own tables must be as this run read them.
+    let _commits = rc.store.lock_commits().await;
+    let latest = rc.store.catalog().await?;
+    for p in &plans {
+        for t in [p.name.clone(), format!("{}__history", p.name)] {
+            if latest.tables.get(&t) != catalog.tables.get(&t) {
+                return Err(Error::store(format!(
+                    "table `{t}` was committed by another run while this one computed (connector `{connector}`); nothing of this run is visible — re-run it"
+                )));
+            }
+        }
+    }
+    let catalog = latest;
     let mut change = CatalogChange {
         run_id: rc.run_id.clone(),
         what: format!("sync:{connector}"),

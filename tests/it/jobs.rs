@@ -250,7 +250,10 @@ fn configuration_errors_of_jobs() {
 fn invoke_sql_writes_a_query_result_to_a_file() {
     let env = Env::new();
     env.write("exports/hr/persons.csv", persons_csv(1..=4));
-    env.write("pipeline/levels.sql", "select level, count(*) as persons from person group by level order by level");
+    env.write(
+        "pipeline/levels.sql",
+        "select level, count(*) as persons from person group by level order by level",
+    );
     let sync = "name = \"sync\"\ntype = \"synchronize\"\nconnector = \"hr\"";
     let csv = "name = \"to_csv\"\ntype = \"invoke_sql\"\nsql = \"levels.sql\"\noutput = \"../out/levels.csv\"";
     let pq = "name = \"to_parquet\"\ntype = \"invoke_sql\"\nsql = \"levels.sql\"\noutput = \"../out/levels.parquet\"\nformat = \"parquet\"\ndepends_on = [\"sync\"]";
@@ -267,5 +270,52 @@ fn invoke_sql_writes_a_query_result_to_a_file() {
     env.write("pipeline/levels.sql", "select nope from person");
     let out = env.run("j", &[], &[]);
     out.expect_code(2);
-    assert!(out.stderr.contains("levels.sql") && out.stderr.contains("nope"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("levels.sql") && out.stderr.contains("nope"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_scheduler_runs_on_interval_never_overlaps_survives_failures_and_stops_on_sigterm() {
+    let env = Env::new();
+    env.write("exports/hr/persons.csv", persons_csv(1..=3));
+    let mut text = hr_pipeline("");
+    text.push_str(
+        "\n[[job]]\nname = \"tick\"\ninterval = \"1s\"\n[[job.task]]\nname = \"work\"\ntype = \"invoke_command\"\ncommand = [\"sh\", \"-c\", \"sleep 0.3; test -f ../fail && exit 3; exit 0\"]\n",
+    );
+    env.write_pipeline(&text);
+    env.write("fail", "");
+    let store = env.store();
+    let pipeline = env.pipeline();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_igaflow"))
+        .args(["schedule", &pipeline, "--store", &store, "--quiet"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    std::fs::remove_file(env.path("fail")).unwrap(); // later runs succeed
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // SAFETY: sending SIGTERM to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "the scheduler exits 0 on SIGTERM");
+    let runs = env.query("select status, trigger, cast(started_at as varchar) as s, cast(ended_at as varchar) as e from runs where job = 'tick' order by s");
+    assert!(runs.len() >= 3, "{runs:?}");
+    assert!(runs.iter().all(|r| r[1] == "schedule"), "{runs:?}");
+    assert!(
+        runs.iter().any(|r| r[0] == "failed"),
+        "a failing run: {runs:?}"
+    );
+    assert!(
+        runs.iter().any(|r| r[0] == "succeeded"),
+        "it kept going: {runs:?}"
+    );
+    for w in runs.windows(2) {
+        assert!(w[1][2] >= w[0][3], "two runs overlapped: {runs:?}");
+    }
 }

@@ -6,6 +6,7 @@ mod bad_input;
 mod cases;
 mod crash;
 mod jobs;
+mod notify;
 mod orders;
 mod roundtrip;
 mod sql_cli;
