@@ -60,31 +60,26 @@ fn a_failing_task_skips_its_dependants_unless_continue_on_error() {
 }
 
 #[test]
-fn run_if_changed_skips_when_nothing_changed() {
+fn run_if_changed_looks_at_the_whole_chain() {
     let env = Env::new();
     env.write("exports/hr/persons.csv", persons_csv(1..=3));
     let sync = "name = \"sync\"\ntype = \"synchronize\"\nconnector = \"hr\"";
-    let fulfill =
-        "name = \"fulfill\"\ntype = \"invoke_command\"\ncommand = [\"true\"]\nrun_if = \"changed\"";
-    env.write_pipeline(&job_pipeline("j", &[sync, fulfill]));
+    // Nothing to recompute (no computed columns): no_changes even when the sync changed rows.
+    let expr = "name = \"expr\"\ntype = \"update_entity_property_expressions\"";
+    let fulfill = "name = \"fulfill\"\ntype = \"invoke_command\"\ncommand = [\"true\"]\nrun_if = \"changed\"";
+    env.write_pipeline(&job_pipeline("j", &[sync, expr, fulfill]));
     let first = env.run("j", &[], &[]);
     first.expect_code(0);
-    assert_eq!(
-        statuses(&env, &run_id_of(&first))
-            .iter()
-            .find(|r| r[0] == "fulfill")
-            .unwrap()[1],
-        "succeeded"
-    );
+    let st = statuses(&env, &run_id_of(&first));
+    let of = |t: &str| st.iter().find(|r| r[0] == t).unwrap()[1].clone();
+    assert_eq!(of("expr"), "no_changes");
+    assert_eq!(of("fulfill"), "succeeded", "the sync before expr changed rows");
     let second = env.run("j", &[], &[]);
     second.expect_code(0);
-    assert_eq!(
-        statuses(&env, &run_id_of(&second))
-            .iter()
-            .find(|r| r[0] == "fulfill")
-            .unwrap()[1],
-        "skipped"
-    );
+    let st = statuses(&env, &run_id_of(&second));
+    let of = |t: &str| st.iter().find(|r| r[0] == t).unwrap()[1].clone();
+    assert_eq!(of("sync"), "no_changes");
+    assert_eq!(of("fulfill"), "skipped");
 }
 
 #[test]
