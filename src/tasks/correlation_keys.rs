@@ -17,20 +17,43 @@ pub const TABLE: &str = "correlation_keys";
 
 pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let (ctx, catalog) = session(rc).await?;
+    let scope = super::dirty::scope(rc, &ctx, &catalog, task).await?;
     let mut all: Option<DataFrame> = None;
     for rt in selected(rc, task) {
-        for df in keys_of(rc, &ctx, &catalog, rt).await? {
+        for df in keys_of(rc, &ctx, &catalog, rt, scope.as_ref()).await? {
             all = Some(match all {
                 None => df,
                 Some(a) => a.union(df)?,
             });
         }
     }
-    let Some(all) = all else {
+    let Some(mut all) = all else {
         return Ok(TaskOutcome::skipped(
             "no resource type has correlation rules",
         ));
     };
+    // Dirty: the recomputed keys replace those of the same rows; the others stay.
+    if let Some(scope) = &scope
+        && catalog.tables.contains_key(TABLE)
+    {
+        let touched = scope
+            .owners
+            .clone()
+            .union(scope.accounts.clone())?
+            .select(vec![col("entity").alias("_e"), col("key").alias("_k")])?;
+        let kept = ctx.table(TABLE).await?.join(
+            touched,
+            JoinType::LeftAnti,
+            &["entity", "key"],
+            &["_e", "_k"],
+            None,
+        )?;
+        let cols: Vec<Expr> = ["resource_type", "side", "entity", "key", "rule", "value"]
+            .iter()
+            .map(|c| col(*c))
+            .collect();
+        all = kept.select(cols.clone())?.union(all.select(cols)?)?;
+    }
     let all = all.sort(vec![
         col("resource_type").sort(true, true),
         col("side").sort(true, true),
@@ -75,6 +98,7 @@ async fn keys_of(
     ctx: &SessionContext,
     catalog: &crate::store::Catalog,
     rt: &ResourceType,
+    scope: Option<&super::dirty::Scope>,
 ) -> Result<Vec<DataFrame>> {
     let mut out = Vec::new();
     for (side, entity_name) in [("owner", &rt.owner), ("target", &rt.target)] {
@@ -82,7 +106,15 @@ async fn keys_of(
             .pipeline
             .entity(entity_name)
             .expect("invariant: validated");
-        let table = require(ctx, catalog, entity_name, "synchronize").await?;
+        let mut table = require(ctx, catalog, entity_name, "synchronize").await?;
+        if let Some(scope) = scope {
+            let keys = if side == "owner" {
+                &scope.owners
+            } else {
+                &scope.accounts
+            };
+            table = super::dirty::restrict(table, quoted(&entity.key), entity_name, keys)?;
+        }
         for rule in &rt.correlation {
             let text = if side == "owner" {
                 &rule.owner.text

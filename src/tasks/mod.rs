@@ -3,6 +3,7 @@
 
 pub mod classification;
 pub mod correlation_keys;
+pub mod dirty;
 pub mod expressions;
 pub mod frames;
 pub mod invoke_command;
@@ -118,6 +119,7 @@ pub async fn run_task(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         "update_entity_property_expressions" => expressions::run(rc, task).await,
         "invoke_command" => invoke_command::run(rc, task).await,
         "invoke_sql" => invoke_sql::run(rc, task).await,
+        "set_recently_modified_flag" => dirty::run(rc, task).await,
         other => Err(Error::TaskFailed(format!(
             "task type `{other}` is not available in this release of igaflow"
         ))),

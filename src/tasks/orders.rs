@@ -86,10 +86,14 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     if rts.is_empty() {
         return Ok(TaskOutcome::skipped("no resource type for this connector"));
     }
+    let scope = super::dirty::scope(rc, &ctx, &catalog, task).await?;
     let mut orders: Vec<Order> = Vec::new();
     let mut blocked_messages = Vec::new();
+    let mut scopes: Vec<DataFrame> = Vec::new();
     for rt in &rts {
-        let (mut rt_orders, base) = orders_of(rc, &ctx, &catalog, rt).await?;
+        let (mut rt_orders, base, rt_scope) =
+            orders_of(rc, &ctx, &catalog, rt, scope.as_ref()).await?;
+        scopes.extend(rt_scope);
         if let Some(reason) = threshold_reason(rt, &rt_orders, base) {
             if rc.force || task.force {
                 tracing::warn!(resource_type = %rt.name, "provisioning threshold overridden: {reason}");
@@ -128,7 +132,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         v.dedup();
         v
     };
-    let (table, new_count, inactive) = merge(rc, &ctx, &catalog, &orders, &connectors).await?;
+    let scope_frame = union_all(scopes)?;
+    let (table, new_count, inactive) =
+        merge(rc, &ctx, &catalog, &orders, &connectors, scope_frame).await?;
     let emitted: Vec<&Order> = orders.iter().filter(|o| !o.blocked).collect();
 
     // Order files, one pair per connector with orders.
@@ -267,7 +273,8 @@ async fn orders_of(
     ctx: &SessionContext,
     catalog: &Catalog,
     rt: &ResourceType,
-) -> Result<(Vec<Order>, u64)> {
+    scope: Option<&super::dirty::Scope>,
+) -> Result<(Vec<Order>, u64, Option<DataFrame>)> {
     let target_entity = rc
         .pipeline
         .entity(&rt.target)
@@ -277,24 +284,91 @@ async fn orders_of(
     let of_rt = |df: DataFrame| df.filter(col("resource_type").eq(rt_name.clone()));
 
     let assigned = of_rt(require(ctx, catalog, "assigned_resources", "compute_role_model").await?)?;
-    view(
-        ctx,
-        "o_assigned",
-        assigned.select(vec![col("owner_key"), col("account_key"), col("state")])?,
-    )?;
     let correlations = of_rt(require(ctx, catalog, "correlations", "compute_role_model").await?)?;
     let linked = correlations
         .clone()
         .filter(col("status").eq(lit("linked")))?
         .select(vec![col("account_key"), col("owner_key")])?;
     let base = linked.clone().count().await? as u64;
+    // Dirty: only the changed owners and accounts, each with its counterpart (an owner's linked
+    // accounts, an account's owner), so every order in scope is computed from complete inputs.
+    let mut assigned = assigned;
+    let mut linked = linked;
+    let mut in_scope: Option<(DataFrame, DataFrame)> = None;
+    if let Some(sc) = scope {
+        let d_owners = sc
+            .owners
+            .clone()
+            .filter(col("entity").eq(lit(rt.owner.as_str())))?
+            .select(vec![col("key").alias("k")])?;
+        let d_accounts = sc
+            .accounts
+            .clone()
+            .filter(col("entity").eq(lit(rt.target.as_str())))?
+            .select(vec![col("key").alias("k")])?;
+        let owners_of_accounts = linked
+            .clone()
+            .join(
+                d_accounts.clone(),
+                JoinType::LeftSemi,
+                &["account_key"],
+                &["k"],
+                None,
+            )?
+            .select(vec![col("owner_key").alias("k")])?;
+        let scope_owners =
+            super::role_model::materialize(ctx, d_owners.union(owners_of_accounts)?.distinct()?)
+                .await?;
+        let accounts_of_owners = linked
+            .clone()
+            .join(
+                scope_owners.clone(),
+                JoinType::LeftSemi,
+                &["owner_key"],
+                &["k"],
+                None,
+            )?
+            .select(vec![col("account_key").alias("k")])?;
+        let scope_accounts =
+            super::role_model::materialize(ctx, d_accounts.union(accounts_of_owners)?.distinct()?)
+                .await?;
+        assigned = assigned.join(
+            scope_owners.clone(),
+            JoinType::LeftSemi,
+            &["owner_key"],
+            &["k"],
+            None,
+        )?;
+        linked = linked.join(
+            scope_accounts.clone(),
+            JoinType::LeftSemi,
+            &["account_key"],
+            &["k"],
+            None,
+        )?;
+        in_scope = Some((scope_owners, scope_accounts));
+    }
+    view(
+        ctx,
+        "o_assigned",
+        assigned.select(vec![col("owner_key"), col("account_key"), col("state")])?,
+    )?;
     view(ctx, "o_linked", linked.clone())?;
 
     let target = require(ctx, catalog, &rt.target, "synchronize").await?;
     let account_key = cast(quoted(&target_entity.key), DataType::Utf8);
-    let accounts = target
+    let mut accounts = target
         .clone()
         .select(vec![account_key.clone().alias("account_key")])?;
+    if let Some((_, scope_accounts)) = &in_scope {
+        accounts = accounts.join(
+            scope_accounts.clone(),
+            JoinType::LeftSemi,
+            &["account_key"],
+            &["k"],
+            None,
+        )?;
+    }
     let classes = if catalog.tables.contains_key("classification") {
         ctx.table("classification")
             .await?
@@ -506,7 +580,23 @@ async fn orders_of(
         ])?
         .collect()
         .await?;
-    Ok((assemble(rc, rt, &parts), base))
+    let scope_frame = match in_scope {
+        Some((owners, accounts)) => Some(
+            owners
+                .select(vec![
+                    lit(rt.name.as_str()).alias("resource_type"),
+                    lit("owner").alias("kind"),
+                    col("k"),
+                ])?
+                .union(accounts.select(vec![
+                    lit(rt.name.as_str()).alias("resource_type"),
+                    lit("account").alias("kind"),
+                    col("k"),
+                ])?)?,
+        ),
+        None => None,
+    };
+    Ok((assemble(rc, rt, &parts), base, scope_frame))
 }
 
 fn coalesce_bool(e: Expr) -> Expr {
@@ -722,6 +812,7 @@ async fn merge(
     catalog: &Catalog,
     orders: &[Order],
     connectors: &[String],
+    scope: Option<DataFrame>,
 ) -> Result<(NewTable, usize, usize)> {
     let mut cols: Vec<Vec<Option<String>>> =
         (0..12).map(|_| Vec::with_capacity(orders.len())).collect();
@@ -762,8 +853,41 @@ async fn merge(
         "orders_connectors",
         ctx.read_batch(text_batch(&[("connector", connector_list)])?)?,
     )?;
+    // Which old orders this run recomputed (dirty: those of the owners and accounts in scope).
+    let full = scope.is_none();
+    let scope = match scope {
+        Some(s) => s,
+        None => ctx.read_batch(text_batch(&[
+            ("resource_type", vec![]),
+            ("kind", vec![]),
+            ("k", vec![]),
+        ])?)?,
+    };
+    let scope = scope.select(vec![
+        col("resource_type").alias("_srt"),
+        col("kind").alias("_kind"),
+        col("k").alias("_k"),
+    ])?;
+    let recomputed = ctx.table("orders_old").await?.join_on(
+        scope,
+        JoinType::LeftSemi,
+        vec![
+            col("resource_type").eq(col("_srt")),
+            when(
+                col("_kind").eq(lit("owner")),
+                col("owner_key").eq(col("_k")),
+            )
+            .otherwise(col("account_key").eq(col("_k")))?,
+        ],
+    )?;
+    view(
+        ctx,
+        "orders_recomputed",
+        recomputed.select(vec![col("order_id").alias("rid")])?,
+    )?;
+    let in_scope = if full { "TRUE" } else { "r.rid IS NOT NULL" };
     let merged = ctx
-        .sql(
+        .sql(&format!(
             "SELECT coalesce(n.order_id, o.order_id) AS order_id,
                     coalesce(o.run_id, n.run_id) AS run_id,
                     coalesce(n.last_run_id, o.last_run_id) AS last_run_id,
@@ -777,15 +901,16 @@ async fn merge(
                     CASE
                         WHEN n.order_id IS NOT NULL AND (o.order_id IS NULL OR o.state IN ('pending', 'blocked', 'inactive')) THEN n.state
                         WHEN n.order_id IS NOT NULL THEN o.state
-                        WHEN o.state IN ('pending', 'blocked') AND c.connector IS NOT NULL THEN 'inactive'
+                        WHEN o.state IN ('pending', 'blocked') AND c.connector IS NOT NULL AND {in_scope} THEN 'inactive'
                         ELSE o.state
                     END AS state,
                     coalesce(n.message, o.message) AS message
              FROM orders_new n
              FULL OUTER JOIN orders_old o ON o.order_id = n.order_id
              LEFT JOIN orders_connectors c ON c.connector = o.connector
-             ORDER BY order_id",
-        )
+             LEFT JOIN orders_recomputed r ON r.rid = o.order_id
+             ORDER BY order_id"
+        ))
         .await?;
     let new_count = ctx
         .sql("SELECT n.order_id FROM orders_new n LEFT JOIN orders_old o ON o.order_id = n.order_id WHERE o.order_id IS NULL AND n.state = 'pending'")
@@ -793,12 +918,13 @@ async fn merge(
         .count()
         .await?;
     let inactive = ctx
-        .sql(
+        .sql(&format!(
             "SELECT o.order_id FROM orders_old o
              JOIN orders_connectors c ON c.connector = o.connector
              LEFT JOIN orders_new n ON n.order_id = o.order_id
-             WHERE n.order_id IS NULL AND o.state IN ('pending', 'blocked')",
-        )
+             LEFT JOIN orders_recomputed r ON r.rid = o.order_id
+             WHERE n.order_id IS NULL AND o.state IN ('pending', 'blocked') AND {in_scope}"
+        ))
         .await?
         .count()
         .await?;

@@ -71,9 +71,47 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let correlations = materialize(&ctx, correlations).await?;
     view(&ctx, "correlations_new", correlations.clone())?;
 
+    // Dirty: the owners to recompute (None: all of them).
+    let dirty = match super::dirty::scope(rc, &ctx, &catalog, task).await? {
+        None => None,
+        Some(scope) => Some(materialize(&ctx, widen(&ctx, &catalog, &rts, &scope).await?).await?),
+    };
+
     // 2. Assigned roles.
-    let (assigned_roles, manual_warnings) = assigned_roles(rc, &ctx, &catalog).await?;
+    let (assigned_roles, manual_warnings) =
+        assigned_roles(rc, &ctx, &catalog, dirty.as_ref()).await?;
     warnings.extend(manual_warnings);
+    let assigned_roles = match &dirty {
+        Some(d) if catalog.tables.contains_key("assigned_roles") => {
+            let keys = d.clone().select(vec![col("key").alias("_k")])?.distinct()?;
+            let kept = ctx.table("assigned_roles").await?.join(
+                keys,
+                JoinType::LeftAnti,
+                &["owner_key"],
+                &["_k"],
+                None,
+            )?;
+            let cols: Vec<Expr> = [
+                "owner_key",
+                "role",
+                "origin",
+                "via",
+                "start_date",
+                "end_date",
+            ]
+            .iter()
+            .map(|c| col(*c))
+            .collect();
+            kept.select(cols.clone())?
+                .union(assigned_roles.select(cols)?)?
+                .sort(vec![
+                    col("owner_key").sort(true, true),
+                    col("role").sort(true, true),
+                    col("origin").sort(true, true),
+                ])?
+        }
+        _ => assigned_roles,
+    };
     let assigned_roles = materialize(&ctx, assigned_roles).await?;
     view(&ctx, "assigned_roles", assigned_roles.clone())?;
 
@@ -82,7 +120,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let mut scalars = Vec::new();
     let mut links = Vec::new();
     for rt in &rts {
-        let res = assigned_resources(rc, &ctx, &catalog, rt).await?;
+        let res = assigned_resources(rc, &ctx, &catalog, rt, dirty.as_ref()).await?;
         let res = materialize(&ctx, res).await?;
         scalars.push(desired_scalars(rc, &ctx, rt, res.clone()).await?);
         links.push(desired_links(rc, &ctx, &catalog, rt, res.clone()).await?);
@@ -96,10 +134,10 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let resources = or_empty(&ctx, union_all(resources)?, resources_schema())?;
     let scalars = or_empty(&ctx, union_all(scalars)?, scalars_schema())?;
     let links = or_empty(&ctx, union_all(links)?, links_schema())?;
-    let resources =
-        merge_other_types(&ctx, &catalog, "assigned_resources", resources, &rts).await?;
-    let scalars = merge_other_types(&ctx, &catalog, "assigned_scalars", scalars, &rts).await?;
-    let links = merge_other_types(&ctx, &catalog, "assigned_links", links, &rts).await?;
+    let d = dirty.as_ref();
+    let resources = merge_scoped(&ctx, &catalog, "assigned_resources", resources, &rts, d).await?;
+    let scalars = merge_scoped(&ctx, &catalog, "assigned_scalars", scalars, &rts, d).await?;
+    let links = merge_scoped(&ctx, &catalog, "assigned_links", links, &rts, d).await?;
 
     let tables = vec![
         NewTable::from_frame(
@@ -141,6 +179,55 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     ];
     let roles = tables[1].rows();
     let assigned = tables[2].rows();
+    let mut tables = tables;
+    if let Some(d) = &dirty {
+        // Hand the widened owner set to the orders task of this run.
+        let extra = d.clone().select(vec![
+            lit(rc.run_id.as_str()).alias("run_id"),
+            lit(rc.as_of.to_string()).alias("as_of"),
+            lit("owner").alias("kind"),
+            col("entity"),
+            col("key"),
+        ])?;
+        let mut extra = extra;
+        // Accounts whose correlation changed: their orders (orphan, lost) are recomputed too.
+        if catalog.tables.contains_key("correlations") {
+            let cols: Vec<Expr> = [
+                "resource_type",
+                "account_key",
+                "owner_key",
+                "rule",
+                "status",
+                "conflict",
+            ]
+            .iter()
+            .map(|c| col(*c))
+            .collect();
+            let new = ctx.table("correlations_new").await?.select(cols.clone())?;
+            let old = ctx.table("correlations").await?.select(cols)?;
+            let changed = new.clone().except(old.clone())?.union(old.except(new)?)?;
+            for rt in &rts {
+                extra = extra.union(
+                    changed
+                        .clone()
+                        .filter(col("resource_type").eq(lit(rt.name.as_str())))?
+                        .select(vec![
+                            lit(rc.run_id.as_str()).alias("run_id"),
+                            lit(rc.as_of.to_string()).alias("as_of"),
+                            lit("account").alias("kind"),
+                            lit(rt.target.as_str()).alias("entity"),
+                            col("account_key").alias("key"),
+                        ])?,
+                )?;
+            }
+        }
+        let all = ctx
+            .table(super::dirty::TABLE)
+            .await?
+            .union(extra)?
+            .distinct()?;
+        tables.push(NewTable::from_frame(super::dirty::TABLE, all).await?);
+    }
     let written = commit_tables(rc, "task:compute_role_model", tables).await?;
     let mut message = format!(
         "{}; {roles} role assignment(s); {assigned} assigned resource(s)",
@@ -290,6 +377,124 @@ async fn merge_other_types(
     Ok(old.union(new)?)
 }
 
+/// Like [`merge_other_types`], and with a dirty owner set the rows of other owners of the same
+/// resource types stay too: only the recomputed owners' rows are replaced.
+async fn merge_scoped(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    table: &str,
+    new: DataFrame,
+    rts: &[&ResourceType],
+    dirty: Option<&DataFrame>,
+) -> Result<DataFrame> {
+    let Some(d) = dirty else {
+        return merge_other_types(ctx, catalog, table, new, rts).await;
+    };
+    if !catalog.tables.contains_key(table) {
+        return Ok(new);
+    }
+    let mut replaced = Vec::new();
+    for rt in rts {
+        replaced.push(
+            d.clone()
+                .filter(col("entity").eq(lit(rt.owner.as_str())))?
+                .select(vec![
+                    lit(rt.name.as_str()).alias("_rt"),
+                    col("key").alias("_k"),
+                ])?,
+        );
+    }
+    let schema = Arc::new(new.schema().as_arrow().clone());
+    let old = super::frames::committed(ctx, catalog, table, &schema).await?;
+    let kept = match union_all(replaced)? {
+        Some(r) => old.join(
+            r,
+            JoinType::LeftAnti,
+            &["resource_type", "owner_key"],
+            &["_rt", "_k"],
+            None,
+        )?,
+        None => old,
+    };
+    Ok(kept.union(new)?)
+}
+
+/// The owners a dirty role model recomputes: the changed owners, the owners (before and after)
+/// of changed accounts, every owner whose correlation changed, and the owners in review or
+/// candidates of an unsettled account. `entity`, `key`.
+async fn widen(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    rts: &[&ResourceType],
+    scope: &super::dirty::Scope,
+) -> Result<DataFrame> {
+    let mut frames = vec![scope.owners.clone()];
+    let new = ctx.table("correlations_new").await?;
+    let old = if catalog.tables.contains_key("correlations") {
+        Some(ctx.table("correlations").await?)
+    } else {
+        None
+    };
+    for rt in rts {
+        let owner = lit(rt.owner.as_str());
+        let of_rt = |df: DataFrame| df.filter(col("resource_type").eq(lit(rt.name.as_str())));
+        let touched = scope
+            .accounts
+            .clone()
+            .filter(col("entity").eq(lit(rt.target.as_str())))?
+            .select(vec![col("key").alias("_a")])?;
+        let owners_of = |df: DataFrame| -> Result<DataFrame> {
+            Ok(df.filter(col("owner_key").is_not_null())?.select(vec![
+                owner.clone().alias("entity"),
+                col("owner_key").alias("key"),
+            ])?)
+        };
+        let cols: Vec<Expr> = ["account_key", "owner_key", "rule", "status", "conflict"]
+            .iter()
+            .map(|c| col(*c))
+            .collect();
+        let new_rt = of_rt(new.clone())?.select(cols.clone())?;
+        frames.push(owners_of(new_rt.clone().join(
+            touched.clone(),
+            JoinType::LeftSemi,
+            &["account_key"],
+            &["_a"],
+            None,
+        )?)?);
+        if let Some(old) = &old {
+            let old_rt = of_rt(old.clone())?.select(cols)?;
+            frames.push(owners_of(old_rt.clone().join(
+                touched,
+                JoinType::LeftSemi,
+                &["account_key"],
+                &["_a"],
+                None,
+            )?)?);
+            frames.push(owners_of(new_rt.clone().except(old_rt.clone())?)?);
+            frames.push(owners_of(old_rt.except(new_rt)?)?);
+        } else {
+            frames.push(owners_of(new_rt)?);
+        }
+        frames.push(
+            ctx.table(format!("rt_candidates__{}", rt.name))
+                .await?
+                .select(vec![
+                    owner.clone().alias("entity"),
+                    col("owner_key").alias("key"),
+                ])?,
+        );
+        if catalog.tables.contains_key("assigned_resources") {
+            frames.push(owners_of(
+                of_rt(ctx.table("assigned_resources").await?)?
+                    .filter(col("state").eq(lit("review")))?,
+            )?);
+        }
+    }
+    Ok(union_all(frames)?
+        .expect("at least the changed owners")
+        .distinct()?)
+}
+
 /// The owner key of an entity table as text.
 fn key_text(rc: &RunContext<'_>, entity: &str) -> Expr {
     let e = rc.pipeline.entity(entity).expect("invariant: validated");
@@ -427,6 +632,7 @@ async fn assigned_roles(
     rc: &RunContext<'_>,
     ctx: &SessionContext,
     catalog: &Catalog,
+    dirty: Option<&DataFrame>,
 ) -> Result<(DataFrame, Vec<String>)> {
     let model = &rc.pipeline.model;
     let mut warnings = Vec::new();
@@ -441,7 +647,11 @@ async fn assigned_roles(
     let mut composite_frames = Vec::new();
     let mut known = Vec::new();
     for owner in &owners {
-        let table = require(ctx, catalog, owner, "synchronize").await?;
+        let mut table = require(ctx, catalog, owner, "synchronize").await?;
+        if let Some(d) = dirty {
+            let e = rc.pipeline.entity(owner).expect("invariant: validated");
+            table = super::dirty::restrict(table, quoted(&e.key), owner, d)?;
+        }
         known.push(
             table
                 .clone()
@@ -591,6 +801,16 @@ async fn assigned_roles(
 
     // Roles behind pre-existing link values.
     let pre = pre_existing_roles(rc, ctx, catalog).await?;
+    let pre = match dirty {
+        Some(d) => pre.join(
+            d.clone().select(vec![col("key").alias("_k")])?.distinct()?,
+            JoinType::LeftSemi,
+            &["owner_key"],
+            &["_k"],
+            None,
+        )?,
+        None => pre,
+    };
     view(ctx, "pre_existing_roles", pre)?;
 
     Ok((ctx.sql(ASSIGNED_ROLES_SQL).await?, warnings))
@@ -659,8 +879,13 @@ async fn assigned_resources(
     ctx: &SessionContext,
     catalog: &Catalog,
     rt: &ResourceType,
+    dirty: Option<&DataFrame>,
 ) -> Result<DataFrame> {
-    let owner = require(ctx, catalog, &rt.owner, "synchronize").await?;
+    let mut owner = require(ctx, catalog, &rt.owner, "synchronize").await?;
+    if let Some(d) = dirty {
+        let e = rc.pipeline.entity(&rt.owner).expect("invariant: validated");
+        owner = super::dirty::restrict(owner, quoted(&e.key), &rt.owner, d)?;
+    }
     let key = key_text(rc, &rt.owner);
     view(
         ctx,

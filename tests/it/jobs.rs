@@ -66,14 +66,19 @@ fn run_if_changed_looks_at_the_whole_chain() {
     let sync = "name = \"sync\"\ntype = \"synchronize\"\nconnector = \"hr\"";
     // Nothing to recompute (no computed columns): no_changes even when the sync changed rows.
     let expr = "name = \"expr\"\ntype = \"update_entity_property_expressions\"";
-    let fulfill = "name = \"fulfill\"\ntype = \"invoke_command\"\ncommand = [\"true\"]\nrun_if = \"changed\"";
+    let fulfill =
+        "name = \"fulfill\"\ntype = \"invoke_command\"\ncommand = [\"true\"]\nrun_if = \"changed\"";
     env.write_pipeline(&job_pipeline("j", &[sync, expr, fulfill]));
     let first = env.run("j", &[], &[]);
     first.expect_code(0);
     let st = statuses(&env, &run_id_of(&first));
     let of = |t: &str| st.iter().find(|r| r[0] == t).unwrap()[1].clone();
     assert_eq!(of("expr"), "no_changes");
-    assert_eq!(of("fulfill"), "succeeded", "the sync before expr changed rows");
+    assert_eq!(
+        of("fulfill"),
+        "succeeded",
+        "the sync before expr changed rows"
+    );
     let second = env.run("j", &[], &[]);
     second.expect_code(0);
     let st = statuses(&env, &run_id_of(&second));

@@ -5,6 +5,7 @@ mod common;
 mod bad_input;
 mod cases;
 mod crash;
+mod dirty;
 mod jobs;
 mod notify;
 mod orders;

@@ -1,0 +1,358 @@
+//! Incremental ("dirty") processing (SPEC section 7).
+//!
+//! `set_recently_modified_flag` works out what changed since the job last ran to the end and
+//! writes it to `dirty_scope` (`run_id`, `as_of`, `kind` = owner|account|all, `entity`, `key`):
+//! every key in `recently_modified` since then — owners, accounts, and the accounts of changed
+//! link rows — plus the owners of manual assignments (their dates move with the calendar) and
+//! of pre-existing rights saved since. When the watermark is unknown (first run), the
+//! configuration changed since, or an expression uses `current_date` and the as-of date moved,
+//! the scope is `all` and the dirty tasks process everything.
+//!
+//! Tasks with `dirty = true` read the scope of the current run and recompute only the rows of
+//! those owners and accounts, merging them into the full tables; without a scope of this run
+//! they process everything. Correlation and classification are not owner-local (an ambiguity
+//! or a duplicate spans several owners), so the role model recomputes correlations over the
+//! whole correlation-key table and widens the scope with every owner whose correlation
+//! changed; the result equals a complete recomputation.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::prelude::*;
+
+use super::frames::{NewTable, commit_tables, quoted, session};
+use super::role_model::{empty, union_all};
+use super::{RunContext, TaskOutcome, TaskStatus};
+use crate::config::Task;
+use crate::error::Result;
+use crate::store::Catalog;
+
+pub const TABLE: &str = "dirty_scope";
+
+/// The keys a dirty task must process in this run; `None`: everything.
+pub struct Scope {
+    /// (`entity`, `key`) of owners.
+    pub owners: DataFrame,
+    /// (`entity`, `key`) of accounts.
+    pub accounts: DataFrame,
+}
+
+pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
+    let _ = task;
+    let (ctx, catalog) = session(rc).await?;
+    let model = &rc.pipeline.model;
+    let job = current_job(rc, task);
+    let as_of = rc.as_of.to_string();
+
+    // The last run of this job that ended well, and the configuration it ran with.
+    let mut all_reason: Option<String> = None;
+    let mut watermark: Option<String> = None;
+    if catalog.tables.contains_key("runs") {
+        let rows = ctx
+            .sql("SELECT CAST(run_id AS VARCHAR) AS run_id, CAST(config_hash AS VARCHAR) AS config_hash FROM runs WHERE job = $1 AND status IN ('succeeded', 'warning', 'no_changes') ORDER BY run_id DESC LIMIT 1")
+            .await?
+            .with_param_values(vec![datafusion::common::ScalarValue::from(job.as_str())])?
+            .collect()
+            .await?;
+        if let Some((run_id, hash)) = first_two(&rows) {
+            if hash != rc.pipeline.config_hash {
+                all_reason = Some("the configuration changed since the last run".into());
+            }
+            watermark = Some(run_id);
+        }
+    }
+    if watermark.is_none() && all_reason.is_none() {
+        all_reason = Some(format!("job `{job}` has no earlier completed run"));
+    }
+    let text = std::fs::read_to_string(&rc.pipeline.file).unwrap_or_default();
+    if all_reason.is_none()
+        && text.to_ascii_lowercase().contains("current_date")
+        && catalog.tables.contains_key(TABLE)
+    {
+        let last = ctx
+            .sql(&format!("SELECT CAST(max(as_of) AS VARCHAR) FROM {TABLE}"))
+            .await?
+            .collect()
+            .await?;
+        let last_as_of = first_text(&last);
+        if last_as_of.as_deref() != Some(as_of.as_str()) {
+            all_reason = Some("expressions use current_date and the as-of date moved".into());
+        }
+    }
+
+    let header = |kind: &str| -> Vec<Expr> {
+        vec![
+            lit(rc.run_id.as_str()).alias("run_id"),
+            lit(as_of.as_str()).alias("as_of"),
+            lit(kind).alias("kind"),
+        ]
+    };
+    let scope = if let Some(reason) = &all_reason {
+        one_row(&ctx, &rc.run_id, &as_of, "all", reason)?
+    } else {
+        let since = watermark.clone().unwrap_or_default();
+        let owner_entities: Vec<String> = model
+            .resource_types
+            .iter()
+            .map(|r| r.owner.clone())
+            .chain(model.roles.iter().map(|r| r.owner.clone()))
+            .collect();
+        let target_entities: Vec<String> = model
+            .resource_types
+            .iter()
+            .map(|r| r.target.clone())
+            .collect();
+        let mut frames = Vec::new();
+        if catalog.tables.contains_key("recently_modified") {
+            let recent = ctx
+                .table("recently_modified")
+                .await?
+                .filter(col("run_id").gt(lit(since.as_str())))?;
+            let in_list = |v: &[String]| v.iter().map(|e| lit(e.as_str())).collect::<Vec<_>>();
+            let mut owner_cols = header("owner");
+            owner_cols.extend([col("entity"), col("key")]);
+            frames.push(
+                recent
+                    .clone()
+                    .filter(col("entity").in_list(in_list(&owner_entities), false))?
+                    .select(owner_cols)?,
+            );
+            let mut acc_cols = header("account");
+            acc_cols.extend([col("entity"), col("key")]);
+            frames.push(
+                recent
+                    .clone()
+                    .filter(col("entity").in_list(in_list(&target_entities), false))?
+                    .select(acc_cols.clone())?,
+            );
+            // Link rows are recorded under the link's name, keyed by the account.
+            for l in &rc.pipeline.links {
+                if target_entities.contains(&l.from.entity) {
+                    let mut cols = header("account");
+                    cols.extend([lit(l.from.entity.as_str()).alias("entity"), col("key")]);
+                    frames.push(
+                        recent
+                            .clone()
+                            .filter(col("entity").eq(lit(l.name.as_str())))?
+                            .select(cols)?,
+                    );
+                }
+            }
+        }
+        if catalog.tables.contains_key(super::role_model::PRE_EXISTING) {
+            for rt in &model.resource_types {
+                let mut cols = header("owner");
+                cols.extend([
+                    lit(rt.owner.as_str()).alias("entity"),
+                    col("owner_key").alias("key"),
+                ]);
+                frames.push(
+                    ctx.table(super::role_model::PRE_EXISTING)
+                        .await?
+                        .filter(
+                            col("run_id")
+                                .gt(lit(since.as_str()))
+                                .and(col("resource_type").eq(lit(rt.name.as_str()))),
+                        )?
+                        .select(cols)?,
+                );
+            }
+        }
+        if let Some(m) = &model.manual_assignments
+            && let Ok(text) = std::fs::read_to_string(&m.file)
+        {
+            // Every owner named in the requests file (a handful): their dates move daily.
+            let keys: Vec<String> = text
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split(',').next())
+                .map(|k| k.trim_matches('"').to_string())
+                .collect();
+            for owner in owner_entities
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+            {
+                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                let batch = super::role_model::text_batch(&[("key", refs)])?;
+                let mut cols = header("owner");
+                cols.extend([lit(owner.as_str()).alias("entity"), col("key")]);
+                frames.push(ctx.read_batch(batch)?.select(cols)?);
+            }
+        }
+        // A marker row says that this run has a scope, even an empty one.
+        frames.insert(0, one_row(&ctx, &rc.run_id, &as_of, "run", &since)?);
+        union_all(frames)?.expect("the marker").distinct()?
+    };
+    let table = NewTable::from_frame(
+        TABLE,
+        scope.sort(vec![
+            col("kind").sort(true, true),
+            col("entity").sort(true, true),
+            col("key").sort(true, true),
+        ])?,
+    )
+    .await?;
+    let n = table.rows().saturating_sub(1);
+    commit_tables(rc, "task:set_recently_modified_flag", vec![table]).await?;
+    let message = match &all_reason {
+        Some(r) => format!("everything is dirty: {r}"),
+        None => format!(
+            "{n} owner(s) and account(s) changed since run {}",
+            watermark.unwrap_or_default()
+        ),
+    };
+    Ok(TaskOutcome {
+        status: if all_reason.is_none() && n == 0 {
+            TaskStatus::NoChanges
+        } else {
+            TaskStatus::Succeeded
+        },
+        rows_read: 0,
+        rows_written: n,
+        changes: n,
+        message,
+        exit_code: 0,
+    })
+}
+
+/// One `dirty_scope` row without a key (`all` with its reason, or the `run` marker with the
+/// watermark), built from a batch: an empty relation projected to literals can be optimized
+/// away inside a union.
+fn one_row(
+    ctx: &SessionContext,
+    run_id: &str,
+    as_of: &str,
+    kind: &str,
+    entity: &str,
+) -> Result<DataFrame> {
+    let batch = super::role_model::text_batch(&[
+        ("run_id", vec![run_id]),
+        ("as_of", vec![as_of]),
+        ("kind", vec![kind]),
+        ("entity", vec![entity]),
+        ("key", vec![""]),
+    ])?;
+    Ok(ctx.read_batch(batch)?)
+}
+
+/// The job the task belongs to (the first that lists it).
+fn current_job(rc: &RunContext<'_>, task: &Task) -> String {
+    rc.pipeline
+        .jobs
+        .iter()
+        .find(|j| j.tasks.iter().any(|t| std::ptr::eq(t, task)))
+        .map(|j| j.name.clone())
+        .unwrap_or_default()
+}
+
+fn first_two(rows: &[datafusion::arrow::array::RecordBatch]) -> Option<(String, String)> {
+    use datafusion::arrow::array::{Array, StringArray};
+    let b = rows.iter().find(|b| b.num_rows() > 0)?;
+    let a = b.column(0).as_any().downcast_ref::<StringArray>()?;
+    let h = b.column(1).as_any().downcast_ref::<StringArray>()?;
+    Some((
+        a.value(0).to_string(),
+        if h.is_null(0) {
+            String::new()
+        } else {
+            h.value(0).to_string()
+        },
+    ))
+}
+
+fn first_text(rows: &[datafusion::arrow::array::RecordBatch]) -> Option<String> {
+    use datafusion::arrow::array::{Array, StringArray};
+    let b = rows.iter().find(|b| b.num_rows() > 0)?;
+    let a = b.column(0).as_any().downcast_ref::<StringArray>()?;
+    (!a.is_null(0)).then(|| a.value(0).to_string())
+}
+
+/// The scope of this run for a task with `dirty = true`; `None` means process everything.
+pub async fn scope(
+    rc: &RunContext<'_>,
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    task: &Task,
+) -> Result<Option<Scope>> {
+    if !task.dirty || !catalog.tables.contains_key(TABLE) {
+        return Ok(None);
+    }
+    let table = ctx
+        .table(TABLE)
+        .await?
+        .filter(col("run_id").eq(lit(rc.run_id.as_str())))?;
+    let kinds = table
+        .clone()
+        .aggregate(vec![col("kind")], vec![])?
+        .select(vec![cast(col("kind"), DataType::Utf8).alias("kind")])?
+        .collect()
+        .await?;
+    // No row of this run (no set_recently_modified_flag before this task), or `all`: everything.
+    let mut has_marker = false;
+    for b in &kinds {
+        use datafusion::arrow::array::{Array, StringArray};
+        let Some(k) = b.column(0).as_any().downcast_ref::<StringArray>() else {
+            return Ok(None);
+        };
+        for i in 0..b.num_rows() {
+            match (!k.is_null(i)).then(|| k.value(i)) {
+                Some("all") => return Ok(None),
+                Some("run") => has_marker = true,
+                _ => {}
+            }
+        }
+    }
+    if !has_marker {
+        return Ok(None);
+    }
+    let pick = |kind: &str| -> Result<DataFrame> {
+        Ok(table
+            .clone()
+            .filter(col("kind").eq(lit(kind)))?
+            .select(vec![col("entity"), col("key")])?)
+    };
+    Ok(Some(Scope {
+        owners: pick("owner")?,
+        accounts: pick("account")?,
+    }))
+}
+
+/// Rows of `df` whose `key_expr` (as text) is a key of `entity` in `keys` (`entity`, `key`).
+pub fn restrict(
+    df: DataFrame,
+    key_expr: Expr,
+    entity: &str,
+    keys: &DataFrame,
+) -> Result<DataFrame> {
+    let wanted = keys
+        .clone()
+        .filter(col("entity").eq(lit(entity)))?
+        .select(vec![col("key").alias("_scope_key")])?;
+    let cols: Vec<Expr> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| quoted(f.name()))
+        .collect();
+    Ok(df
+        .with_column("_scope_probe", cast(key_expr, DataType::Utf8))?
+        .join(
+            wanted,
+            JoinType::LeftSemi,
+            &["_scope_probe"],
+            &["_scope_key"],
+            None,
+        )?
+        .select(cols)?)
+}
+
+/// An empty (`entity`, `key`) frame.
+pub fn no_keys(ctx: &SessionContext) -> Result<DataFrame> {
+    empty(
+        ctx,
+        Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+            datafusion::arrow::datatypes::Field::new("entity", DataType::Utf8, true),
+            datafusion::arrow::datatypes::Field::new("key", DataType::Utf8, true),
+        ])),
+    )
+}

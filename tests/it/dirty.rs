@@ -1,0 +1,412 @@
+//! Incremental (dirty) processing equals a complete recomputation: a seeded loop of random
+//! change sets over a small generated company. After every incremental run, a copy of the store
+//! recomputes correlation keys, the role model, classification and orders from scratch, and the
+//! tables must match.
+
+use std::collections::BTreeMap;
+
+use crate::common::*;
+
+const ITERATIONS: usize = 50;
+
+/// A tiny deterministic generator (no dependency): xorshift64*.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len())]
+    }
+}
+
+const DEPTS: [&str; 3] = ["Sales", "IT", "HR"];
+const STATUSES: [&str; 3] = ["active", "active", "terminated"];
+
+#[derive(Clone)]
+struct Person {
+    dept: String,
+    status: String,
+    mail: String,
+}
+
+#[derive(Clone)]
+struct Account {
+    owner_id: String,
+    email: String,
+    dept: String,
+    enabled: bool,
+}
+
+fn pipeline() -> String {
+    r#"name = "dirty"
+
+[connector.hr]
+exports = "../exports/hr"
+[connector.app]
+exports = "../exports/app"
+
+[[entity]]
+name = "person"
+connector = "hr"
+file = "persons.csv"
+key = "id"
+columns = { id = "string", dept = "string", status = "string", mail = "string" }
+
+[[entity]]
+name = "account"
+connector = "app"
+file = "accounts.csv"
+key = "login"
+columns = { login = "string", owner_id = "string", email = "string", dept = "string", enabled = "bool" }
+
+[[entity]]
+name = "app_group"
+connector = "app"
+file = "groups.csv"
+key = "gid"
+columns = { gid = "string" }
+
+[[link]]
+name = "member"
+connector = "app"
+file = "members.csv"
+from = { entity = "account", column = "login" }
+to = { entity = "app_group", column = "gid" }
+
+[[role]]
+name = "sales"
+rule = "dept = 'Sales'"
+
+[[role]]
+name = "it"
+rule = "dept = 'IT'"
+
+[[role]]
+name = "staff"
+
+[[composite_role]]
+name = "it_team"
+rule = "dept = 'IT' AND status = 'active'"
+roles = ["staff"]
+
+[[resource_type]]
+name = "app_user"
+owner = "person"
+target = "account"
+rule = "status = 'active'"
+on_lost = "disable"
+orphans = "delete"
+disable = { enabled = "false" }
+correlation = [ { target = "owner_id", owner = "id" }, { target = "lower(email)", owner = "lower(mail)" } ]
+scalars = { email = "mail", dept = "dept", enabled = "true" }
+thresholds = { min_rows = 100000 }
+
+[[resource_type.link]]
+link = "member"
+managed = "all"
+values = [ { role = "sales", target = "G_SALES" }, { role = "it", target = "G_IT" }, { role = "staff", target = "G_STAFF" } ]
+
+[[classification]]
+target = "account"
+name = "service"
+rule = "login LIKE 'svc%'"
+
+[[job]]
+name = "incremental"
+[[job.task]]
+name = "sync_hr"
+type = "synchronize"
+connector = "hr"
+mode = "incremental"
+[[job.task]]
+name = "sync_app"
+type = "synchronize"
+connector = "app"
+depends_on = []
+[[job.task]]
+name = "flag"
+type = "set_recently_modified_flag"
+depends_on = ["sync_hr", "sync_app"]
+[[job.task]]
+name = "keys"
+type = "compute_correlation_keys"
+dirty = true
+[[job.task]]
+name = "roles"
+type = "compute_role_model"
+dirty = true
+[[job.task]]
+name = "classify"
+type = "update_classification"
+dirty = true
+[[job.task]]
+name = "orders"
+type = "generate_provisioning_orders"
+dirty = true
+
+[[job]]
+name = "recompute"
+[[job.task]]
+name = "keys"
+type = "compute_correlation_keys"
+[[job.task]]
+name = "roles"
+type = "compute_role_model"
+[[job.task]]
+name = "classify"
+type = "update_classification"
+[[job.task]]
+name = "orders"
+type = "generate_provisioning_orders"
+"#
+    .to_string()
+}
+
+fn write_app(
+    env: &Env,
+    accounts: &BTreeMap<String, Account>,
+    members: &BTreeMap<(String, String), ()>,
+) {
+    let mut a = String::from("login,owner_id,email,dept,enabled\n");
+    for (login, x) in accounts {
+        a.push_str(&format!(
+            "{login},{},{},{},{}\n",
+            x.owner_id, x.email, x.dept, x.enabled
+        ));
+    }
+    env.write("exports/app/accounts.csv", a);
+    env.write(
+        "exports/app/groups.csv",
+        "gid\nG_IT\nG_SALES\nG_STAFF\nG_X\n",
+    );
+    let mut m = String::from("login,gid\n");
+    for (login, gid) in members.keys() {
+        if accounts.contains_key(login) {
+            m.push_str(&format!("{login},{gid}\n"));
+        }
+    }
+    env.write("exports/app/members.csv", m);
+}
+
+const COMPARED: [(&str, &str); 5] = [
+    (
+        "correlation_keys",
+        "select resource_type, side, entity, key, rule, value from correlation_keys",
+    ),
+    (
+        "correlations",
+        "select resource_type, account_key, owner_key, rule, status, conflict from correlations",
+    ),
+    (
+        "assigned_roles",
+        "select owner_key, role, origin, via, start_date, end_date from assigned_roles",
+    ),
+    (
+        "classification",
+        "select entity, account_key, class, protect from classification",
+    ),
+    (
+        "pending orders",
+        "select order_id, change_type, owner_key, account_key, attributes, links from provisioning_orders where state = 'pending'",
+    ),
+];
+
+fn state(store: &str) -> BTreeMap<&'static str, Vec<Vec<String>>> {
+    COMPARED
+        .iter()
+        .map(|(name, sql)| {
+            let mut rows = query(store, sql);
+            rows.sort();
+            (*name, rows)
+        })
+        .collect()
+}
+
+#[test]
+fn incremental_runs_equal_a_complete_recomputation() {
+    let env = Env::new();
+    env.write_pipeline(&pipeline());
+    let mut rng = Rng(0x1DA_F10E);
+    let mut persons: BTreeMap<String, Person> = BTreeMap::new();
+    let mut accounts: BTreeMap<String, Account> = BTreeMap::new();
+    let mut members: BTreeMap<(String, String), ()> = BTreeMap::new();
+    // Day 0: 12 persons, most with an account, a service account.
+    let mut hr = String::from("command,id,dept,status,mail\n");
+    for i in 0..12 {
+        let p = Person {
+            dept: rng.pick(&DEPTS).to_string(),
+            status: rng.pick(&STATUSES).to_string(),
+            mail: format!("p{i}@x.com"),
+        };
+        hr.push_str(&format!(
+            "insert,P{i:02},{},{},{}\n",
+            p.dept, p.status, p.mail
+        ));
+        if i % 4 != 0 {
+            accounts.insert(
+                format!("u{i:02}"),
+                Account {
+                    owner_id: format!("P{i:02}"),
+                    email: p.mail.clone(),
+                    dept: p.dept.clone(),
+                    enabled: true,
+                },
+            );
+            members.insert((format!("u{i:02}"), "G_X".into()), ());
+        }
+        persons.insert(format!("P{i:02}"), p);
+    }
+    accounts.insert(
+        "svc1".into(),
+        Account {
+            owner_id: String::new(),
+            email: String::new(),
+            dept: "IT".into(),
+            enabled: true,
+        },
+    );
+    env.write("exports/hr/persons.csv", hr);
+    write_app(&env, &accounts, &members);
+    let mut next_person = 12;
+    let mut next_account = 100;
+
+    for iteration in 0..=ITERATIONS {
+        if iteration > 0 {
+            // A random change set: HR commands and AD changes.
+            let mut hr = String::from("command,id,dept,status,mail\n");
+            // One command per key in a change file.
+            let mut touched = std::collections::BTreeSet::new();
+            for _ in 0..1 + rng.below(3) {
+                let ids: Vec<String> = persons
+                    .keys()
+                    .filter(|k| !touched.contains(*k))
+                    .cloned()
+                    .collect();
+                match rng.below(5) {
+                    0 => {
+                        let id = format!("P{next_person:02}");
+                        next_person += 1;
+                        // Sometimes a mail someone already has: ambiguity.
+                        let mail = if rng.below(4) == 0 && !ids.is_empty() {
+                            persons[rng.pick(&ids)].mail.clone()
+                        } else {
+                            format!("{}@x.com", id.to_lowercase())
+                        };
+                        let p = Person {
+                            dept: rng.pick(&DEPTS).to_string(),
+                            status: "active".into(),
+                            mail,
+                        };
+                        hr.push_str(&format!("insert,{id},{},{},{}\n", p.dept, p.status, p.mail));
+                        touched.insert(id.clone());
+                        persons.insert(id, p);
+                    }
+                    1 if !ids.is_empty() => {
+                        let id = rng.pick(&ids).clone();
+                        touched.insert(id.clone());
+                        hr.push_str(&format!("delete,{id},,,\n"));
+                        persons.remove(&id);
+                    }
+                    _ if !ids.is_empty() => {
+                        let id = rng.pick(&ids).clone();
+                        touched.insert(id.clone());
+                        let p = persons.get_mut(&id).unwrap();
+                        match rng.below(3) {
+                            0 => p.dept = rng.pick(&DEPTS).to_string(),
+                            1 => p.status = rng.pick(&STATUSES).to_string(),
+                            _ => p.mail = format!("m{}@x.com", rng.below(6)),
+                        }
+                        hr.push_str(&format!("update,{id},{},{},{}\n", p.dept, p.status, p.mail));
+                    }
+                    _ => {}
+                }
+            }
+            env.write("exports/hr/persons.csv", hr);
+            for _ in 0..rng.below(3) {
+                let logins: Vec<String> = accounts.keys().cloned().collect();
+                let ids: Vec<String> = persons.keys().cloned().collect();
+                match rng.below(5) {
+                    0 if !ids.is_empty() => {
+                        let owner = rng.pick(&ids).clone();
+                        let login = format!("a{next_account}");
+                        next_account += 1;
+                        // Linked by id, or only by mail (upper case: needs lower()).
+                        let (owner_id, email) = if rng.below(2) == 0 {
+                            (owner.clone(), String::new())
+                        } else {
+                            (String::new(), persons[&owner].mail.to_uppercase())
+                        };
+                        accounts.insert(
+                            login,
+                            Account {
+                                owner_id,
+                                email,
+                                dept: "HR".into(),
+                                enabled: true,
+                            },
+                        );
+                    }
+                    1 if !logins.is_empty() => {
+                        accounts.remove(rng.pick(&logins));
+                    }
+                    2 if !logins.is_empty() => {
+                        let l = rng.pick(&logins).clone();
+                        let g = rng.pick(&["G_IT", "G_SALES", "G_STAFF", "G_X"]).to_string();
+                        if members.remove(&(l.clone(), g.clone())).is_none() {
+                            members.insert((l, g), ());
+                        }
+                    }
+                    3 if !logins.is_empty() => {
+                        let l = rng.pick(&logins).clone();
+                        let a = accounts.get_mut(&l).unwrap();
+                        a.enabled = !a.enabled;
+                        a.dept = rng.pick(&DEPTS).to_string();
+                    }
+                    _ => {}
+                }
+            }
+            write_app(&env, &accounts, &members);
+        }
+
+        let out = env.run("incremental", &[], &[]);
+        assert!(
+            matches!(out.code, Some(0)),
+            "iteration {iteration}: {out:?}"
+        );
+        let incremental = state(&env.store());
+        if iteration > 0 {
+            // Really incremental: a scope of changed keys, not "everything".
+            let run = run_id_of(&out);
+            let kinds = env.query(&format!(
+                "select kind from dirty_scope where run_id = '{run}' and kind in ('all', 'run')"
+            ));
+            assert_eq!(kinds, [["run"]], "iteration {iteration}: {}", out.stdout);
+        }
+
+        // The same state, recomputed from scratch on a copy of the store.
+        let copy = env.path(&format!("copy{iteration}"));
+        copy_dir(&env.path("store"), &copy);
+        let copy_s = copy.to_string_lossy().into_owned();
+        let pipeline = env.pipeline();
+        igaflow(
+            &["run", &pipeline, "--job", "recompute", "--store", &copy_s],
+            &[],
+        )
+        .expect_code(0);
+        let complete = state(&copy_s);
+        for (name, _) in COMPARED {
+            assert_eq!(
+                incremental[name], complete[name],
+                "iteration {iteration}: `{name}` differs from a complete recomputation"
+            );
+        }
+        std::fs::remove_dir_all(&copy).unwrap();
+    }
+}
