@@ -28,6 +28,10 @@ pub struct Cli {
     /// `json` prints one JSON object per event on stderr (for schedulers).
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Memory the query engine may use before it spills to disk (e.g. 1GiB, 512MiB; default:
+    /// three quarters of the machine's memory).
+    #[arg(long, global = true, env = "IGAFLOW_MEMORY_LIMIT")]
+    pub memory_limit: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -105,6 +109,24 @@ pub fn main() -> u8 {
         }
     };
     init_logging(cli.log_format, cli.quiet);
+    let limit = match cli.memory_limit.as_deref() {
+        Some(text) => match crate::engine::parse_size(text) {
+            Some(bytes) => Some(bytes),
+            None => {
+                report_error(&Error::Usage(format!(
+                    "--memory-limit `{text}` is not a size: use e.g. 1GiB, 512MiB or a number of bytes"
+                )));
+                return exit::INVALID_INPUT;
+            }
+        },
+        None => crate::engine::default_memory_limit(),
+    };
+    if let Some(bytes) = limit
+        && let Err(e) = crate::engine::set_memory_limit(bytes)
+    {
+        report_error(&Error::Engine(e));
+        return exit::TASK_FAILED;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -131,7 +153,16 @@ fn report_error(e: &Error) {
         text.push_str(&format!("\n  caused by: {s}"));
         source = s.source();
     }
-    eprintln!("{text}");
+    if json_logs() {
+        tracing::error!(exit_code = e.exit_code(), "{text}");
+    } else {
+        eprintln!("{text}");
+    }
+}
+
+/// `--log-format json`: stderr carries only JSON events.
+fn json_logs() -> bool {
+    std::env::var_os("IGAFLOW_LOG_JSON").is_some()
 }
 
 fn init_logging(format: LogFormat, quiet: bool) {
@@ -340,7 +371,7 @@ fn print_report(r: &jobs::RunReport, quiet: bool) {
             msg
         );
     }
-    for t in &r.tasks {
+    for t in r.tasks.iter().filter(|_| !json_logs()) {
         if matches!(
             t.outcome.status,
             crate::tasks::TaskStatus::Failed | crate::tasks::TaskStatus::Blocked

@@ -1,4 +1,5 @@
-//! Progress on a terminal: one line that says which task runs and how many are done.
+//! Progress on a terminal: one line that says which task runs, how many are done and how many
+//! rows the finished ones read and wrote.
 //! Silent with `--quiet`, when stderr is not a terminal, or when logs go out as JSON.
 
 use std::io::IsTerminal;
@@ -7,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 pub struct Progress {
     bar: Option<ProgressBar>,
+    rows: std::sync::atomic::AtomicU64,
 }
 
 impl Progress {
@@ -23,19 +25,28 @@ impl Progress {
             bar.enable_steady_tick(std::time::Duration::from_millis(120));
             bar
         });
-        Self { bar }
+        Self {
+            bar,
+            rows: Default::default(),
+        }
     }
 
     pub fn start(&self, task: &str) {
         if let Some(b) = &self.bar {
-            b.set_message(format!("running {task}"));
+            let rows = self.rows.load(std::sync::atomic::Ordering::Relaxed);
+            b.set_message(format!("running {task} · {rows} rows processed"));
         }
     }
 
-    pub fn finish_task(&self, task: &str, status: &str) {
+    pub fn finish_task(&self, task: &str, status: &str, rows: u64) {
+        let total = self
+            .rows
+            .fetch_add(rows, std::sync::atomic::Ordering::Relaxed)
+            + rows;
         if let Some(b) = &self.bar {
             b.inc(1);
-            b.println(format!("  {task}: {status}"));
+            b.println(format!("  {task}: {status} ({rows} rows)"));
+            b.set_message(format!("{total} rows processed"));
         }
     }
 

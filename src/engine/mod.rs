@@ -14,6 +14,60 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use row_values::row_values_udf;
 
+static RUNTIME: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::RuntimeEnv>> =
+    std::sync::OnceLock::new();
+
+/// Sets the memory the query engine may use (all sessions of the process share one pool);
+/// operators that can spill (sorts, aggregations, sort-merge joins) go to temporary files in
+/// the system's temp folder beyond it. Call once, before the first session.
+pub fn set_memory_limit(bytes: usize) -> datafusion::error::Result<()> {
+    use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+    let pool = TrackConsumersPool::new(
+        FairSpillPool::new(bytes),
+        std::num::NonZeroUsize::new(5).expect("non-zero"),
+    );
+    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(pool))
+        .build_arc()?;
+    let _ = RUNTIME.set(runtime);
+    Ok(())
+}
+
+/// The default memory limit: three quarters of the machine's memory.
+pub fn default_memory_limit() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: usize = info
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024 / 4 * 3)
+}
+
+/// Parses `512MiB`, `1GiB`, `2GB`, `1500000` (bytes).
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = n * factor;
+    (bytes >= 1.0).then_some(bytes as usize)
+}
+
 /// A session with igaflow's settings and functions.
 ///
 /// Strings stay `Utf8` (not `Utf8View`) so that tables read back from Parquet have the same
@@ -26,7 +80,10 @@ pub fn context() -> SessionContext {
     opts.execution.parquet.schema_force_view_types = false;
     opts.sql_parser.map_string_types_to_utf8view = false;
     opts.execution.time_zone = Some("+00:00".to_string());
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = match RUNTIME.get() {
+        Some(rt) => SessionContext::new_with_config_rt(config, rt.clone()),
+        None => SessionContext::new_with_config(config),
+    };
     ctx.register_udf(row_values_udf());
     ctx
 }

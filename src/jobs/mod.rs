@@ -140,10 +140,6 @@ async fn run_tasks(
     started_at: chrono::DateTime<Utc>,
 ) -> Result<RunReport> {
     let mut done: HashMap<String, TaskStatus> = HashMap::new();
-    // Whether a task or any task before it (transitively) changed something: `run_if =
-    // "changed"` looks at the whole chain, so orders still run after an unchanged
-    // classification that followed a changed role model.
-    let mut changed: HashMap<String, bool> = HashMap::new();
     // Dependencies that failed without continue_on_error poison their dependants.
     let mut poisoned: HashMap<String, bool> = HashMap::new();
     let mut reports: Vec<TaskReport> = Vec::new();
@@ -170,7 +166,10 @@ async fn run_tasks(
                 )))
             } else if task.run_if_changed
                 && !task.depends_on.is_empty()
-                && !task.depends_on.iter().any(|d| changed[d])
+                && task
+                    .depends_on
+                    .iter()
+                    .all(|d| matches!(done[d], TaskStatus::NoChanges | TaskStatus::Skipped))
             {
                 Some(TaskOutcome::skipped(
                     "skipped: no dependency changed anything (run_if = \"changed\")",
@@ -207,18 +206,13 @@ async fn run_tasks(
             task.name.clone(),
             (bad && !task.continue_on_error) || skipped_for_failure,
         );
-        let own = match outcome.status {
-            TaskStatus::Succeeded => true,
-            TaskStatus::Warning => outcome.changes > 0,
-            _ => false,
-        };
-        changed.insert(
-            task.name.clone(),
-            own || task.depends_on.iter().any(|d| changed[d]),
-        );
         done.insert(task.name.clone(), outcome.status);
         tracing::info!(task = %task.name, status = outcome.status.name(), changes = outcome.changes, message = %outcome.message, "task ended");
-        progress.finish_task(&task.name, outcome.status.name());
+        progress.finish_task(
+            &task.name,
+            outcome.status.name(),
+            outcome.rows_read + outcome.rows_written,
+        );
         reports.push(TaskReport {
             name: task.name.clone(),
             kind: task.kind.clone(),

@@ -60,31 +60,69 @@ fn a_failing_task_skips_its_dependants_unless_continue_on_error() {
 }
 
 #[test]
-fn run_if_changed_looks_at_the_whole_chain() {
+fn run_if_changed_follows_the_direct_dependencies() {
     let env = Env::new();
     env.write("exports/hr/persons.csv", persons_csv(1..=3));
     let sync = "name = \"sync\"\ntype = \"synchronize\"\nconnector = \"hr\"";
     // Nothing to recompute (no computed columns): no_changes even when the sync changed rows.
     let expr = "name = \"expr\"\ntype = \"update_entity_property_expressions\"";
-    let fulfill =
-        "name = \"fulfill\"\ntype = \"invoke_command\"\ncommand = [\"true\"]\nrun_if = \"changed\"";
-    env.write_pipeline(&job_pipeline("j", &[sync, expr, fulfill]));
+    let after_expr = "name = \"after_expr\"\ntype = \"invoke_command\"\ncommand = [\"true\"]\nrun_if = \"changed\"";
+    let after_both = "name = \"after_both\"\ntype = \"invoke_command\"\ncommand = [\"true\"]\nrun_if = \"changed\"\ndepends_on = [\"sync\", \"expr\"]";
+    env.write_pipeline(&job_pipeline("j", &[sync, expr, after_expr, after_both]));
     let first = env.run("j", &[], &[]);
     first.expect_code(0);
     let st = statuses(&env, &run_id_of(&first));
     let of = |t: &str| st.iter().find(|r| r[0] == t).unwrap()[1].clone();
     assert_eq!(of("expr"), "no_changes");
     assert_eq!(
-        of("fulfill"),
+        of("after_expr"),
+        "skipped",
+        "its only dependency changed nothing"
+    );
+    assert_eq!(
+        of("after_both"),
         "succeeded",
-        "the sync before expr changed rows"
+        "one of its dependencies changed rows"
     );
     let second = env.run("j", &[], &[]);
     second.expect_code(0);
     let st = statuses(&env, &run_id_of(&second));
     let of = |t: &str| st.iter().find(|r| r[0] == t).unwrap()[1].clone();
     assert_eq!(of("sync"), "no_changes");
+    assert_eq!(of("after_both"), "skipped");
+}
+
+#[test]
+fn a_fulfill_task_after_orders_is_skipped_when_there_are_no_orders() {
+    let env = Env::new();
+    let mut text =
+        std::fs::read_to_string(repo().join("datasets/cases/pre_existing/pipeline.toml")).unwrap();
+    text = text.replace("exports = \"${CASE_DAY:-day1}/", "exports = \"../exports/");
+    text.push_str(
+        "\n[[job]]\nname = \"with_fulfill\"\n[[job.task]]\nname = \"sync_hr\"\ntype = \"synchronize\"\nconnector = \"hr\"\n[[job.task]]\nname = \"sync_app\"\ntype = \"synchronize\"\nconnector = \"app\"\ndepends_on = []\n[[job.task]]\nname = \"keys\"\ntype = \"compute_correlation_keys\"\ndepends_on = [\"sync_hr\", \"sync_app\"]\n[[job.task]]\nname = \"roles\"\ntype = \"compute_role_model\"\n[[job.task]]\nname = \"orders\"\ntype = \"generate_provisioning_orders\"\n[[job.task]]\nname = \"fulfill\"\ntype = \"invoke_command\"\ncommand = [\"true\"]\nrun_if = \"changed\"\n",
+    );
+    env.write_pipeline(&text);
+    let case = repo().join("datasets/cases/pre_existing/day1");
+    copy_dir(&case, &env.path("exports"));
+    // Without G_ADMIN on u1 nothing is to change: no orders.
+    env.write("exports/app/members.csv", "login,gid\nu1,G_CRM\nu2,G_CRM\n");
+    let out = env.run("with_fulfill", &[], &[]);
+    out.expect_code(0);
+    let st = statuses(&env, &run_id_of(&out));
+    let of = |t: &str| st.iter().find(|r| r[0] == t).unwrap()[1].clone();
+    assert_eq!(of("orders"), "no_changes");
     assert_eq!(of("fulfill"), "skipped");
+    // With the unexplained group there is an order: fulfill runs.
+    env.write(
+        "exports/app/members.csv",
+        "login,gid\nu1,G_ADMIN\nu1,G_CRM\nu2,G_CRM\n",
+    );
+    let out = env.run("with_fulfill", &[], &[]);
+    out.expect_code(0);
+    let st = statuses(&env, &run_id_of(&out));
+    let of = |t: &str| st.iter().find(|r| r[0] == t).unwrap()[1].clone();
+    assert_eq!(of("orders"), "succeeded");
+    assert_eq!(of("fulfill"), "succeeded");
 }
 
 #[test]
@@ -318,4 +356,103 @@ fn the_scheduler_runs_on_interval_never_overlaps_survives_failures_and_stops_on_
     for w in runs.windows(2) {
         assert!(w[1][2] >= w[0][3], "two runs overlapped: {runs:?}");
     }
+}
+
+#[test]
+fn json_logs_are_one_object_per_event() {
+    let env = Env::new();
+    env.write("exports/hr/persons.csv", persons_csv(1..=3));
+    env.write_pipeline(&job_pipeline(
+        "j",
+        &["name = \"sync\"\ntype = \"synchronize\"\nconnector = \"hr\""],
+    ));
+    let pipeline = env.pipeline();
+    let store = env.store();
+    let out = igaflow(
+        &[
+            "run",
+            &pipeline,
+            "--job",
+            "j",
+            "--store",
+            &store,
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    out.expect_code(0);
+    let events: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["fields"]["message"] == "task ended" && e["fields"]["task"] == "sync"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        events.iter().any(|e| e["fields"]["message"] == "run ended"),
+        "{}",
+        out.stderr
+    );
+
+    // A failing run: still one JSON object per line.
+    env.write("exports/hr/persons.csv", "employee_id,name\n");
+    let out = igaflow(
+        &[
+            "run",
+            &pipeline,
+            "--job",
+            "j",
+            "--store",
+            &store,
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    out.expect_code(2);
+    for l in out.stderr.lines() {
+        serde_json::from_str::<serde_json::Value>(l)
+            .unwrap_or_else(|e| panic!("not JSON: {l}: {e}"));
+    }
+}
+
+#[test]
+fn memory_limit_is_parsed_and_applied() {
+    let env = Env::new();
+    env.write_pipeline(&contoso_pipeline_text());
+    let bad = env.run(
+        "complete",
+        &["--memory-limit", "lots"],
+        &[("CONTOSO_DAY", "day1")],
+    );
+    bad.expect_code(2);
+    assert!(
+        bad.stderr.contains("--memory-limit `lots`"),
+        "{}",
+        bad.stderr
+    );
+    // The demo fits in 64 MiB and gives the same orders as without a limit.
+    let limited = env.run(
+        "complete",
+        &["--memory-limit", "64MiB"],
+        &[("CONTOSO_DAY", "day1")],
+    );
+    limited.expect_code(0);
+    let ids = env.query("select order_id from provisioning_orders order by order_id");
+    let other = Env::new();
+    other.write_pipeline(&contoso_pipeline_text());
+    other
+        .run("complete", &[], &[("CONTOSO_DAY", "day1")])
+        .expect_code(0);
+    assert_eq!(
+        ids,
+        other.query("select order_id from provisioning_orders order by order_id")
+    );
+    assert_eq!(ids.len(), 71);
 }
