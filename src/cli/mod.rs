@@ -169,7 +169,8 @@ fn init_logging(format: LogFormat, quiet: bool) {
     let default = if quiet { "error" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("IGAFLOW_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if format == LogFormat::Json {
-            "info"
+            // igaflow's own events; libraries only when they warn.
+            "warn,igaflow=info"
         } else {
             default
         })

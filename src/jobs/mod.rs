@@ -207,7 +207,7 @@ async fn run_tasks(
             (bad && !task.continue_on_error) || skipped_for_failure,
         );
         done.insert(task.name.clone(), outcome.status);
-        tracing::info!(task = %task.name, status = outcome.status.name(), changes = outcome.changes, message = %outcome.message, "task ended");
+        tracing::info!(task = %task.name, status = outcome.status.name(), changes = outcome.changes, detail = %outcome.message, "task ended");
         progress.finish_task(
             &task.name,
             outcome.status.name(),

@@ -1,7 +1,7 @@
 //! Incremental ("dirty") processing (SPEC section 7).
 //!
-//! `set_recently_modified_flag` works out what changed since the job last ran to the end and
-//! writes it to `dirty_scope` (`run_id`, `as_of`, `kind` = owner|account|all, `entity`, `key`):
+//! `set_recently_modified_flag` works out what changed since the last run that brought the role
+//! model and the orders up to date (of any job) and writes it to `dirty_scope` (`run_id`, `as_of`, `kind` = owner|account|all, `entity`, `key`):
 //! every key in `recently_modified` since then — owners, accounts, and the accounts of changed
 //! link rows — plus the owners of manual assignments (their dates move with the calendar) and
 //! of pre-existing rights saved since. When the watermark is unknown (first run), the
@@ -37,21 +37,28 @@ pub struct Scope {
     pub accounts: DataFrame,
 }
 
-pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
-    let _ = task;
+pub async fn run(rc: &RunContext<'_>, _task: &Task) -> Result<TaskOutcome> {
     let (ctx, catalog) = session(rc).await?;
     let model = &rc.pipeline.model;
-    let job = current_job(rc, task);
     let as_of = rc.as_of.to_string();
 
-    // The last run of this job that ended well, and the configuration it ran with.
+    // The last run (of any job) after which the role model and the orders were up to date: it
+    // ended well and both tasks ended well in it. Everything since is recent.
     let mut all_reason: Option<String> = None;
     let mut watermark: Option<String> = None;
-    if catalog.tables.contains_key("runs") {
+    if catalog.tables.contains_key("runs") && catalog.tables.contains_key("task_runs") {
         let rows = ctx
-            .sql("SELECT CAST(run_id AS VARCHAR) AS run_id, CAST(config_hash AS VARCHAR) AS config_hash FROM runs WHERE job = $1 AND status IN ('succeeded', 'warning', 'no_changes') ORDER BY run_id DESC LIMIT 1")
+            .sql(
+                "SELECT CAST(r.run_id AS VARCHAR) AS run_id, CAST(r.config_hash AS VARCHAR) AS config_hash
+                 FROM runs r
+                 WHERE r.status IN ('succeeded', 'warning', 'no_changes')
+                   AND r.run_id IN (SELECT run_id FROM task_runs
+                                    WHERE type = 'compute_role_model' AND status IN ('succeeded', 'warning', 'no_changes'))
+                   AND r.run_id IN (SELECT run_id FROM task_runs
+                                    WHERE type = 'generate_provisioning_orders' AND status IN ('succeeded', 'warning', 'no_changes'))
+                 ORDER BY r.run_id DESC LIMIT 1",
+            )
             .await?
-            .with_param_values(vec![datafusion::common::ScalarValue::from(job.as_str())])?
             .collect()
             .await?;
         if let Some((run_id, hash)) = first_two(&rows) {
@@ -62,7 +69,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         }
     }
     if watermark.is_none() && all_reason.is_none() {
-        all_reason = Some(format!("job `{job}` has no earlier completed run"));
+        all_reason = Some("no earlier run computed the role model and the orders".into());
     }
     let text = std::fs::read_to_string(&rc.pipeline.file).unwrap_or_default();
     if all_reason.is_none()
@@ -233,16 +240,6 @@ fn one_row(
         ("key", vec![""]),
     ])?;
     Ok(ctx.read_batch(batch)?)
-}
-
-/// The job the task belongs to (the first that lists it).
-fn current_job(rc: &RunContext<'_>, task: &Task) -> String {
-    rc.pipeline
-        .jobs
-        .iter()
-        .find(|j| j.tasks.iter().any(|t| std::ptr::eq(t, task)))
-        .map(|j| j.name.clone())
-        .unwrap_or_default()
 }
 
 fn first_two(rows: &[datafusion::arrow::array::RecordBatch]) -> Option<(String, String)> {
