@@ -134,7 +134,7 @@ pub struct ResourceType {
     pub scalars: Vec<(String, ConfigExpr)>,
     pub links: Vec<ResourceLink>,
     pub thresholds: ProvisioningThresholds,
-    pub lifecycle: Option<toml::Value>,
+    pub lifecycle: Option<RtLifecycle>,
     pub line: usize,
 }
 
@@ -154,6 +154,33 @@ pub struct Classification {
     pub line: usize,
 }
 
+/// `[resource_type.lifecycle]` (SPEC section 9).
+#[derive(Debug, Clone)]
+pub struct RtLifecycle {
+    /// Identity type feature UpdateIdentity.
+    pub update: bool,
+    /// UpdateIdentityWhenCoreIdentityIsDisabled.
+    pub update_when_owner_disabled: bool,
+    /// Whether the account is active, over the target's columns (default: true).
+    pub active: Option<ConfigExpr>,
+    /// Who deactivated the account by hand, over the target's columns (default: NULL).
+    pub deactivated_by: Option<ConfigExpr>,
+}
+
+/// `[lifecycle]` (SPEC section 9).
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    pub owner: String,
+    /// Owner state: 1 Active, 2 Deleted, 3 Suspended.
+    pub state: ConfigExpr,
+    /// 0 none, 2 pending anonymization (3, 4, 5 are kept by the engine).
+    pub anonymization_status: Option<ConfigExpr>,
+    /// (owner column, expression) replacing personal data.
+    pub anonymize: Vec<(String, ConfigExpr)>,
+    pub fast_track: bool,
+    pub line: usize,
+}
+
 /// Everything of sections 5 and 6.
 #[derive(Debug, Clone, Default)]
 pub struct RoleModel {
@@ -162,6 +189,7 @@ pub struct RoleModel {
     pub manual_assignments: Option<ManualAssignments>,
     pub resource_types: Vec<ResourceType>,
     pub classifications: Vec<Classification>,
+    pub lifecycle: Option<Lifecycle>,
 }
 
 impl RoleModel {

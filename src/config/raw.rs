@@ -37,12 +37,10 @@ pub struct RawPipeline {
     pub resource_type: Vec<S<RawResourceType>>,
     #[serde(default)]
     pub classification: Vec<S<RawClassification>>,
-    // Sections of later tasks (notifications, lifecycle). They are accepted here so one
-    // pipeline file serves every release; their own checks live with their tasks.
     #[serde(default)]
     pub notify: Option<S<RawNotify>>,
     #[serde(default)]
-    pub lifecycle: Option<toml::Value>,
+    pub lifecycle: Option<S<RawLifecycle>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,8 +244,8 @@ pub struct RawResourceType {
     pub link: Vec<S<RawResourceLink>>,
     #[serde(default)]
     pub thresholds: RawProvisioningThresholds,
-    /// Section 9 (identity update), checked by its task.
-    pub lifecycle: Option<toml::Value>,
+    /// Section 9 (identity update).
+    pub lifecycle: Option<S<RawRtLifecycle>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,4 +265,29 @@ pub struct RawNotify {
     pub from: S<String>,
     /// `smtp://host:port` (plain), `smtp://host:port?tls=required` (STARTTLS) or `smtps://…`.
     pub smtp: Option<S<String>>,
+}
+
+/// `[lifecycle]` (SPEC section 9).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLifecycle {
+    pub owner: S<String>,
+    pub state: S<String>,
+    pub anonymization_status: Option<S<String>>,
+    #[serde(default)]
+    pub anonymize: IndexMap<String, S<String>>,
+    #[serde(default)]
+    pub fast_track: bool,
+}
+
+/// `[resource_type.lifecycle]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRtLifecycle {
+    #[serde(default)]
+    pub update: bool,
+    #[serde(default)]
+    pub update_when_owner_disabled: bool,
+    pub active: Option<S<String>>,
+    pub deactivated_by: Option<S<String>>,
 }

@@ -49,14 +49,14 @@ pub async fn run(rc: &RunContext<'_>, _task: &Task) -> Result<TaskOutcome> {
     if catalog.tables.contains_key("runs") && catalog.tables.contains_key("task_runs") {
         let rows = ctx
             .sql(
-                "SELECT CAST(r.run_id AS VARCHAR) AS run_id, CAST(r.config_hash AS VARCHAR) AS config_hash
+                "SELECT CAST(r.run_id AS VARCHAR) AS rid, CAST(r.config_hash AS VARCHAR) AS hash
                  FROM runs r
                  WHERE r.status IN ('succeeded', 'warning', 'no_changes')
                    AND r.run_id IN (SELECT run_id FROM task_runs
                                     WHERE type = 'compute_role_model' AND status IN ('succeeded', 'warning', 'no_changes'))
                    AND r.run_id IN (SELECT run_id FROM task_runs
                                     WHERE type = 'generate_provisioning_orders' AND status IN ('succeeded', 'warning', 'no_changes'))
-                 ORDER BY r.run_id DESC LIMIT 1",
+                 ORDER BY rid DESC LIMIT 1",
             )
             .await?
             .collect()

@@ -6,6 +6,7 @@ pub mod correlation_keys;
 pub mod dirty;
 pub mod expressions;
 pub mod frames;
+pub mod identities;
 pub mod invoke_command;
 pub mod invoke_sql;
 pub mod orders;
@@ -120,6 +121,7 @@ pub async fn run_task(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         "invoke_command" => invoke_command::run(rc, task).await,
         "invoke_sql" => invoke_sql::run(rc, task).await,
         "set_recently_modified_flag" => dirty::run(rc, task).await,
+        "update_identities" => identities::run(rc, task).await,
         other => Err(Error::TaskFailed(format!(
             "task type `{other}` is not available in this release of igaflow"
         ))),

@@ -6,6 +6,7 @@ mod bad_input;
 mod cases;
 mod crash;
 mod dirty;
+mod identities;
 mod jobs;
 mod notify;
 mod orders;

@@ -247,7 +247,7 @@ fn incremental_change_set_applies_commands_and_warns() {
     );
     let (status, message) = {
         let r = env.query(&format!(
-            "select status, message from task_runs where run_id = '{run}'"
+            "select status, message from task_runs where run_id = '{run}' and task = 'sync_hr'"
         ));
         (r[0][0].clone(), r[0][1].clone())
     };

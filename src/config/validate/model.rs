@@ -403,6 +403,8 @@ pub(super) fn resolve_model(cx: &mut Ctx, input: ModelInput) -> RoleModel {
         }
         let t = &r.thresholds;
         let d = ProvisioningThresholds::default();
+        let target_name = target.clone();
+        let rt_what = what.clone();
         resource_types.push(ResourceType {
             name,
             owner,
@@ -426,7 +428,35 @@ pub(super) fn resolve_model(cx: &mut Ctx, input: ModelInput) -> RoleModel {
                 max_added_percent: t.max_added_percent,
                 max_modified_percent: t.max_modified_percent,
             },
-            lifecycle: r.lifecycle.clone(),
+            lifecycle: r.lifecycle.as_ref().map(|l| {
+                let l = l.get_ref();
+                let active = l.active.as_ref().map(|e| expr(cx, e));
+                if let Some(a) = &active {
+                    schemas.check(
+                        cx,
+                        &target_name,
+                        a,
+                        &format!("{rt_what}: lifecycle active"),
+                        true,
+                    );
+                }
+                let deactivated_by = l.deactivated_by.as_ref().map(|e| expr(cx, e));
+                if let Some(d) = &deactivated_by {
+                    schemas.check(
+                        cx,
+                        &target_name,
+                        d,
+                        &format!("{rt_what}: lifecycle deactivated_by"),
+                        false,
+                    );
+                }
+                RtLifecycle {
+                    update: l.update,
+                    update_when_owner_disabled: l.update_when_owner_disabled,
+                    active,
+                    deactivated_by,
+                }
+            }),
             line,
         });
     }
@@ -463,11 +493,62 @@ pub(super) fn resolve_model(cx: &mut Ctx, input: ModelInput) -> RoleModel {
         });
     }
 
+    let lifecycle = raw.lifecycle.as_ref().map(|l| {
+        let line = cx.line(l);
+        let l = l.get_ref();
+        let owner = l.owner.get_ref().clone();
+        let owner_entity = entity(&owner);
+        if owner_entity.is_none() {
+            cx.err(
+                &l.owner,
+                format!(
+                    "[lifecycle]: unknown owner entity `{owner}` (declared: {})",
+                    join_names(entity_names.iter())
+                ),
+            );
+        }
+        let state = expr(cx, &l.state);
+        schemas.check(cx, &owner, &state, "[lifecycle]: state", false);
+        let anonymization_status = l.anonymization_status.as_ref().map(|e| expr(cx, e));
+        if let Some(a) = &anonymization_status {
+            schemas.check(cx, &owner, a, "[lifecycle]: anonymization_status", false);
+        }
+        let mut anonymize = Vec::new();
+        for (column, e) in &l.anonymize {
+            if owner_entity.is_some_and(|o| !o.columns.iter().any(|c| &c.name == column)) {
+                cx.err(
+                    e,
+                    format!(
+                        "[lifecycle]: anonymize `{column}` is not a declared column of `{owner}`"
+                    ),
+                );
+            }
+            let e = expr(cx, e);
+            schemas.check(
+                cx,
+                &owner,
+                &e,
+                &format!("[lifecycle]: anonymize `{column}`"),
+                false,
+            );
+            anonymize.push((column.clone(), e));
+        }
+        Lifecycle {
+            owner,
+            state,
+            anonymization_status,
+            anonymize,
+            fast_track: l.fast_track,
+            line,
+        }
+    });
+
     RoleModel {
         roles,
         composite_roles,
         manual_assignments,
         resource_types,
         classifications,
+        lifecycle,
     }
 }

@@ -1,0 +1,180 @@
+//! `update_identities`: one case per row of the seed's condition tables.
+
+use crate::common::*;
+
+fn pipeline(rt_update: bool) -> String {
+    format!(
+        r#"name = "identities"
+
+[connector.hr]
+exports = "../exports/hr"
+[connector.app]
+exports = "../exports/app"
+update = true
+
+[[entity]]
+name = "person"
+connector = "hr"
+file = "persons.csv"
+key = "id"
+columns = {{ id = "string", status = "string", anon = "int", first_name = "string" }}
+
+[[entity]]
+name = "account"
+connector = "app"
+file = "accounts.csv"
+key = "login"
+columns = {{ login = "string", owner_id = "string", uac = "int", deactivated_by = "string", first = "string" }}
+
+[lifecycle]
+owner = "person"
+state = "CASE status WHEN 'active' THEN 1 WHEN 'deleted' THEN 2 WHEN 'suspended' THEN 3 END"
+anonymization_status = "anon"
+anonymize = {{ first_name = "'ANONYMIZED'" }}
+
+[[resource_type]]
+name = "app_user"
+owner = "person"
+target = "account"
+correlation = [ {{ target = "owner_id", owner = "id" }} ]
+scalars = {{ first = "first_name", login = "lower(id)" }}
+create_only = ["login"]
+lifecycle = {{ update = {rt_update}, active = "uac <> 514", deactivated_by = "deactivated_by" }}
+
+[[job]]
+name = "j"
+[[job.task]]
+name = "sync_hr"
+type = "synchronize"
+connector = "hr"
+[[job.task]]
+name = "sync_app"
+type = "synchronize"
+connector = "app"
+depends_on = []
+[[job.task]]
+name = "keys"
+type = "compute_correlation_keys"
+depends_on = ["sync_hr", "sync_app"]
+[[job.task]]
+name = "roles"
+type = "compute_role_model"
+[[job.task]]
+name = "identities"
+type = "update_identities"
+"#
+    )
+}
+
+/// Each row: person (status, anon, first name) and its account (uac, deactivated_by, first).
+const PERSONS: &str = "id,status,anon,first_name
+P01,active,0,Ann
+P02,active,0,Bobby
+P03,suspended,0,Cid
+P04,suspended,0,Dee
+P05,deleted,0,Eve
+P06,deleted,2,Frank
+P07,deleted,2,Gus
+P08,active,0,Hal
+P09,active,0,Ivy
+P10,active,0,Jo
+P11,active,0,
+";
+
+const ACCOUNTS: &str = "login,owner_id,uac,deactivated_by,first
+a01,P01,512,,Ann
+a02,P02,512,,Bob
+a03,P03,512,,Cid
+a04,P04,514,,Dee
+a05,P05,512,,Eve
+a06,P06,512,,Frank
+a07,P07,514,,ANONYMIZED
+a08,P08,514,,Hal
+a09,P09,514,admin,Ivy
+a11,P11,512,,Xena
+";
+
+fn env(rt_update: bool) -> Env {
+    let env = Env::new();
+    env.write_pipeline(&pipeline(rt_update));
+    env.write("exports/hr/persons.csv", PERSONS);
+    env.write("exports/app/accounts.csv", ACCOUNTS);
+    env
+}
+
+#[test]
+fn condition_sets_work_items_and_events() {
+    let env = env(true);
+    let out = env.run("j", &[], &[]);
+    out.expect_code(0);
+
+    // Update work items: active owners (a01, a02, a08, a09, a11), suspended with an active
+    // account (a03), deleted to anonymize (a06, a07). Not: a04 (suspended and inactive:
+    // ignored), a05 (deleted, not to anonymize, no update_when_owner_disabled), P10 (no account).
+    assert_eq!(
+        env.query("select account_key, serialized_value, old_serialized_value, has_changed, to_delete from identity_updates order by account_key"),
+        [
+            ["a01", "Ann", "Ann", "false", "false"],
+            ["a02", "Bobby", "Bob", "true", "false"],
+            ["a03", "Cid", "Cid", "false", "false"],
+            ["a06", "ANONYMIZED", "Frank", "true", "false"],
+            ["a07", "ANONYMIZED", "ANONYMIZED", "false", "false"],
+            ["a08", "Hal", "Hal", "false", "false"],
+            ["a09", "Ivy", "Ivy", "false", "false"],
+            ["a11", "", "Xena", "true", "true"],
+        ]
+    );
+    // create_only scalars are never updated.
+    assert_eq!(
+        env.scalar("select count(*) from identity_updates where attribute = 'login'"),
+        "0"
+    );
+    // Deactivation: suspended (a03) or deleted (a05, a06) owners with an active account;
+    // reactivation: active owner, inactive account nobody deactivated by hand (a08, not a09).
+    assert_eq!(
+        env.query("select account_key, owner_key, event from identity_events order by account_key"),
+        [
+            ["a03", "P03", "UserAccountDeactivationRequested"],
+            ["a05", "P05", "UserAccountDeactivationRequested"],
+            ["a06", "P06", "UserAccountDeactivationRequested"],
+            ["a08", "P08", "UserAccountActivated"],
+        ]
+    );
+    // Anonymization: values changed → 3 (AnonymizationStarted); none changed → 4.
+    assert_eq!(
+        env.query("select account_key, active, has_active_changed, anonymization_status from identity_states order by account_key"),
+        [
+            ["a03", "false", "true", ""],
+            ["a05", "false", "true", ""],
+            ["a06", "false", "true", "3"],
+            ["a07", "false", "false", "4"],
+            ["a08", "true", "true", ""],
+        ]
+    );
+
+    // Twice in a row: nothing changes the second time.
+    let again = env.run("j", &[], &[]);
+    again.expect_code(0);
+    let run = run_id_of(&again);
+    assert_eq!(
+        env.scalar(&format!(
+            "select status from task_runs where run_id = '{run}' and task = 'identities'"
+        )),
+        "no_changes"
+    );
+    assert_eq!(env.scalar("select count(*) from identity_events"), "4");
+}
+
+#[test]
+fn without_the_update_feature_nothing_is_done() {
+    let env = env(false);
+    env.run("j", &[], &[]).expect_code(0);
+    assert_eq!(env.scalar("select count(*) from identity_updates"), "0");
+    assert!(
+        env.query(
+            "select table_name from information_schema.tables where table_name = 'identity_events'"
+        )
+        .is_empty(),
+        "no events without the feature"
+    );
+}
