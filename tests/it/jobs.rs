@@ -368,19 +368,22 @@ fn json_logs_are_one_object_per_event() {
     ));
     let pipeline = env.pipeline();
     let store = env.store();
-    let out = igaflow(
-        &[
-            "run",
-            &pipeline,
-            "--job",
-            "j",
-            "--store",
-            &store,
-            "--log-format",
-            "json",
-        ],
-        &[],
-    );
+    let run_json = || {
+        igaflow(
+            &[
+                "run",
+                &pipeline,
+                "--job",
+                "j",
+                "--store",
+                &store,
+                "--log-format",
+                "json",
+            ],
+            &[],
+        )
+    };
+    let out = run_json();
     out.expect_code(0);
     let events: Vec<serde_json::Value> = out
         .stderr
@@ -402,19 +405,7 @@ fn json_logs_are_one_object_per_event() {
 
     // A failing run: still one JSON object per line.
     env.write("exports/hr/persons.csv", "employee_id,name\n");
-    let out = igaflow(
-        &[
-            "run",
-            &pipeline,
-            "--job",
-            "j",
-            "--store",
-            &store,
-            "--log-format",
-            "json",
-        ],
-        &[],
-    );
+    let out = run_json();
     out.expect_code(2);
     for l in out.stderr.lines() {
         serde_json::from_str::<serde_json::Value>(l)
