@@ -165,25 +165,18 @@ pub async fn run(rc: &RunContext<'_>, _task: &Task) -> Result<TaskOutcome> {
                 );
             }
         }
-        if let Some(m) = &model.manual_assignments
-            && let Ok(text) = std::fs::read_to_string(&m.file)
-        {
+        if let Some(m) = &model.manual_assignments {
             // Every owner named in the requests file (a handful): their dates move daily.
-            let keys: Vec<String> = text
-                .lines()
-                .skip(1)
-                .filter_map(|l| l.split(',').next())
-                .map(|k| k.trim_matches('"').to_string())
-                .collect();
+            let requests = ctx
+                .read_batch(super::role_model::read_manual(m)?.batch)?
+                .select(vec![col("owner_key").alias("key")])?;
             for owner in owner_entities
                 .iter()
                 .collect::<std::collections::BTreeSet<_>>()
             {
-                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                let batch = super::role_model::text_batch(&[("key", refs)])?;
                 let mut cols = header("owner");
                 cols.extend([lit(owner.as_str()).alias("entity"), col("key")]);
-                frames.push(ctx.read_batch(batch)?.select(cols)?);
+                frames.push(requests.clone().select(cols)?);
             }
         }
         // A marker row says that this run has a scope, even an empty one.
@@ -352,4 +345,15 @@ pub fn no_keys(ctx: &SessionContext) -> Result<DataFrame> {
             datafusion::arrow::datatypes::Field::new("key", DataType::Utf8, true),
         ])),
     )
+}
+
+/// Keeps the rows whose `on` column is among `keys` (a frame with one column `k`).
+pub trait SemiOn: Sized {
+    fn semi_on(self, on: &str, keys: DataFrame) -> Result<Self>;
+}
+
+impl SemiOn for DataFrame {
+    fn semi_on(self, on: &str, keys: DataFrame) -> Result<Self> {
+        Ok(self.join(keys, JoinType::LeftSemi, &[on], &["k"], None)?)
+    }
 }

@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::dirty::SemiOn;
 use super::frames::{NewTable, commit_tables, committed, quoted, require, session};
 use super::role_model::{empty, text_batch, union_all, view};
 use super::{RunContext, TaskOutcome, TaskStatus};
@@ -308,44 +309,20 @@ async fn orders_of(
             .select(vec![col("key").alias("k")])?;
         let owners_of_accounts = linked
             .clone()
-            .join(
-                d_accounts.clone(),
-                JoinType::LeftSemi,
-                &["account_key"],
-                &["k"],
-                None,
-            )?
+            .semi_on("account_key", d_accounts.clone())?
             .select(vec![col("owner_key").alias("k")])?;
         let scope_owners =
             super::role_model::materialize(ctx, d_owners.union(owners_of_accounts)?.distinct()?)
                 .await?;
         let accounts_of_owners = linked
             .clone()
-            .join(
-                scope_owners.clone(),
-                JoinType::LeftSemi,
-                &["owner_key"],
-                &["k"],
-                None,
-            )?
+            .semi_on("owner_key", scope_owners.clone())?
             .select(vec![col("account_key").alias("k")])?;
         let scope_accounts =
             super::role_model::materialize(ctx, d_accounts.union(accounts_of_owners)?.distinct()?)
                 .await?;
-        assigned = assigned.join(
-            scope_owners.clone(),
-            JoinType::LeftSemi,
-            &["owner_key"],
-            &["k"],
-            None,
-        )?;
-        linked = linked.join(
-            scope_accounts.clone(),
-            JoinType::LeftSemi,
-            &["account_key"],
-            &["k"],
-            None,
-        )?;
+        assigned = assigned.semi_on("owner_key", scope_owners.clone())?;
+        linked = linked.semi_on("account_key", scope_accounts.clone())?;
         in_scope = Some((scope_owners, scope_accounts));
     }
     view(
@@ -361,13 +338,7 @@ async fn orders_of(
         .clone()
         .select(vec![account_key.clone().alias("account_key")])?;
     if let Some((_, scope_accounts)) = &in_scope {
-        accounts = accounts.join(
-            scope_accounts.clone(),
-            JoinType::LeftSemi,
-            &["account_key"],
-            &["k"],
-            None,
-        )?;
+        accounts = accounts.semi_on("account_key", scope_accounts.clone())?;
     }
     let classes = if catalog.tables.contains_key("classification") {
         ctx.table("classification")

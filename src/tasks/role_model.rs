@@ -724,22 +724,7 @@ async fn assigned_roles(
             cast(lit(datafusion::common::ScalarValue::Null), DataType::Date32).alias("end_date"),
         ])?,
         Some(m) => {
-            use crate::config::ColumnType as T;
-            let spec = crate::input::csv::CsvSpec {
-                file: m.file.clone(),
-                columns: vec![
-                    ("owner_key".into(), T::String),
-                    ("role".into(), T::String),
-                    ("start_date".into(), T::Date),
-                    ("end_date".into(), T::Date),
-                ],
-                key: None,
-                command_column: None,
-                split: Vec::new(),
-                options: &m.csv,
-            };
-            let loaded = crate::input::csv::read(&spec)?;
-            crate::input::csv::fail_on_bad_rows(&m.file, &loaded.rejected, m.csv.on_bad_row)?;
+            let loaded = read_manual(m)?;
             if !loaded.rejected.is_empty() {
                 warnings.push(format!(
                     "{}: {} bad row(s) ignored",
@@ -769,7 +754,8 @@ async fn assigned_roles(
                         .in_list(names.clone(), true)
                         .or(col("role").is_null()),
                 )?
-                .sort(vec![col(crate::input::csv::LINE).sort(true, true)])?
+                .aggregate(vec![col("role")], vec![])?
+                .sort(vec![col("role").sort(true, true)])?
                 .collect()
                 .await?;
             let mut unknown_roles = Vec::new();
@@ -780,8 +766,6 @@ async fn assigned_roles(
                 }
             }
             if !unknown_roles.is_empty() {
-                unknown_roles.sort();
-                unknown_roles.dedup();
                 warnings.push(format!(
                     "{}: assignments of unknown role(s) ignored: {}",
                     m.file.display(),
@@ -814,6 +798,28 @@ async fn assigned_roles(
     view(ctx, "pre_existing_roles", pre)?;
 
     Ok((ctx.sql(ASSIGNED_ROLES_SQL).await?, warnings))
+}
+
+/// The manual assignments file (`owner_key`, `role`, `start_date`, `end_date`, `_line`), typed
+/// by the CSV reader; bad rows fail it unless quarantined.
+pub fn read_manual(m: &crate::config::ManualAssignments) -> Result<crate::input::csv::Loaded> {
+    use crate::config::ColumnType as T;
+    let spec = crate::input::csv::CsvSpec {
+        file: m.file.clone(),
+        columns: vec![
+            ("owner_key".into(), T::String),
+            ("role".into(), T::String),
+            ("start_date".into(), T::Date),
+            ("end_date".into(), T::Date),
+        ],
+        key: None,
+        command_column: None,
+        split: Vec::new(),
+        options: &m.csv,
+    };
+    let loaded = crate::input::csv::read(&spec)?;
+    crate::input::csv::fail_on_bad_rows(&m.file, &loaded.rejected, m.csv.on_bad_row)?;
+    Ok(loaded)
 }
 
 /// `(owner_key, role)` for saved pre-existing link values that a role's link rule grants.
