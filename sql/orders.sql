@@ -6,6 +6,9 @@
 --   o_accounts(account_key, class, protect, status)  every target account: classification and
 --                                                    correlation status
 --   o_desired_scalars(owner_key, attribute, value)   assigned_scalars (text of the target type)
+--   o_identity_updates(account_key, attribute, value) values of accounts under anonymization
+--                                                    (update_identities, status 3 or 4); they
+--                                                    win over desired
 --   o_current_scalars(account_key, attribute, value) the target's current values, same text form
 --   o_desired_links(owner_key, link, value)
 --   o_current_links(account_key, link, value)
@@ -49,13 +52,38 @@ to_delete AS (
     UNION ALL
     SELECT account_key, owner_key FROM orphan, o_policy WHERE o_policy.orphans = 'delete'
 ),
-scalar_diff AS (
-    SELECT k.owner_key, k.account_key, d.attribute, c.value AS old_value, d.value AS new_value
+identity AS (
+    SELECT account_key, attribute, value FROM o_identity_updates
+),
+desired AS (
+    SELECT k.owner_key, k.account_key, d.attribute, d.value
     FROM kept k
     JOIN o_desired_scalars d ON d.owner_key = k.owner_key
+    LEFT JOIN identity i ON i.account_key = k.account_key AND i.attribute = d.attribute
+    WHERE i.account_key IS NULL
+    UNION ALL
+    SELECT k.owner_key, k.account_key, i.attribute, i.value
+    FROM kept k
+    JOIN identity i ON i.account_key = k.account_key
+),
+scalar_diff AS (
+    SELECT d.owner_key, d.account_key, d.attribute, c.value AS old_value, d.value AS new_value
+    FROM desired d
     LEFT JOIN o_create_only co ON co.attribute = d.attribute
-    LEFT JOIN o_current_scalars c ON c.account_key = k.account_key AND c.attribute = d.attribute
+    LEFT JOIN o_current_scalars c ON c.account_key = d.account_key AND c.attribute = d.attribute
     WHERE co.attribute IS NULL AND d.value IS DISTINCT FROM c.value
+),
+identity_diff AS (
+    -- Accounts under anonymization the role model no longer keeps (a leaver being disabled):
+    -- their values change with the disable order, or in an order of their own.
+    SELECT l.owner_key, i.account_key, i.attribute, c.value AS old_value, i.value AS new_value
+    FROM identity i
+    JOIN o_linked l ON l.account_key = i.account_key
+    LEFT JOIN kept k ON k.account_key = i.account_key
+    LEFT JOIN o_create_only co ON co.attribute = i.attribute
+    LEFT JOIN o_current_scalars c ON c.account_key = i.account_key AND c.attribute = i.attribute
+    WHERE k.account_key IS NULL AND co.attribute IS NULL AND (i.value IS DISTINCT FROM c.value)
+      AND i.account_key NOT IN (SELECT account_key FROM to_delete)
 ),
 link_add AS (
     SELECT k.owner_key, k.account_key, d.link, d.value
@@ -86,6 +114,11 @@ modified AS (
     SELECT owner_key, account_key FROM scalar_diff
     UNION SELECT owner_key, account_key FROM link_add
     UNION SELECT owner_key, account_key FROM link_remove
+),
+identity_parts AS (
+    SELECT i.*, CASE WHEN d.account_key IS NULL THEN 'modified' ELSE 'disabled' END AS kind
+    FROM identity_diff i
+    LEFT JOIN (SELECT DISTINCT account_key FROM disable_diff) d ON d.account_key = i.account_key
 ),
 parts AS (
     SELECT 'Added' AS change_type, 'added' AS kind, owner_key, CAST(NULL AS VARCHAR) AS account_key,
@@ -121,6 +154,13 @@ parts AS (
     UNION ALL
     SELECT 'Modified', 'disabled', owner_key, account_key, 'attribute', attribute, old_value, new_value
     FROM disable_diff
+    UNION ALL
+    SELECT DISTINCT 'Modified', 'modified', owner_key, account_key, 'order', CAST(NULL AS VARCHAR),
+           CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)
+    FROM identity_parts WHERE kind = 'modified'
+    UNION ALL
+    SELECT 'Modified', kind, owner_key, account_key, 'attribute', attribute, old_value, new_value
+    FROM identity_parts
     UNION ALL
     SELECT 'Deleted', 'deleted', owner_key, account_key, 'order', CAST(NULL AS VARCHAR),
            CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)

@@ -113,3 +113,9 @@ fn render_config(file: &std::path::Path, problems: &[ConfigProblem]) -> String {
     }
     out
 }
+
+impl From<datafusion::arrow::error::ArrowError> for Error {
+    fn from(e: datafusion::arrow::error::ArrowError) -> Self {
+        Self::Engine(e.into())
+    }
+}

@@ -303,16 +303,35 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             query,
         } => {
             let store = open_existing(&analyst_store_uri(store.as_deref())?)?;
-            let catalog = match &as_of {
+            let latest = store.catalog().await?;
+            let mut catalog = match &as_of {
                 Some(run) => store.catalog_as_of_run(run).await?,
-                None => store.catalog().await?,
+                None => latest.clone(),
+            };
+            // Versions removed by history anonymization (SPEC section 9) cannot be read.
+            let removed: Vec<String> = catalog
+                .tables
+                .iter()
+                .filter(|(t, v)| latest.floors.get(*t).is_some_and(|f| *v < f))
+                .map(|(t, _)| t.clone())
+                .collect();
+            for t in &removed {
+                catalog.tables.remove(t);
+            }
+            let hint = if removed.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (as of this run, these tables are not available: their older versions were removed when an owner's personal data was anonymized: {})",
+                    removed.join(", ")
+                )
             };
             let ctx = crate::engine::context();
             store.register_all(&ctx, &catalog).await?;
             let df = ctx
                 .sql(&query)
                 .await
-                .map_err(|e| Error::Usage(format!("query: {}", e.strip_backtrace())))?;
+                .map_err(|e| Error::Usage(format!("query: {}{hint}", e.strip_backtrace())))?;
             let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
             let batches = df
                 .collect()

@@ -3,6 +3,7 @@
 mod as_of;
 pub mod expr;
 mod row_values;
+mod scrub;
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use row_values::row_values_udf;
+pub use scrub::{contains_needle, replace_needles, scrub_udf};
 
 static RUNTIME: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::RuntimeEnv>> =
     std::sync::OnceLock::new();

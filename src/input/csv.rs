@@ -44,6 +44,8 @@ pub struct Rejected {
     pub line: u64,
     pub reason: String,
     pub raw: String,
+    /// The row's key field as written, when the file has one and the row reaches it.
+    pub key: Option<String>,
 }
 
 /// A loaded file: the good rows (declared columns, typed, then `_line`, then `_command` when
@@ -204,6 +206,8 @@ pub fn read(spec: &CsvSpec) -> Result<Loaded> {
     let mut lines: Vec<u64> = Vec::new();
     let mut reasons: Vec<Option<String>> = Vec::new();
     let mut starts: Vec<(u64, usize)> = Vec::new();
+    let key_index = spec.key.as_deref().and_then(index_of);
+    let mut raw_keys: Vec<Option<String>> = Vec::new();
     loop {
         let more = reader
             .read_byte_record(&mut record)
@@ -217,6 +221,12 @@ pub fn read(spec: &CsvSpec) -> Result<Loaded> {
         let line = pos.line();
         starts.push((line, pos.byte() as usize + bom));
         lines.push(line);
+        raw_keys.push(
+            key_index
+                .and_then(|k| record.get(k))
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(|v| v.to_string()),
+        );
         let mut reason = None;
         if record.len() != n_fields {
             reason = Some(format!(
@@ -353,6 +363,7 @@ pub fn read(spec: &CsvSpec) -> Result<Loaded> {
                     line: lines[i],
                     reason: r.clone(),
                     raw: raw_text(&source, s, e),
+                    key: raw_keys[i].clone(),
                 });
             }
             None => keep.append_value(true),

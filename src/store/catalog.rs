@@ -36,6 +36,10 @@ pub struct Catalog {
     /// and mode that wrote them; `synchronize` in the same run and mode applies them.
     #[serde(default)]
     pub staged: BTreeMap<String, Staged>,
+    /// Tables whose Delta versions before the given one were removed because they held
+    /// personal data of an anonymized owner (SPEC section 9); older catalogs still name them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub floors: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -53,6 +57,7 @@ pub struct CatalogChange {
     pub block: BTreeMap<String, BlockedConnector>,
     pub unblock: Vec<String>,
     pub staged: BTreeMap<String, Staged>,
+    pub floors: BTreeMap<String, u64>,
 }
 
 fn file_name(version: u64) -> String {
@@ -138,6 +143,9 @@ impl Store {
             }
             for (c, s) in &change.staged {
                 next.staged.insert(c.clone(), s.clone());
+            }
+            for (t, v) in &change.floors {
+                next.floors.insert(t.clone(), *v);
             }
             let body = serde_json::to_vec_pretty(&next).expect("invariant: catalog serializes");
             let path = self.object_path(&file_name(next.version));

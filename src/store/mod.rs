@@ -26,6 +26,7 @@
 //! whose end each version marks (for `--as-of RUN_ID`).
 
 mod catalog;
+mod compact;
 mod write;
 
 use std::collections::HashMap;

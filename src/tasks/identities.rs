@@ -48,18 +48,28 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         Some(e) => ctx.parse_sql_expr(&e.text, owners.schema())?,
         None => lit(0i64),
     };
+    // The engine's own anonymization status (4, 5) wins over the export's column.
+    let engine_status = super::anonymize::anonymized(&ctx, &catalog).await?;
     view(
         &ctx,
         "li_owners",
-        owners.clone().select(vec![
-            owner_key.clone().alias("owner_key"),
-            try_cast(state, DataType::Int64).alias("state"),
-            datafusion::functions::core::expr_fn::coalesce(vec![
-                try_cast(anon, DataType::Int64),
-                lit(0i64),
-            ])
-            .alias("anonymization_status"),
-        ])?,
+        owners
+            .clone()
+            .join_on(
+                engine_status,
+                JoinType::Left,
+                vec![owner_key.clone().eq(col("_anon_key"))],
+            )?
+            .select(vec![
+                owner_key.clone().alias("owner_key"),
+                try_cast(state, DataType::Int64).alias("state"),
+                datafusion::functions::core::expr_fn::coalesce(vec![
+                    col("_anon_status"),
+                    try_cast(anon, DataType::Int64),
+                    lit(0i64),
+                ])
+                .alias("anonymization_status"),
+            ])?,
     )?;
     // The owner with its personal columns replaced by the `anonymize` expressions.
     let mut anonymized = owners.clone();
@@ -252,6 +262,36 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             col("resource_type").sort(true, true),
             col("account_key").sort(true, true),
         ])?;
+    let all_states = materialize(&ctx, all_states).await?;
+
+    // Owners to anonymize whose accounts wait for no anonymized value any more (or who have
+    // none) reach status 4; their history is scrubbed below.
+    let waiting = all_states
+        .clone()
+        .filter(col("anonymization_status").eq(lit(3i64)))?
+        .select(vec![col("owner_key").alias("_w")])?;
+    let reached = ctx
+        .table("li_owners")
+        .await?
+        .filter(
+            col("state")
+                .eq(lit(2i64))
+                .and(col("anonymization_status").eq(lit(2i64))),
+        )?
+        .join(waiting, JoinType::LeftAnti, &["owner_key"], &["_w"], None)?
+        .select(vec![
+            col("owner_key"),
+            lit(4i64).alias("status"),
+            lit(rc.run_id.as_str()).alias("run_id"),
+            cast(lit(ScalarValue::Null), DataType::Utf8).alias("scrubbed_run_id"),
+        ])?;
+    let reached = materialize(&ctx, reached).await?;
+    let to_anonymize = reached.clone().count().await?;
+    let owners_schema = super::anonymize::owners_schema();
+    let all_owners = committed(&ctx, &catalog, super::anonymize::OWNERS, &owners_schema)
+        .await?
+        .union(reached)?
+        .sort(vec![col("owner_key").sort(true, true)])?;
 
     let events_schema = Arc::new(Schema::new(
         [
@@ -277,29 +317,62 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         NewTable::from_frame("identity_updates", all_updates).await?,
         NewTable::from_frame("identity_states", all_states).await?,
     ];
+    tables.push(NewTable::from_frame(super::anonymize::OWNERS, all_owners).await?);
     if event_count > 0 {
         let old_events = committed(&ctx, &catalog, "identity_events", &events_schema).await?;
         tables.push(NewTable::from_frame("identity_events", old_events.union(new_events)?).await?);
     }
     let written = commit_tables(rc, "task:update_identities", tables).await?;
+    let mut message = format!(
+        "{}; {changed_values} changed value(s), {event_count} event(s)",
+        if counts.is_empty() {
+            "no resource type with a lifecycle".to_string()
+        } else {
+            counts.join(", ")
+        }
+    );
+    // Fast track: the changed accounts' orders in this run (the orders task of the resource
+    // types with a lifecycle, as the job's own orders task would emit them).
+    let mut exit_code = 0;
+    if lifecycle.fast_track && changed_values > 0 {
+        let mut fast = task.clone();
+        fast.name = format!("{}:fast_track", task.name);
+        fast.kind = "generate_provisioning_orders".into();
+        fast.dirty = false;
+        fast.resource_types = Some(
+            super::correlation_keys::selected(rc, task)
+                .into_iter()
+                .filter(|rt| rt.lifecycle.is_some() && rt.owner == lifecycle.owner)
+                .map(|rt| rt.name.clone())
+                .collect(),
+        );
+        let orders = super::orders::run(rc, &fast).await?;
+        exit_code = orders.exit_code;
+        message.push_str(&format!("; fast track: {}", orders.message));
+    }
+    let mut scrubbed = 0;
+    if rc.dry_run {
+        if to_anonymize > 0 {
+            message.push_str(&format!(
+                "; would anonymize the history of {to_anonymize} owner(s)"
+            ));
+        }
+    } else if let Some(report) = super::anonymize::scrub_pending(rc, lifecycle).await? {
+        scrubbed = report.rows + report.owners;
+        message.push_str("; ");
+        message.push_str(&report.message());
+    }
     Ok(TaskOutcome {
-        status: if written == 0 && !rc.dry_run {
+        status: if written == 0 && scrubbed == 0 && !rc.dry_run {
             TaskStatus::NoChanges
         } else {
             TaskStatus::Succeeded
         },
         rows_read: 0,
         rows_written: written,
-        changes: (changed_values + event_count) as u64,
-        message: format!(
-            "{}; {changed_values} changed value(s), {event_count} event(s)",
-            if counts.is_empty() {
-                "no resource type with a lifecycle".to_string()
-            } else {
-                counts.join(", ")
-            }
-        ),
-        exit_code: 0,
+        changes: (changed_values + event_count) as u64 + scrubbed,
+        message,
+        exit_code,
     })
 }
 
@@ -412,10 +485,12 @@ async fn scalar_updates(
         .pipeline
         .entity(&rt.target)
         .expect("invariant: validated");
+    // The `disable` columns carry the account's activity, which deactivation and
+    // reactivation manage: an update never re-enables a leaver's account.
     let updatable: Vec<&(String, crate::config::ConfigExpr)> = rt
         .scalars
         .iter()
-        .filter(|(c, _)| !rt.create_only.contains(c))
+        .filter(|(c, _)| !rt.create_only.contains(c) && !rt.disable.iter().any(|(d, _)| d == c))
         .collect();
     let schema_cols = [
         "resource_type",

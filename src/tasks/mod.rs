@@ -1,6 +1,7 @@
 //! Task types. Each module is one task type of SPEC sections 4–9; the job engine calls
 //! [`run_task`] with the run's context and gets back an outcome it records in `task_runs`.
 
+pub mod anonymize;
 pub mod classification;
 pub mod correlation_keys;
 pub mod dirty;

@@ -13,7 +13,7 @@ use datafusion::arrow::array::{Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::ScalarValue;
 use datafusion::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -29,7 +29,7 @@ const ORDERS_SQL: &str = include_str!("../../sql/orders.sql");
 pub const TABLE: &str = "provisioning_orders";
 
 /// One provisioning order as emitted (the JSON shape of SPEC section 6).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Order {
     pub order_id: String,
     pub change_type: String,
@@ -49,19 +49,19 @@ pub struct Order {
     pub blocked: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct OwnerRef {
     pub entity: String,
     pub key: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Change {
     pub old: Value,
     pub new: Value,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct LinkChange {
     pub add: Vec<String>,
     pub remove: Vec<String>,
@@ -73,6 +73,15 @@ struct OrdersFile<'a> {
     connector: &'a str,
     generated_at: String,
     orders: Vec<&'a Order>,
+}
+
+/// An order file as read back (history anonymization rewrites old files).
+#[derive(Serialize, Deserialize)]
+pub struct OrdersFileOwned {
+    pub run_id: String,
+    pub connector: String,
+    pub generated_at: String,
+    pub orders: Vec<Order>,
 }
 
 pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
@@ -379,6 +388,45 @@ async fn orders_of(
         "o_desired_scalars",
         of_rt(require(ctx, catalog, "assigned_scalars", "compute_role_model").await?)?
             .select(vec![col("owner_key"), col("attribute"), col("value")])?,
+    )?;
+    // Values update_identities computed for accounts under anonymization (status 3 or 4):
+    // they win over the role model's, which knows only the owner's real data until the
+    // owner is scrubbed (status 5).
+    let identity =
+        if catalog.tables.contains_key("identity_updates")
+            && catalog.tables.contains_key("identity_states")
+        {
+            let started =
+                ctx.table("identity_states")
+                    .await?
+                    .filter(col("resource_type").eq(lit(rt.name.as_str())).and(
+                        col("anonymization_status").in_list(vec![lit(3i64), lit(4i64)], false),
+                    ))?
+                    .select(vec![col("account_key").alias("_ik")])?;
+            Some(
+                ctx.table("identity_updates")
+                    .await?
+                    .filter(col("resource_type").eq(lit(rt.name.as_str())))?
+                    .join(
+                        started,
+                        JoinType::LeftSemi,
+                        &["account_key"],
+                        &["_ik"],
+                        None,
+                    )?
+                    .select(vec![
+                        col("account_key"),
+                        col("attribute"),
+                        col("serialized_value").alias("value"),
+                    ])?,
+            )
+        } else {
+            None
+        };
+    view(
+        ctx,
+        "o_identity_updates",
+        or_empty_utf8(ctx, identity, &["account_key", "attribute", "value"])?,
     )?;
     view(
         ctx,
@@ -912,7 +960,7 @@ fn json_text<T: Serialize>(v: &T) -> String {
 }
 
 /// The Parquet form of a connector's orders: one row per order, attributes and links as JSON.
-fn parquet_of(run_id: &str, connector: &str, orders: &[&Order]) -> Result<Vec<u8>> {
+pub(crate) fn parquet_of(run_id: &str, connector: &str, orders: &[&Order]) -> Result<Vec<u8>> {
     let names = [
         "order_id",
         "run_id",

@@ -33,6 +33,8 @@ pub struct RejectedRow {
     pub line: u64,
     pub reason: String,
     pub raw: String,
+    /// The row's key as written (entities), for anonymized owners' lines.
+    pub key: Option<String>,
 }
 
 pub struct Prepared {
@@ -227,15 +229,19 @@ pub async fn prepare(
         };
         let loaded = csv::read(&spec)?;
         csv::fail_on_bad_rows(&loaded.file, &loaded.rejected, e.csv.on_bad_row)?;
+        let first = prepared.rejected.len();
         push_rejected(
             &mut prepared.rejected,
             &e.name,
             &loaded.file,
             &loaded.rejected,
         );
+        // Anonymized stays anonymized (SPEC section 9).
+        super::anonymize::protect_rejected(rc, catalog, e, &mut prepared.rejected[first..]).await?;
+        let batch = super::anonymize::protect_incoming(rc, catalog, e, loaded.batch).await?;
         prepared.entities.push(PreparedTable {
             name: e.name.clone(),
-            batch: loaded.batch,
+            batch,
             rows_read: loaded.rows_read,
         });
     }
@@ -297,6 +303,7 @@ fn push_rejected(
         line: r.line,
         reason: r.reason.clone(),
         raw: r.raw.clone(),
+        key: r.key.clone(),
     }));
 }
 
@@ -389,6 +396,7 @@ async fn check_endpoints(
                         ep.entity
                     ),
                     raw: loaded.raw_line(lines.value(i) as u64),
+                    key: None,
                 });
             }
         }
@@ -411,6 +419,7 @@ async fn check_endpoints(
                     line: lines.value(i) as u64,
                     reason: format!("`{}` is empty", ep.column),
                     raw: loaded.raw_line(lines.value(i) as u64),
+                    key: None,
                 });
             }
         }

@@ -3,6 +3,10 @@
 use crate::common::*;
 
 fn pipeline(rt_update: bool) -> String {
+    pipeline_with(rt_update, false)
+}
+
+fn pipeline_with(rt_update: bool, fast_track: bool) -> String {
     format!(
         r#"name = "identities"
 
@@ -31,6 +35,7 @@ owner = "person"
 state = "CASE status WHEN 'active' THEN 1 WHEN 'deleted' THEN 2 WHEN 'suspended' THEN 3 END"
 anonymization_status = "anon"
 anonymize = {{ first_name = "'ANONYMIZED'" }}
+fast_track = {fast_track}
 
 [[resource_type]]
 name = "app_user"
@@ -140,14 +145,15 @@ fn condition_sets_work_items_and_events() {
             ["a08", "P08", "UserAccountActivated"],
         ]
     );
-    // Anonymization: values changed → 3 (AnonymizationStarted); none changed → 4.
+    // Anonymization: values changed → 3 (AnonymizationStarted); none changed → 4, then the
+    // history is scrubbed in the same run → 5.
     assert_eq!(
         env.query("select account_key, active, has_active_changed, anonymization_status from identity_states order by account_key"),
         [
             ["a03", "false", "true", ""],
             ["a05", "false", "true", ""],
             ["a06", "false", "true", "3"],
-            ["a07", "false", "false", "4"],
+            ["a07", "false", "false", "5"],
             ["a08", "true", "true", ""],
         ]
     );
@@ -177,4 +183,36 @@ fn without_the_update_feature_nothing_is_done() {
         .is_empty(),
         "no events without the feature"
     );
+}
+
+#[test]
+fn fast_track_emits_the_changed_accounts_orders_in_the_same_run() {
+    // Without fast track the job (no orders task) emits no order.
+    let slow = env(true);
+    slow.run("j", &[], &[]).expect_code(0);
+    assert!(
+        slow.query(
+            "select table_name from information_schema.tables where table_name = 'provisioning_orders'"
+        )
+        .is_empty()
+    );
+
+    let env = Env::new();
+    env.write_pipeline(&pipeline_with(true, true));
+    env.write("exports/hr/persons.csv", PERSONS);
+    env.write("exports/app/accounts.csv", ACCOUNTS);
+    let out = env.run("j", &[], &[]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("fast track"), "{}", out.stdout);
+    // The changed values: a02 Bob → Bobby, a06 anonymized (status 3), a11 first name removed.
+    assert_eq!(
+        env.query("select account_key, change_type, attributes from provisioning_orders where change_type = 'Modified' order by account_key"),
+        [
+            ["a02", "Modified", r#"{"first":{"old":"Bob","new":"Bobby"}}"#],
+            ["a06", "Modified", r#"{"first":{"old":"Frank","new":"ANONYMIZED"}}"#],
+            ["a11", "Modified", r#"{"first":{"old":"Xena","new":null}}"#],
+        ]
+    );
+    let run = run_id_of(&out);
+    assert!(env.path(&format!("store/_orders/{run}/app.json")).exists());
 }

@@ -2,6 +2,7 @@
 
 mod common;
 
+mod anonymize;
 mod bad_input;
 mod cases;
 mod crash;
