@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod generate;
 pub mod input;
 pub mod jobs;
 pub mod notify;

@@ -86,6 +86,16 @@ pub enum Command {
         #[arg(long)]
         store: Option<String>,
     },
+    /// Write a synthetic company (exports, manual requests) and its pipeline to OUT_DIR.
+    Generate {
+        /// Number of persons.
+        #[arg(long)]
+        identities: usize,
+        /// Random seed: same seed, same bytes.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        out_dir: PathBuf,
+    },
     /// List past runs, or show one run's tasks.
     Runs {
         #[arg(long)]
@@ -338,6 +348,25 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 .await
                 .map_err(|e| Error::Usage(format!("query: {}", e.strip_backtrace())))?;
             output::write(&batches, schema, format, output.as_deref())?;
+            Ok(exit::OK)
+        }
+        Command::Generate {
+            identities,
+            seed,
+            out_dir,
+        } => {
+            let g = crate::generate::generate(identities, seed, &out_dir)?;
+            println!(
+                "generated {} persons, {} AD accounts, {} groups, {} memberships, {} ERP users, {} roles in {}\nrun: igaflow run {} --job complete",
+                g.persons,
+                g.accounts,
+                g.groups,
+                g.memberships,
+                g.erp_users,
+                g.roles,
+                out_dir.display(),
+                out_dir.join("pipeline").display()
+            );
             Ok(exit::OK)
         }
         Command::Runs { store, run_id } => {

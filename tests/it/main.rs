@@ -7,6 +7,7 @@ mod bad_input;
 mod cases;
 mod crash;
 mod dirty;
+mod generate;
 mod identities;
 mod jobs;
 mod notify;
