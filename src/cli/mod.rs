@@ -132,7 +132,10 @@ pub fn main() -> u8 {
         None => crate::engine::default_memory_limit(),
     };
     if let Some(bytes) = limit
-        && let Err(e) = crate::engine::set_memory_limit(bytes)
+        && let Err(e) = crate::engine::set_memory_limit(
+            bytes,
+            std::env::var("IGAFLOW_JOINS").is_ok_and(|v| v == "sort-merge"),
+        )
     {
         report_error(&Error::Engine(e));
         return exit::TASK_FAILED;

@@ -19,10 +19,17 @@ pub use scrub::{contains_needle, replace_needles, scrub_udf};
 static RUNTIME: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::RuntimeEnv>> =
     std::sync::OnceLock::new();
 
+/// Whether plans should prefer operators that spill (set with an explicit memory limit).
+static SPILL_FRIENDLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Sets the memory the query engine may use (all sessions of the process share one pool);
 /// operators that can spill (sorts, aggregations, sort-merge joins) go to temporary files in
-/// the system's temp folder beyond it. Call once, before the first session.
-pub fn set_memory_limit(bytes: usize) -> datafusion::error::Result<()> {
+/// the system's temp folder beyond it. With `spill_friendly` (`IGAFLOW_JOINS=sort-merge`, or
+/// after a task ran out of memory: see `tasks::run_task`), joins are planned as sort-merge
+/// joins, which spill, instead of hash joins, which hold their build side in memory.
+/// Call once, before the first session.
+pub fn set_memory_limit(bytes: usize, spill_friendly: bool) -> datafusion::error::Result<()> {
+    SPILL_FRIENDLY.store(spill_friendly, std::sync::atomic::Ordering::Relaxed);
     use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
     let pool = TrackConsumersPool::new(
         FairSpillPool::new(bytes),
@@ -70,6 +77,16 @@ pub fn parse_size(s: &str) -> Option<usize> {
     (bytes >= 1.0).then_some(bytes as usize)
 }
 
+/// Whether sessions are planned to spill (see [`set_memory_limit`]).
+pub fn spill_friendly() -> bool {
+    SPILL_FRIENDLY.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// From now on, sessions plan joins that spill (sort-merge joins).
+pub fn set_spill_friendly() {
+    SPILL_FRIENDLY.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// A session with igaflow's settings and functions.
 ///
 /// Strings stay `Utf8` (not `Utf8View`) so that tables read back from Parquet have the same
@@ -82,6 +99,12 @@ pub fn context() -> SessionContext {
     opts.execution.parquet.schema_force_view_types = false;
     opts.sql_parser.map_string_types_to_utf8view = false;
     opts.execution.time_zone = Some("+00:00".to_string());
+    if SPILL_FRIENDLY.load(std::sync::atomic::Ordering::Relaxed) {
+        opts.optimizer.prefer_hash_join = false;
+        // A plan of sort-merge joins has many sorts at once; each keeps this much memory it
+        // cannot spill for its final merge (10 MB by default, which alone can fill the pool).
+        opts.execution.sort_spill_reservation_bytes = 256 * 1024;
+    }
     let ctx = match RUNTIME.get() {
         Some(rt) => SessionContext::new_with_config_rt(config, rt.clone()),
         None => SessionContext::new_with_config(config),

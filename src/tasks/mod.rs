@@ -109,7 +109,29 @@ impl RunContext<'_> {
     }
 }
 
+/// Runs a task. A task that runs out of the memory limit in an operator that cannot spill
+/// (a hash join's build side) runs once more with spill-friendly plans (sort-merge joins), for
+/// the rest of the process: slower, but bounded. Tasks commit only when they finish, so the
+/// second attempt starts from the same state.
 pub async fn run_task(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
+    match dispatch(rc, task).await {
+        Err(e) if is_out_of_memory(&e) && !crate::engine::spill_friendly() => {
+            tracing::warn!(
+                task = %task.name,
+                "the task exceeded the memory limit with in-memory hash joins; running it again with joins that spill to disk"
+            );
+            crate::engine::set_spill_friendly();
+            dispatch(rc, task).await
+        }
+        other => other,
+    }
+}
+
+fn is_out_of_memory(e: &Error) -> bool {
+    e.to_string().contains("Resources exhausted")
+}
+
+async fn dispatch(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     match task.kind.as_str() {
         "prepare_synchronization" => prepare_synchronization::run(rc, task).await,
         "synchronize" => synchronize::run(rc, task).await,

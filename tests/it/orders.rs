@@ -338,3 +338,31 @@ fn dry_run_prints_the_orders_and_commits_nothing() {
     );
     assert!(!env.path("store/_orders").exists());
 }
+
+/// Spill-friendly plans (sort-merge joins, what a task falls back to when hash joins exhaust
+/// the memory limit; forced here with `IGAFLOW_JOINS=sort-merge`) give the contoso job the
+/// same orders, by id, as hash joins.
+#[test]
+fn spill_friendly_plans_give_the_same_orders() {
+    let ids = |joins: Option<&str>| {
+        let env = Env::new();
+        env.write_pipeline(&contoso_pipeline_text());
+        let envs: Vec<(&str, &str)> = joins.map(|j| ("IGAFLOW_JOINS", j)).into_iter().collect();
+        let out = env.run("complete", &["--as-of", "2026-11-25"], &envs);
+        out.expect_code(0);
+        let run = run_id_of(&out);
+        let text = std::fs::read_to_string(orders_dir(&env, &run).join("ad.json")).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut ids: Vec<String> = doc["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["order_id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let normal = ids(None);
+    assert!(normal.len() > 50, "{}", normal.len());
+    assert_eq!(ids(Some("sort-merge")), normal);
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Markdown tables from benches/results/e2e.csv: per size, igaflow's tasks and totals, and
+the DuckDB peer's stages with the ratio peer / igaflow per stage."""
+import csv
+import sys
+from collections import defaultdict
+
+STAGES = {
+    "sync": ["sync_hr", "sync_ad", "sync_erp"],
+    "correlation": ["correlation_keys"],
+    "role_model": ["role_model", "classification"],
+    "orders": ["orders"],
+}
+
+rows = list(csv.DictReader(open(sys.argv[1])))
+by = defaultdict(dict)
+for r in rows:
+    by[(int(r["size"]), r["job"])][r["task"]] = r
+for size in sorted({k[0] for k in by}):
+    c = by.get((size, "complete"), {})
+    i = by.get((size, "incremental"), {})
+    p = by.get((size, "peer"), {})
+    print(f"\n### {size:,} identities\n")
+    print("| task | complete (s) | incremental (s) |\n| --- | ---: | ---: |")
+    for t in [t for t in c if t != "_total"] + [t for t in i if t not in c and t != "_total"]:
+        print(f"| {t} | {c.get(t, {}).get('seconds', '')} | {i.get(t, {}).get('seconds', '')} |")
+    if c:
+        tot = c["_total"]
+        rate = int(tot["rows_read"]) / float(tot["seconds"])
+        inc = i.get("_total", {})
+        print(f"| **total wall** | **{tot['seconds']}** ({rate:,.0f} rows/s, {tot['peak_rss_mib']} MiB) | "
+              f"**{inc.get('seconds', '')}** ({inc.get('peak_rss_mib', '')} MiB) |")
+    lim = by.get((size, "complete_limited"), {}).get("_total")
+    if lim:
+        print(f"\nUnder `--memory-limit`: {lim['seconds']} s, peak RSS {lim['peak_rss_mib']} MiB.")
+    if p:
+        print("\n| stage | igaflow (s) | DuckDB peer (s) | peer / igaflow |\n| --- | ---: | ---: | ---: |")
+        for stage, tasks in STAGES.items():
+            ig = sum(float(c[t]["seconds"]) for t in tasks if t in c)
+            pe = float(p.get(stage, {}).get("seconds", "nan"))
+            print(f"| {stage} | {ig:.2f} | {pe:.2f} | {pe / ig if ig else float('nan'):.2f} |")
+        print(f"| whole process | {c['_total']['seconds']} | {p['_total']['seconds']} | "
+              f"{float(p['_total']['seconds']) / float(c['_total']['seconds']):.2f} |")
