@@ -41,6 +41,7 @@ use url::Url;
 
 pub use catalog::{BlockedConnector, Catalog, CatalogChange, Staged};
 pub use write::WriteMode;
+pub(crate) use write::nullable as stored_schema;
 
 use crate::error::{Error, Result};
 

@@ -86,7 +86,7 @@ impl Store {
 /// Delta tables here are all-nullable: a NOT NULL flag that DataFusion infers for one run's
 /// data must not make the next run's append fail. View types (which a Parquet scan may
 /// produce) are stored as their plain forms, so a table keeps one schema.
-fn nullable(schema: &SchemaRef) -> SchemaRef {
+pub(crate) fn nullable(schema: &SchemaRef) -> SchemaRef {
     use datafusion::arrow::datatypes::DataType;
     Arc::new(Schema::new(
         schema

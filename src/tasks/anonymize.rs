@@ -63,8 +63,8 @@ pub async fn anonymized(ctx: &SessionContext, catalog: &Catalog) -> Result<DataF
         ])?)
 }
 
-/// The owner with its `anonymize` columns replaced, on the rows where `when` holds.
-fn anonymize_columns(
+/// The owner with its `anonymize` columns replaced, on the rows where `condition` holds.
+pub(super) fn anonymize_columns(
     ctx: &SessionContext,
     df: DataFrame,
     entity: &Entity,
@@ -77,12 +77,7 @@ fn anonymize_columns(
         let name = f.name();
         match lifecycle.anonymize.iter().find(|(c, _)| c == name) {
             Some((_, e)) => {
-                let ty = entity
-                    .columns
-                    .iter()
-                    .find(|c| &c.name == name)
-                    .map(|c| c.ty.data_type())
-                    .unwrap_or_else(|| f.data_type().clone());
+                let ty = declared_type(entity, name, f.data_type());
                 let value = try_cast(ctx.parse_sql_expr(&e.text, &schema)?, ty.clone());
                 exprs.push(
                     when(condition.clone(), value)
@@ -154,8 +149,10 @@ pub async fn protect_rejected(
     entity: &Entity,
     rows: &mut [RejectedRow],
 ) -> Result<()> {
-    if owner_lifecycle(rc, entity).is_none()
-        || !catalog.tables.contains_key(OWNERS)
+    let Some(lifecycle) = owner_lifecycle(rc, entity) else {
+        return Ok(());
+    };
+    if !catalog.tables.contains_key(OWNERS)
         || !rows
             .iter()
             .any(|r| r.table == entity.name && r.key.is_some())
@@ -186,18 +183,12 @@ pub async fn protect_rejected(
         .await?;
     let mut anonymized_keys = std::collections::HashSet::new();
     for b in &hits {
-        let a = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8)?;
-        let a = a.as_string::<i32>();
-        anonymized_keys.extend(
-            (0..a.len())
-                .filter(|&i| a.is_valid(i))
-                .map(|i| a.value(i).to_string()),
-        );
+        anonymized_keys.extend(text_column(b, 0)?.into_iter().flatten());
     }
     for r in rows.iter_mut().filter(|r| r.table == entity.name) {
         if r.key.as_ref().is_some_and(|k| anonymized_keys.contains(k)) {
             r.raw = "(anonymized owner: line not kept)".into();
-            for (c, _) in &lifecycle_anonymize(rc) {
+            for (c, _) in &lifecycle.anonymize {
                 if r.reason.contains(&format!("`{c}`")) {
                     r.reason = format!("column `{c}`: value not kept (anonymized owner)");
                 }
@@ -207,13 +198,14 @@ pub async fn protect_rejected(
     Ok(())
 }
 
-fn lifecycle_anonymize(rc: &RunContext<'_>) -> Vec<(String, crate::config::ConfigExpr)> {
-    rc.pipeline
-        .model
-        .lifecycle
-        .as_ref()
-        .map(|l| l.anonymize.clone())
-        .unwrap_or_default()
+/// The declared type of an entity column, else `fallback`.
+fn declared_type(entity: &Entity, column: &str, fallback: &DataType) -> DataType {
+    entity
+        .columns
+        .iter()
+        .find(|c| c.name == column)
+        .map(|c| c.ty.data_type())
+        .unwrap_or_else(|| fallback.clone())
 }
 
 fn owner_lifecycle<'a>(rc: &'a RunContext<'_>, entity: &Entity) -> Option<&'a Lifecycle> {
@@ -592,13 +584,7 @@ impl Scrub<'_> {
                 .iter()
                 .find(|(c, _)| owner_table && c == n);
             let (new, old) = if let Some((_, e)) = anonymize {
-                let ty = self
-                    .entity
-                    .columns
-                    .iter()
-                    .find(|c| &c.name == n)
-                    .map(|c| c.ty.data_type())
-                    .unwrap_or_else(|| f.data_type().clone());
+                let ty = declared_type(self.entity, n, f.data_type());
                 let value = try_cast(self.ctx.parse_sql_expr(&e.text, &schema)?, ty.clone());
                 let old = cast(quoted(n), ty);
                 (
@@ -654,7 +640,7 @@ impl Scrub<'_> {
             return Ok(0);
         }
         let current = self.ctx.table(name).await?;
-        let schema = Arc::new(plain(current.schema().as_arrow()));
+        let schema = crate::store::stored_schema(&Arc::new(current.schema().as_arrow().clone()));
         let urls = files
             .iter()
             .map(|f| {
@@ -754,24 +740,6 @@ impl Scrub<'_> {
         }
         Ok(rewritten)
     }
-}
-
-/// A schema with view types as their plain forms (how the store writes them).
-fn plain(schema: &Schema) -> Schema {
-    Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| {
-                let ty = match f.data_type() {
-                    DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
-                    DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
-                    other => other.clone(),
-                };
-                Field::new(f.name(), ty, true)
-            })
-            .collect::<Vec<_>>(),
-    )
 }
 
 fn text_column(b: &RecordBatch, i: usize) -> Result<Vec<Option<String>>> {

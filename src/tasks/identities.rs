@@ -72,17 +72,13 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             ])?,
     )?;
     // The owner with its personal columns replaced by the `anonymize` expressions.
-    let mut anonymized = owners.clone();
-    for (column, e) in &lifecycle.anonymize {
-        let value = ctx.parse_sql_expr(&e.text, owners.schema())?;
-        let ty = owner_entity
-            .columns
-            .iter()
-            .find(|c| &c.name == column)
-            .map(|c| c.ty.data_type())
-            .unwrap_or(DataType::Utf8);
-        anonymized = anonymized.with_column(column, try_cast(value, ty))?;
-    }
+    let anonymized = super::anonymize::anonymize_columns(
+        &ctx,
+        owners.clone(),
+        owner_entity,
+        lifecycle,
+        lit(true),
+    )?;
     let anonymized = crate::engine::expr::apply_computed(
         &ctx,
         anonymized.select(
