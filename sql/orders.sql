@@ -20,6 +20,9 @@
 --
 -- Result: one row per order part: change_type, kind (added|modified|disabled|deleted),
 -- owner_key, account_key, part (order|attribute|add|remove), name, old_value, new_value.
+-- The header part ('order') of a Modified order is not here: every Modified order has at
+-- least one attribute or link part, so the task derives the headers from the parts
+-- (DataFusion inlines a CTE at each use; deriving them here would compute every diff twice).
 WITH
 protected AS (
     SELECT account_key FROM o_accounts WHERE protect
@@ -93,15 +96,22 @@ link_add AS (
         ON c.account_key = k.account_key AND c.link = d.link AND c.value = d.value
     WHERE c.account_key IS NULL
 ),
+removable AS (
+    -- Current values the resource type may remove: all of a link in mode `all`, else the
+    -- values its rules name (restricted first: most memberships are usually unmanaged).
+    SELECT c.account_key, c.link, c.value
+    FROM o_current_links c
+    JOIN o_link_modes m ON m.link = c.link
+    LEFT JOIN o_managed n ON n.link = c.link AND n.value = c.value
+    WHERE m.managed = 'all' OR n.link IS NOT NULL
+),
 link_remove AS (
     SELECT k.owner_key, k.account_key, c.link, c.value
     FROM kept k
-    JOIN o_current_links c ON c.account_key = k.account_key
-    JOIN o_link_modes m ON m.link = c.link
+    JOIN removable c ON c.account_key = k.account_key
     LEFT JOIN o_desired_links d
         ON d.owner_key = k.owner_key AND d.link = c.link AND d.value = c.value
-    LEFT JOIN o_managed n ON n.link = c.link AND n.value = c.value
-    WHERE d.owner_key IS NULL AND (m.managed = 'all' OR n.link IS NOT NULL)
+    WHERE d.owner_key IS NULL
 ),
 disable_diff AS (
     SELECT t.owner_key, t.account_key, x.attribute, c.value AS old_value, x.value AS new_value
@@ -109,11 +119,6 @@ disable_diff AS (
     JOIN o_disable x ON x.account_key = t.account_key
     LEFT JOIN o_current_scalars c ON c.account_key = t.account_key AND c.attribute = x.attribute
     WHERE x.value IS DISTINCT FROM c.value
-),
-modified AS (
-    SELECT owner_key, account_key FROM scalar_diff
-    UNION SELECT owner_key, account_key FROM link_add
-    UNION SELECT owner_key, account_key FROM link_remove
 ),
 identity_parts AS (
     SELECT i.*, CASE WHEN d.account_key IS NULL THEN 'modified' ELSE 'disabled' END AS kind
@@ -135,10 +140,6 @@ parts AS (
            CAST(NULL AS VARCHAR), d.value
     FROM added a JOIN o_desired_links d ON d.owner_key = a.owner_key
     UNION ALL
-    SELECT 'Modified', 'modified', owner_key, account_key, 'order', CAST(NULL AS VARCHAR),
-           CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)
-    FROM modified
-    UNION ALL
     SELECT 'Modified', 'modified', owner_key, account_key, 'attribute', attribute, old_value, new_value
     FROM scalar_diff
     UNION ALL
@@ -148,16 +149,8 @@ parts AS (
     SELECT 'Modified', 'modified', owner_key, account_key, 'remove', link, value, CAST(NULL AS VARCHAR)
     FROM link_remove
     UNION ALL
-    SELECT DISTINCT 'Modified', 'disabled', owner_key, account_key, 'order', CAST(NULL AS VARCHAR),
-           CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)
-    FROM disable_diff
-    UNION ALL
     SELECT 'Modified', 'disabled', owner_key, account_key, 'attribute', attribute, old_value, new_value
     FROM disable_diff
-    UNION ALL
-    SELECT DISTINCT 'Modified', 'modified', owner_key, account_key, 'order', CAST(NULL AS VARCHAR),
-           CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)
-    FROM identity_parts WHERE kind = 'modified'
     UNION ALL
     SELECT 'Modified', kind, owner_key, account_key, 'attribute', attribute, old_value, new_value
     FROM identity_parts

@@ -2,6 +2,7 @@
 
 mod as_of;
 pub mod expr;
+mod hits;
 mod row_values;
 mod scrub;
 
@@ -13,6 +14,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+pub use hits::true_positions_udf;
 pub use row_values::row_values_udf;
 pub use scrub::{contains_needle, replace_needles, scrub_udf};
 

@@ -334,6 +334,20 @@ async fn orders_of(
         linked = linked.semi_on("account_key", scope_accounts.clone())?;
         in_scope = Some((scope_owners, scope_accounts));
     }
+    // In dirty mode every per-owner and per-account input is cut to the scope before the
+    // diffs join them (otherwise each join still reads the whole link tables).
+    let of_owners = |df: DataFrame| -> Result<DataFrame> {
+        Ok(match &in_scope {
+            Some((owners, _)) => df.semi_on("owner_key", owners.clone())?,
+            None => df,
+        })
+    };
+    let of_accounts = |df: DataFrame| -> Result<DataFrame> {
+        Ok(match &in_scope {
+            Some((_, accounts)) => df.semi_on("account_key", accounts.clone())?,
+            None => df,
+        })
+    };
     view(
         ctx,
         "o_assigned",
@@ -386,8 +400,10 @@ async fn orders_of(
     view(
         ctx,
         "o_desired_scalars",
-        of_rt(require(ctx, catalog, "assigned_scalars", "compute_role_model").await?)?
-            .select(vec![col("owner_key"), col("attribute"), col("value")])?,
+        of_owners(
+            of_rt(require(ctx, catalog, "assigned_scalars", "compute_role_model").await?)?
+                .select(vec![col("owner_key"), col("attribute"), col("value")])?,
+        )?,
     )?;
     // Values update_identities computed for accounts under anonymization (status 3 or 4):
     // they win over the role model's, which knows only the owner's real data until the
@@ -431,8 +447,10 @@ async fn orders_of(
     view(
         ctx,
         "o_desired_links",
-        of_rt(require(ctx, catalog, "assigned_links", "compute_role_model").await?)?
-            .select(vec![col("owner_key"), col("link"), col("value")])?,
+        of_owners(
+            of_rt(require(ctx, catalog, "assigned_links", "compute_role_model").await?)?
+                .select(vec![col("owner_key"), col("link"), col("value")])?,
+        )?,
     )?;
 
     // Current values of the scalar and disable columns, as text of the column type.
@@ -444,11 +462,11 @@ async fn orders_of(
     }
     let mut current = Vec::new();
     for c in &columns {
-        current.push(target.clone().select(vec![
+        current.push(of_accounts(target.clone().select(vec![
             account_key.clone().alias("account_key"),
             lit(*c).alias("attribute"),
             cast(quoted(c), DataType::Utf8).alias("value"),
-        ])?);
+        ])?)?);
     }
     view(
         ctx,
@@ -467,11 +485,13 @@ async fn orders_of(
         if !catalog.tables.contains_key(&l.link) {
             continue;
         }
-        current_links.push(ctx.table(l.link.as_str()).await?.select(vec![
-            cast(quoted(&link.from.column), DataType::Utf8).alias("account_key"),
-            lit(l.link.as_str()).alias("link"),
-            cast(quoted(&link.to.column), DataType::Utf8).alias("value"),
-        ])?);
+        current_links.push(of_accounts(ctx.table(l.link.as_str()).await?.select(
+            vec![
+                cast(quoted(&link.from.column), DataType::Utf8).alias("account_key"),
+                lit(l.link.as_str()).alias("link"),
+                cast(quoted(&link.to.column), DataType::Utf8).alias("value"),
+            ],
+        )?)?);
     }
     view(
         ctx,
@@ -486,26 +506,29 @@ async fn orders_of(
     // Disable values: expressions over the owner (NULL columns when the owner is gone).
     let owner_key_expr = cast(quoted(&owner_entity.key), DataType::Utf8);
     let owners = require(ctx, catalog, &rt.owner, "synchronize").await?;
-    let with_owner = target
-        .clone()
-        .select(vec![account_key.clone().alias("_account_key")])?
-        .join(
-            linked.select(vec![
-                col("account_key").alias("_lk"),
-                col("owner_key").alias("_lo"),
-            ])?,
-            JoinType::Left,
-            &["_account_key"],
-            &["_lk"],
-            None,
-        )?
-        .join(
-            owners.with_column("_ok", owner_key_expr)?,
-            JoinType::Left,
-            &["_lo"],
-            &["_ok"],
-            None,
-        )?;
+    let with_owner = of_accounts(
+        target
+            .clone()
+            .select(vec![account_key.clone().alias("account_key")])?,
+    )?
+    .select(vec![col("account_key").alias("_account_key")])?
+    .join(
+        linked.select(vec![
+            col("account_key").alias("_lk"),
+            col("owner_key").alias("_lo"),
+        ])?,
+        JoinType::Left,
+        &["_account_key"],
+        &["_lk"],
+        None,
+    )?
+    .join(
+        owners.with_column("_ok", owner_key_expr)?,
+        JoinType::Left,
+        &["_lo"],
+        &["_ok"],
+        None,
+    )?;
     let mut disable = Vec::new();
     for (c, e) in &rt.disable {
         let value = ctx.parse_sql_expr(&e.text, with_owner.schema())?;
@@ -569,10 +592,9 @@ async fn orders_of(
     )?;
 
     let text = |n: &&str| -> Expr { cast(col(*n), DataType::Utf8).alias(*n) };
-    let parts = ctx
-        .sql(ORDERS_SQL)
-        .await?
-        .select(
+    let parts = super::role_model::materialize(
+        ctx,
+        ctx.sql(ORDERS_SQL).await?.select(
             [
                 "change_type",
                 "kind",
@@ -586,7 +608,35 @@ async fn orders_of(
             .iter()
             .map(text)
             .collect::<Vec<Expr>>(),
-        )?
+        )?,
+    )
+    .await?;
+    // The header part of each Modified order (see sql/orders.sql).
+    let null = || cast(lit(ScalarValue::Null), DataType::Utf8);
+    // Distinct before the constant columns: DataFusion 55 takes a literal grouping column for
+    // a sort order and aggregates in a (much slower) partially sorted mode.
+    let headers = parts
+        .clone()
+        .filter(col("change_type").eq(lit("Modified")))?
+        .select(vec![
+            col("change_type"),
+            col("kind"),
+            col("owner_key"),
+            col("account_key"),
+        ])?
+        .distinct()?
+        .select(vec![
+            col("change_type"),
+            col("kind"),
+            col("owner_key"),
+            col("account_key"),
+            lit("order").alias("part"),
+            null().alias("name"),
+            null().alias("old_value"),
+            null().alias("new_value"),
+        ])?;
+    let parts = parts
+        .union(headers)?
         .sort(vec![
             col("owner_key").sort(true, false),
             col("account_key").sort(true, true),
@@ -887,22 +937,25 @@ async fn merge(
         col("kind").alias("_kind"),
         col("k").alias("_k"),
     ])?;
-    let recomputed = ctx.table("orders_old").await?.join_on(
-        scope,
-        JoinType::LeftSemi,
-        vec![
-            col("resource_type").eq(col("_srt")),
-            when(
-                col("_kind").eq(lit("owner")),
-                col("owner_key").eq(col("_k")),
-            )
-            .otherwise(col("account_key").eq(col("_k")))?,
-        ],
-    )?;
+    // Two equi-joins (owners, accounts): a CASE in the join condition would compare every
+    // old order with every key in scope.
+    let old_orders = ctx.table("orders_old").await?;
+    let of_kind = |kind: &str, column: &str| -> Result<DataFrame> {
+        Ok(old_orders.clone().join(
+            scope.clone().filter(col("_kind").eq(lit(kind)))?,
+            JoinType::LeftSemi,
+            &["resource_type", column],
+            &["_srt", "_k"],
+            None,
+        )?)
+    };
+    let recomputed = of_kind("owner", "owner_key")?.union(of_kind("account", "account_key")?)?;
     view(
         ctx,
         "orders_recomputed",
-        recomputed.select(vec![col("order_id").alias("rid")])?,
+        recomputed
+            .select(vec![col("order_id").alias("rid")])?
+            .distinct()?,
     )?;
     let in_scope = if full { "TRUE" } else { "r.rid IS NOT NULL" };
     let merged = ctx

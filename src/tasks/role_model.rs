@@ -17,15 +17,15 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::functions_nested::expr_fn::make_array;
 use datafusion::prelude::*;
 
 use super::correlation_keys::{self, selected};
 use super::frames::{NewTable, commit_tables, quoted, require, session};
 use super::{RunContext, TaskOutcome, TaskStatus};
 use crate::config::{ConfigExpr, ResourceType, Task};
+use crate::engine;
 use crate::error::{Error, Result};
 use crate::store::Catalog;
 
@@ -502,7 +502,8 @@ fn key_text(rc: &RunContext<'_>, entity: &str) -> Expr {
 }
 
 /// `(owner_key, <name_col>)` for every row of `table` where each named rule holds: one scan,
-/// the rules as an array of CASE expressions, unnested.
+/// every rule evaluated on each batch, the positions of the rules that hold unnested and
+/// joined to their names.
 pub fn rule_hits(
     ctx: &SessionContext,
     table: DataFrame,
@@ -513,19 +514,37 @@ pub fn rule_hits(
     if rules.is_empty() {
         return empty(ctx, utf8(&["owner_key", name_col]));
     }
-    let mut cases = Vec::with_capacity(rules.len());
-    for (name, rule) in rules {
-        let cond = ctx.parse_sql_expr(&rule.text, table.schema())?;
-        cases.push(when(cond, lit(name.as_str())).end()?);
+    let mut conds = Vec::with_capacity(rules.len());
+    for (_, rule) in rules {
+        conds.push(ctx.parse_sql_expr(&rule.text, table.schema())?);
     }
+    let names = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("_position", DataType::Int32, false),
+            Field::new(name_col, DataType::Utf8, false),
+        ])),
+        vec![
+            Arc::new(Int32Array::from_iter_values(0..rules.len() as i32)),
+            Arc::new(StringArray::from_iter_values(
+                rules.iter().map(|(n, _)| n.as_str()),
+            )),
+        ],
+    )
+    .map_err(datafusion::error::DataFusionError::from)?;
     Ok(table
         .select(vec![
             key.alias("owner_key"),
-            make_array(cases).alias("_hits"),
+            engine::true_positions_udf().call(conds).alias("_hits"),
         ])?
         .unnest_columns(&["_hits"])?
-        .filter(col("_hits").is_not_null())?
-        .select(vec![col("owner_key"), col("_hits").alias(name_col)])?)
+        .join(
+            ctx.read_batch(names)?,
+            JoinType::Inner,
+            &["_hits"],
+            &["_position"],
+            None,
+        )?
+        .select(vec![col("owner_key"), col(name_col)])?)
 }
 
 async fn correlate(
@@ -1005,17 +1024,17 @@ async fn desired_links(
         ])?)?;
         // By role.
         let role_id_refs: Vec<&str> = role_ids.iter().map(String::as_str).collect();
+        // The small side first: a hash join builds its left input (no statistics here).
         let by_role = ctx
-            .table("assigned_roles")
-            .await?
+            .read_batch(text_batch(&[
+                ("_rid", role_id_refs),
+                ("_role", role_names),
+            ])?)?
             .join(
-                ctx.read_batch(text_batch(&[
-                    ("_rid", role_id_refs),
-                    ("_role", role_names),
-                ])?)?,
+                ctx.table("assigned_roles").await?,
                 JoinType::Inner,
-                &["role"],
                 &["_role"],
+                &["role"],
                 None,
             )?
             .select(vec![col("owner_key"), col("_rid").alias("vid")])?;
@@ -1042,8 +1061,8 @@ async fn desired_links(
                 .select(vec![col("_assigned").alias("owner_key"), col("vid")])?,
         );
         let granted = union_all(frames)?.expect("three frames");
-        let granted = granted
-            .join(config, JoinType::Inner, &["vid"], &["_vid"], None)?
+        let granted = config
+            .join(granted, JoinType::Inner, &["_vid"], &["vid"], None)?
             .select(vec![col("owner_key"), col("link"), col("value")])?;
         frames = vec![granted];
     }
@@ -1058,12 +1077,12 @@ async fn desired_links(
     let Some(all) = union_all(frames)? else {
         return empty(ctx, links_schema());
     };
-    Ok(all
+    Ok(assigned_keys
         .join(
-            assigned_keys,
-            JoinType::LeftSemi,
-            &["owner_key"],
+            all,
+            JoinType::RightSemi,
             &["_assigned"],
+            &["owner_key"],
             None,
         )?
         .distinct()?

@@ -16,7 +16,7 @@ use datafusion::arrow::array::{Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::functions::core::expr_fn::coalesce;
-use datafusion::functions::string::expr_fn::concat;
+use datafusion::functions::string::expr_fn::{concat, split_part};
 use datafusion::logical_expr::SortExpr;
 use datafusion::prelude::*;
 
@@ -50,8 +50,8 @@ struct TablePlan {
     /// New content of the table and of its history, when anything changed.
     new_state: Option<(SchemaRef, Vec<RecordBatch>)>,
     new_history: Option<(SchemaRef, Vec<RecordBatch>)>,
-    /// (`key`, `change`) rows for `recently_modified`.
-    modified: Vec<(String, String)>,
+    /// (`key`, `change`) rows for `recently_modified`; `None` when nothing changed.
+    modified: Option<DataFrame>,
 }
 
 impl TablePlan {
@@ -306,8 +306,13 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         };
     let mut modified = Vec::new();
     for p in plans {
-        for (k, c) in &p.modified {
-            modified.push((p.name.clone(), k.clone(), c.clone()));
+        if let Some(m) = &p.modified {
+            modified.push(m.clone().select(vec![
+                lit(p.name.as_str()).alias("entity"),
+                col("key"),
+                lit(rc.run_id.as_str()).alias("run_id"),
+                col("change"),
+            ])?);
         }
         if let Some(s) = p.new_state {
             write(p.name.clone(), s, WriteMode::Overwrite).await?;
@@ -316,11 +321,15 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             write(format!("{}__history", p.name), h, WriteMode::Overwrite).await?;
         }
     }
-    if !modified.is_empty() {
-        let batch = recently_modified_batch(&rc.run_id, &modified)?;
+    if let Some(modified) = super::role_model::union_all(modified)? {
+        let modified = modified.sort(vec![
+            col("entity").sort(true, true),
+            col("key").sort(true, true),
+            col("change").sort(true, true),
+        ])?;
         write(
             "recently_modified".into(),
-            (batch.schema(), vec![batch]),
+            super::frames::collect(modified).await?,
             WriteMode::Append,
         )
         .await?;
@@ -404,28 +413,62 @@ async fn change_set(
     Ok(ctx.sql(sql).await?.collect().await?)
 }
 
+/// The rows of a change set that change: a frame of (`_ck` key, `_cc` change), its counts by
+/// change, and its warnings.
 struct Changes {
-    /// (`_key`, `_change`) of rows that change.
-    rows: Vec<(String, String)>,
+    rows: DataFrame,
+    inserted: u64,
+    updated: u64,
+    deleted: u64,
     warnings: Vec<String>,
 }
 
-fn read_changes(table: &str, batches: &[RecordBatch]) -> Changes {
-    let mut rows = Vec::new();
+impl Changes {
+    fn total(&self) -> u64 {
+        self.inserted + self.updated + self.deleted
+    }
+}
+
+/// Splits the collected change set (`_key`, `_change`, `_warning`) with Arrow kernels: the
+/// changing rows stay columnar (a first load changes every row of the export).
+fn read_changes(ctx: &SessionContext, table: &str, batches: &[RecordBatch]) -> Result<Changes> {
+    use datafusion::arrow::compute::{filter_record_batch, kernels::cmp};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("_ck", DataType::Utf8, true),
+        Field::new("_cc", DataType::Utf8, true),
+    ]));
+    let mut rows = Vec::with_capacity(batches.len());
+    let (mut inserted, mut updated, mut deleted) = (0u64, 0u64, 0u64);
     let mut warnings = Vec::new();
+    let arrow = |e: datafusion::arrow::error::ArrowError| {
+        Error::Engine(datafusion::error::DataFusionError::from(e))
+    };
     for b in batches {
-        let text = |i: usize| {
-            b.column(i)
+        let change = b.column(1);
+        let count = |c: &str| -> Result<u64> {
+            Ok(cmp::eq(change, &StringArray::new_scalar(c))
+                .map_err(arrow)?
+                .true_count() as u64)
+        };
+        inserted += count("insert")?;
+        updated += count("update")?;
+        deleted += count("delete")?;
+        let keep = cmp::neq(change, &StringArray::new_scalar("none")).map_err(arrow)?;
+        let two = RecordBatch::try_new(schema.clone(), vec![b.column(0).clone(), change.clone()])
+            .map_err(arrow)?;
+        rows.push(filter_record_batch(&two, &keep).map_err(arrow)?);
+        let w = b
+            .column(2)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("change set columns are text");
+        if w.null_count() < w.len() {
+            let k = b
+                .column(0)
                 .as_any()
                 .downcast_ref::<StringArray>()
-                .expect("change set columns are text")
-        };
-        let (k, c, w) = (text(0), text(1), text(2));
-        for i in 0..b.num_rows() {
-            if c.value(i) != "none" && c.is_valid(i) {
-                rows.push((k.value(i).to_string(), c.value(i).to_string()));
-            }
-            if w.is_valid(i) {
+                .expect("change set columns are text");
+            for i in (0..b.num_rows()).filter(|i| w.is_valid(*i)) {
                 warnings.push(format!(
                     "{table} `{}`: {}",
                     k.value(i).replace(PAIR_SEP, " → "),
@@ -434,27 +477,13 @@ fn read_changes(table: &str, batches: &[RecordBatch]) -> Changes {
             }
         }
     }
-    Changes { rows, warnings }
-}
-
-fn changes_frame(ctx: &SessionContext, changes: &[(String, String)]) -> Result<DataFrame> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("_ck", DataType::Utf8, false),
-        Field::new("_cc", DataType::Utf8, false),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                changes.iter().map(|c| c.0.as_str()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                changes.iter().map(|c| c.1.as_str()),
-            )),
-        ],
-    )
-    .map_err(datafusion::error::DataFusionError::from)?;
-    Ok(ctx.read_batch(batch)?)
+    Ok(Changes {
+        rows: frame(ctx, &schema, &rows)?,
+        inserted,
+        updated,
+        deleted,
+        warnings,
+    })
 }
 
 /// The next history: committed rows with the open version of every changed key closed at
@@ -469,13 +498,29 @@ async fn next_history(
     sort: Vec<Expr>,
     new_state: DataFrame,
     old_state: DataFrame,
-    changes: &[(String, String)],
+    ch: DataFrame,
     run_id: &str,
     valid_from: i64,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let schema = history_schema(&Arc::new(new_state.schema().as_arrow().clone()));
     let names: Vec<Expr> = schema.fields().iter().map(|f| quoted(f.name())).collect();
-    let ch = changes_frame(ctx, changes)?;
+    let opened_columns = |df: DataFrame, change: Expr| -> Result<DataFrame> {
+        Ok(df
+            .with_column("_valid_from", ts_lit(valid_from))?
+            .with_column("_valid_to", cast(lit(ScalarValue::Null), timestamp_type()))?
+            .with_column("_change", change)?
+            .with_column("_run_id", lit(run_id))?
+            .select(names.clone())?)
+    };
+    if !catalog.tables.contains_key(history_name) && old_state.clone().count().await? == 0 {
+        // A first load: every row is an insert, already in key order (the state is sorted).
+        let batches = opened_columns(new_state, lit("insert"))?.collect().await?;
+        let batches = batches
+            .iter()
+            .map(|b| engine::cast_batch(b, &schema))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        return Ok((schema, batches));
+    }
     let closing = ch
         .clone()
         .filter(col("_cc").in_list(vec![lit("update"), lit("delete")], false))?;
@@ -492,20 +537,16 @@ async fn next_history(
             .otherwise(col("_valid_to"))?,
         )?
         .select(names.clone())?;
-    let opened = new_state
-        .with_column("_hk", key())?
-        .join(
+    let opened = opened_columns(
+        new_state.with_column("_hk", key())?.join(
             ch.clone().filter(col("_cc").not_eq(lit("delete")))?,
             JoinType::Inner,
             &["_hk"],
             &["_ck"],
             None,
-        )?
-        .with_column("_valid_from", ts_lit(valid_from))?
-        .with_column("_valid_to", cast(lit(ScalarValue::Null), timestamp_type()))?
-        .with_column("_change", col("_cc"))?
-        .with_column("_run_id", lit(run_id))?
-        .select(names.clone())?;
+        )?,
+        col("_cc"),
+    )?;
     let deleted = old_state
         .with_column("_hk", key())?
         .join(
@@ -577,27 +618,31 @@ async fn plan_entity(
         sql,
     )
     .await?;
-    let Changes { rows, warnings } = read_changes(&e.name, &batches);
-    let count = |c: &str| rows.iter().filter(|r| r.1 == c).count() as u64;
+    let changes = read_changes(ctx, &e.name, &batches)?;
+    let rows = changes.rows.clone();
     let mut plan = TablePlan {
         name: e.name.clone(),
         thresholds: e.thresholds.clone(),
         base_rows,
         staged_rows: Some(staged_batch.num_rows() as u64),
-        inserted: count("insert"),
-        updated: count("update"),
-        deleted: count("delete"),
-        warnings,
+        inserted: changes.inserted,
+        updated: changes.updated,
+        deleted: changes.deleted,
+        warnings: changes.warnings.clone(),
         new_state: None,
         new_history: None,
-        modified: rows.clone(),
+        modified: None,
     };
-    if rows.is_empty() {
+    if changes.total() == 0 {
         return Ok(plan);
     }
+    plan.modified = Some(
+        rows.clone()
+            .select(vec![col("_ck").alias("key"), col("_cc").alias("change")])?,
+    );
 
     let new_declared = if incremental {
-        let ch = changes_frame(ctx, &rows)?;
+        let ch = rows.clone();
         let kept = current
             .clone()
             .with_column("_k", key())?
@@ -631,7 +676,7 @@ async fn plan_entity(
         vec![quoted(&e.key)],
         frame(ctx, &state_schema, &state_batches)?,
         old_full,
-        &rows,
+        rows,
         &rc.run_id,
         valid_from,
     )
@@ -691,9 +736,11 @@ async fn plan_link(
             engine::row_values_udf().call(pair()).alias("_values"),
         ];
         if with_command {
+            // An incremental file may list a pair twice; states are sets already.
             exprs.push(col(COMMAND));
+            return Ok(df.select(exprs)?.distinct()?);
         }
-        Ok(df.select(exprs)?.distinct()?)
+        Ok(df.select(exprs)?)
     };
     let current = committed(ctx, catalog, &l.name, &schema).await?;
     let base_rows = current.clone().count().await? as u64;
@@ -712,7 +759,7 @@ async fn plan_link(
                     INCREMENTAL_SQL,
                 )
                 .await?;
-                warnings = read_changes(&l.name, &batches).warnings;
+                warnings = read_changes(ctx, &l.name, &batches)?.warnings;
                 let removed = staged
                     .clone()
                     .filter(col(COMMAND).eq(lit("delete")))?
@@ -756,35 +803,34 @@ async fn plan_link(
         COMPLETE_SQL,
     )
     .await?;
-    let rows = read_changes(&l.name, &batches).rows;
-    let count = |c: &str| rows.iter().filter(|r| r.1 == c).count() as u64;
-    let mut modified: Vec<(String, String)> = rows
-        .iter()
-        .map(|(k, c)| {
-            (
-                k.split(PAIR_SEP).next().unwrap_or_default().to_string(),
-                c.clone(),
-            )
-        })
-        .collect();
-    modified.sort();
-    modified.dedup();
+    let changes = read_changes(ctx, &l.name, &batches)?;
     let mut plan = TablePlan {
         name: l.name.clone(),
         thresholds: l.thresholds.clone(),
         base_rows,
         staged_rows: staged_batch.map(|b| b.num_rows() as u64),
-        inserted: count("insert"),
+        inserted: changes.inserted,
         updated: 0,
-        deleted: count("delete"),
+        deleted: changes.deleted,
         warnings,
         new_state: None,
         new_history: None,
-        modified,
+        modified: None,
     };
-    if rows.is_empty() {
+    if changes.total() == 0 {
         return Ok(plan);
     }
+    // recently_modified names the `from` key of each changed pair.
+    plan.modified = Some(
+        changes
+            .rows
+            .clone()
+            .select(vec![
+                split_part(col("_ck"), lit(PAIR_SEP), lit(1i64)).alias("key"),
+                col("_cc").alias("change"),
+            ])?
+            .distinct()?,
+    );
     let history = next_history(
         ctx,
         catalog,
@@ -793,7 +839,7 @@ async fn plan_link(
         pair(),
         desired,
         current,
-        &rows,
+        changes.rows,
         &rc.run_id,
         valid_from,
     )
@@ -801,31 +847,6 @@ async fn plan_link(
     plan.new_state = Some((schema, desired_batches));
     plan.new_history = Some(history);
     Ok(plan)
-}
-
-fn recently_modified_batch(run_id: &str, rows: &[(String, String, String)]) -> Result<RecordBatch> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("entity", DataType::Utf8, true),
-        Field::new("key", DataType::Utf8, true),
-        Field::new("run_id", DataType::Utf8, true),
-        Field::new("change", DataType::Utf8, true),
-    ]));
-    Ok(RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.0.as_str()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.1.as_str()),
-            )),
-            Arc::new(StringArray::from(vec![run_id; rows.len()])),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.2.as_str()),
-            )),
-        ],
-    )
-    .map_err(datafusion::error::DataFusionError::from)?)
 }
 
 /// Loads the staging tables `prepare_synchronization` wrote in this run.
