@@ -172,8 +172,29 @@ pub fn mem_table(
             }
         })
         .collect::<datafusion::error::Result<Vec<_>>>()?;
+    // Whole-file batches are sliced (zero-copy): DataFusion repartitions by moving whole
+    // batches, so one batch of a 13M-row export would keep a single core busy.
+    let batches = batches
+        .into_iter()
+        .flat_map(|b| {
+            let n = b.num_rows();
+            (0..n.div_ceil(SLICE_ROWS).max(1))
+                .map(move |k| b.slice(k * SLICE_ROWS, SLICE_ROWS.min(n - k * SLICE_ROWS)))
+        })
+        .collect();
     Ok(Arc::new(datafusion::datasource::MemTable::try_new(
         schema,
         vec![batches],
     )?))
+}
+
+/// Rows per batch of an in-memory table.
+const SLICE_ROWS: usize = 1 << 16;
+
+/// A frame over one in-memory batch (sliced, see [`mem_table`]).
+pub fn read_batch(
+    ctx: &datafusion::prelude::SessionContext,
+    batch: RecordBatch,
+) -> datafusion::error::Result<datafusion::prelude::DataFrame> {
+    ctx.read_table(mem_table(batch.schema(), vec![batch])?)
 }

@@ -56,18 +56,27 @@ pub struct Loaded {
     pub rejected: Vec<Rejected>,
     pub rows_read: u64,
     source: Arc<Vec<u8>>,
-    /// Byte range of each data record, by line number.
-    records: HashMap<u64, (usize, usize)>,
+    /// (line, byte offset) of each data record, in file order.
+    starts: Vec<(u64, usize)>,
 }
 
 impl Loaded {
     /// The raw text of the record starting at `line`.
     pub fn raw_line(&self, line: u64) -> String {
-        match self.records.get(&line) {
-            Some(&(s, e)) => raw_text(&self.source, s, e),
-            None => String::new(),
+        match self.starts.binary_search_by_key(&line, |&(l, _)| l) {
+            Ok(k) => raw_text(
+                &self.source,
+                self.starts[k].1,
+                record_end(&self.starts, k, &self.source),
+            ),
+            Err(_) => String::new(),
         }
     }
+}
+
+/// Where record `k` ends: where the next one starts, or at the end of the file.
+fn record_end(starts: &[(u64, usize)], k: usize, source: &[u8]) -> usize {
+    starts.get(k + 1).map(|s| s.1).unwrap_or(source.len())
 }
 
 fn raw_text(source: &[u8], start: usize, end: usize) -> String {
@@ -105,6 +114,11 @@ pub fn fail_on_bad_rows(file: &Path, rejected: &[Rejected], on_bad_row: OnBadRow
 }
 
 pub fn read(spec: &CsvSpec) -> Result<Loaded> {
+    read_in_chunks(spec, PARALLEL_BYTES)
+}
+
+/// [`read`], parsing on several threads when the data rows are at least `parallel_bytes` long.
+fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize) -> Result<Loaded> {
     let file = &spec.file;
     let bytes = std::fs::read(file).map_err(|e| Error::Input {
         file: file.clone(),
@@ -138,7 +152,7 @@ pub fn read(spec: &CsvSpec) -> Result<Loaded> {
             rejected: Vec::new(),
             rows_read: 0,
             source,
-            records: HashMap::new(),
+            starts: Vec::new(),
         });
     }
 
@@ -202,73 +216,73 @@ pub fn read(spec: &CsvSpec) -> Result<Loaded> {
     let n_fields = header.len();
 
     // Records → text columns. A row that cannot be split or decoded gets NULLs and a reason.
-    let mut builders: Vec<StringBuilder> = wanted.iter().map(|_| StringBuilder::new()).collect();
-    let mut lines: Vec<u64> = Vec::new();
-    let mut reasons: Vec<Option<String>> = Vec::new();
-    let mut starts: Vec<(u64, usize)> = Vec::new();
-    let key_index = spec.key.as_deref().and_then(index_of);
-    let mut raw_keys: Vec<Option<String>> = Vec::new();
-    loop {
-        let more = reader
-            .read_byte_record(&mut record)
-            .map_err(|e| input(file, format!("cannot read: {e}")))?;
-        if !more {
-            break;
-        }
-        let pos = record
-            .position()
-            .expect("invariant: csv records carry positions");
-        let line = pos.line();
-        starts.push((line, pos.byte() as usize + bom));
-        lines.push(line);
-        raw_keys.push(
-            key_index
-                .and_then(|k| record.get(k))
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .map(|v| v.to_string()),
-        );
-        let mut reason = None;
-        if record.len() != n_fields {
-            reason = Some(format!(
-                "expected {n_fields} fields as in the header, found {}",
-                record.len()
-            ));
-        }
-        if reason.is_none() {
-            for (j, &i) in indices.iter().enumerate() {
-                if std::str::from_utf8(&record[i]).is_err() {
-                    reason = Some(format!("column `{}`: value is not valid UTF-8", wanted[j]));
-                    break;
+    let layout = Layout {
+        indices: &indices,
+        wanted: &wanted,
+        n_fields,
+        key_index: spec.key.as_deref().and_then(index_of),
+        delimiter: spec.options.delimiter,
+    };
+    let data_start = reader.position().byte() as usize;
+    let data = &body[data_start..];
+    // Lines are counted here, not taken from the csv reader (whose count lags by one line for
+    // the first record it reads): a record's line is 1 + the newlines before it.
+    let first_line = 1 + memchr::memchr_iter(b'\n', &body[..data_start]).count() as u64;
+    let chunks = chunks(data, parallel_bytes);
+    let parsed: Vec<std::result::Result<Records, ::csv::Error>> =
+        if chunks.len() == 1 {
+            vec![parse_records(&layout, data, first_line, bom + data_start)]
+        } else {
+            std::thread::scope(|scope| {
+                let mut first_line = first_line;
+                let mut handles = Vec::new();
+                for &(a, b) in &chunks {
+                    let layout = &layout;
+                    let line = first_line;
+                    handles.push(scope.spawn(move || {
+                        parse_records(layout, &data[a..b], line, bom + data_start + a)
+                    }));
+                    first_line += memchr::memchr_iter(b'\n', &data[a..b]).count() as u64;
                 }
-            }
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("invariant: CSV parsing does not panic"))
+                    .collect()
+            })
+        };
+    let mut records = Records::default();
+    let mut texts: Vec<Vec<StringArray>> = wanted.iter().map(|_| Vec::new()).collect();
+    for part in parsed {
+        let part = part.map_err(|e| input(file, format!("cannot read: {e}")))?;
+        for (all, t) in texts.iter_mut().zip(part.texts) {
+            all.push(t);
         }
-        match reason {
-            Some(r) => {
-                for b in &mut builders {
-                    b.append_null();
-                }
-                reasons.push(Some(r));
-            }
-            None => {
-                for (j, &i) in indices.iter().enumerate() {
-                    let v = std::str::from_utf8(&record[i]).expect("checked above");
-                    if v.is_empty() {
-                        builders[j].append_null();
-                    } else {
-                        builders[j].append_value(v);
-                    }
-                }
-                reasons.push(None);
-            }
-        }
+        records.lines.extend(part.lines);
+        records.starts.extend(part.starts);
+        records.reasons.extend(part.reasons);
+        records.raw_keys.extend(part.raw_keys);
     }
-    let mut records = HashMap::with_capacity(starts.len());
-    for (k, &(line, start)) in starts.iter().enumerate() {
-        let end = starts.get(k + 1).map(|s| s.1).unwrap_or(source.len());
-        records.insert(line, (start, end));
-    }
+    let texts: Vec<StringArray> = texts
+        .iter()
+        .map(|parts| {
+            let refs: Vec<&dyn Array> = parts.iter().map(|a| a as &dyn Array).collect();
+            datafusion::arrow::compute::concat(&refs).map(|a| {
+                a.as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("text columns")
+                    .clone()
+            })
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| input(file, e.to_string()))?;
+    let Records {
+        lines,
+        starts,
+        mut reasons,
+        raw_keys,
+        ..
+    } = records;
     let rows = lines.len();
-    let texts: Vec<StringArray> = builders.iter_mut().map(|b| b.finish()).collect();
 
     // Typing, column by column.
     let mut typed: Vec<ArrayRef> = Vec::with_capacity(spec.columns.len());
@@ -358,11 +372,10 @@ pub fn read(spec: &CsvSpec) -> Result<Loaded> {
         match &reasons[i] {
             Some(r) => {
                 keep.append_value(false);
-                let (s, e) = records[&lines[i]];
                 rejected.push(Rejected {
                     line: lines[i],
                     reason: r.clone(),
-                    raw: raw_text(&source, s, e),
+                    raw: raw_text(&source, starts[i].1, record_end(&starts, i, &source)),
                     key: raw_keys[i].clone(),
                 });
             }
@@ -389,8 +402,148 @@ pub fn read(spec: &CsvSpec) -> Result<Loaded> {
         rejected,
         rows_read: rows as u64,
         source,
-        records,
+        starts,
     })
+}
+
+/// Where the fields of a file are and how many there must be.
+struct Layout<'a> {
+    /// Field index of each wanted column, in output order.
+    indices: &'a [usize],
+    wanted: &'a [&'a str],
+    n_fields: usize,
+    key_index: Option<usize>,
+    delimiter: u8,
+}
+
+/// A run of records as text columns, with each record's line, start and reason for rejection.
+#[derive(Default)]
+struct Records {
+    texts: Vec<StringArray>,
+    lines: Vec<u64>,
+    /// (line, byte offset in the file) of each record.
+    starts: Vec<(u64, usize)>,
+    reasons: Vec<Option<String>>,
+    /// The key field as written, when there is a key column.
+    raw_keys: Vec<Option<String>>,
+}
+
+/// Below this size a file is parsed on one thread.
+const PARALLEL_BYTES: usize = 16 << 20;
+
+/// Byte ranges of `data` that can be parsed independently: several when the file is large and
+/// has no quotes and no bare carriage returns, so that every newline ends a record.
+fn chunks(data: &[u8], parallel_bytes: usize) -> Vec<(usize, usize)> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let independent = || {
+        memchr::memchr(b'"', data).is_none()
+            && memchr::memchr_iter(b'\r', data).all(|i| data.get(i + 1) == Some(&b'\n'))
+    };
+    if threads == 1 || data.len() < parallel_bytes || !independent() {
+        return vec![(0, data.len())];
+    }
+    let mut bounds = vec![0];
+    for k in 1..threads {
+        let target = data.len() * k / threads;
+        let last = *bounds.last().expect("starts with 0");
+        if target <= last {
+            continue;
+        }
+        match memchr::memchr(b'\n', &data[target..]) {
+            Some(i) if target + i + 1 < data.len() => bounds.push(target + i + 1),
+            _ => break,
+        }
+    }
+    bounds.push(data.len());
+    bounds.windows(2).map(|w| (w[0], w[1])).collect()
+}
+
+/// Parses the records of `chunk`, whose first line is `first_line` and which starts at byte
+/// `offset` of the file.
+fn parse_records(
+    layout: &Layout,
+    chunk: &[u8],
+    first_line: u64,
+    offset: usize,
+) -> std::result::Result<Records, ::csv::Error> {
+    let mut reader = ::csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(layout.delimiter)
+        .from_reader(chunk);
+    let mut record = ::csv::ByteRecord::new();
+    let mut builders: Vec<StringBuilder> =
+        layout.wanted.iter().map(|_| StringBuilder::new()).collect();
+    let mut out = Records::default();
+    let n_fields = layout.n_fields;
+    let (mut line, mut counted) = (first_line, 0);
+    while reader.read_byte_record(&mut record)? {
+        let mut start = record
+            .position()
+            .expect("invariant: csv records carry positions")
+            .byte() as usize;
+        // After a `\r\n` the reader places the next record at the `\n` (and at blank lines
+        // before it); a record starts at its first byte, which is never a line break.
+        while matches!(chunk.get(start), Some(b'\r' | b'\n')) {
+            start += 1;
+        }
+        line += memchr::memchr_iter(b'\n', &chunk[counted..start]).count() as u64;
+        counted = start;
+        out.starts.push((line, offset + start));
+        out.lines.push(line);
+        if let Some(k) = layout.key_index {
+            out.raw_keys.push(
+                record
+                    .get(k)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .map(|v| v.to_string()),
+            );
+        } else {
+            out.raw_keys.push(None);
+        }
+        let mut reason = None;
+        if record.len() != n_fields {
+            reason = Some(format!(
+                "expected {n_fields} fields as in the header, found {}",
+                record.len()
+            ));
+        }
+        let mut values: Vec<&str> = Vec::with_capacity(layout.indices.len());
+        if reason.is_none() {
+            for (j, &i) in layout.indices.iter().enumerate() {
+                match std::str::from_utf8(&record[i]) {
+                    Ok(v) => values.push(v),
+                    Err(_) => {
+                        reason = Some(format!(
+                            "column `{}`: value is not valid UTF-8",
+                            layout.wanted[j]
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        match reason {
+            Some(r) => {
+                for b in &mut builders {
+                    b.append_null();
+                }
+                out.reasons.push(Some(r));
+            }
+            None => {
+                for (b, v) in builders.iter_mut().zip(&values) {
+                    if v.is_empty() {
+                        b.append_null();
+                    } else {
+                        b.append_value(v);
+                    }
+                }
+                out.reasons.push(None);
+            }
+        }
+    }
+    out.texts = builders.iter_mut().map(|b| b.finish()).collect();
+    Ok(out)
 }
 
 fn input(file: &Path, message: String) -> Error {
@@ -497,4 +650,66 @@ fn split_cells(
         batch = RecordBatch::try_new(batch.schema(), columns)?;
     }
     Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CsvOptions;
+
+    /// Parsed on one thread and in chunks, a file gives the same rows, lines and rejections.
+    #[test]
+    fn chunked_parse_equals_sequential() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accounts.csv");
+        let mut text = String::from("\u{feff}id,name,age\r\n");
+        for i in 0..5000 {
+            match i % 997 {
+                13 => text.push_str(&format!("a{i},too,many,fields\r\n")),
+                14 => text.push_str(&format!("a{i},Émile {i},not-a-number\r\n")),
+                15 => text.push_str("\r\n"),
+                _ => text.push_str(&format!("a{i},Name {i},{}\r\n", i % 90)),
+            }
+        }
+        std::fs::write(&path, &text).unwrap();
+        let options = CsvOptions::default();
+        let spec = CsvSpec {
+            file: path,
+            columns: vec![
+                ("id".into(), ColumnType::String),
+                ("age".into(), ColumnType::Int),
+            ],
+            key: Some("id".into()),
+            command_column: None,
+            split: Vec::new(),
+            options: &options,
+        };
+        assert!(
+            chunks(text.as_bytes(), 0).len() > 1
+                || std::thread::available_parallelism().map_or(1, |n| n.get()) == 1
+        );
+        let one = read_in_chunks(&spec, usize::MAX).unwrap();
+        let many = read_in_chunks(&spec, 0).unwrap();
+        assert_eq!(one.batch, many.batch);
+        assert_eq!(one.rows_read, many.rows_read);
+        let lines = |l: &Loaded| {
+            l.rejected
+                .iter()
+                .map(|r| (r.line, r.reason.clone(), r.raw.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(lines(&one), lines(&many));
+        // Line numbers count the header and the blank lines; raw text is the record as written.
+        let first = &many.rejected[0];
+        assert_eq!(first.line, 15);
+        assert_eq!(first.raw, "a13,too,many,fields");
+        assert_eq!(many.raw_line(17), "", "a blank line is no record");
+        assert_eq!(many.raw_line(18), "a16,Name 16,16");
+        assert_eq!(one.rejected.len(), 12);
+        assert_eq!(
+            one.batch.num_rows(),
+            5000 - 5 - 12,
+            "5 blank lines, 12 bad rows"
+        );
+    }
 }

@@ -354,6 +354,7 @@ pub trait SemiOn: Sized {
 
 impl SemiOn for DataFrame {
     fn semi_on(self, on: &str, keys: DataFrame) -> Result<Self> {
-        Ok(self.join(keys, JoinType::LeftSemi, &[on], &["k"], None)?)
+        // The keys are the hash table: a scope is far smaller than the table it cuts.
+        Ok(keys.join(self, JoinType::RightSemi, &["k"], &[on], None)?)
     }
 }

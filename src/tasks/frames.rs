@@ -103,12 +103,13 @@ pub async fn commit_tables(
         what: what.to_string(),
         ..Default::default()
     };
-    let mut written = 0;
-    for t in tables {
+    // The tables are checked and written concurrently (each write encodes on its own task);
+    // none is visible before the catalog commit below.
+    let writes = tables.into_iter().map(|t| async move {
         if unchanged(rc, catalog, &t).await? {
-            continue;
+            return Ok(None);
         }
-        written += t.rows();
+        let rows = t.rows();
         let v = rc
             .store
             .write_table(
@@ -120,7 +121,16 @@ pub async fn commit_tables(
                 &rc.run_id,
             )
             .await?;
-        change.tables.insert(t.name, v);
+        Ok::<_, crate::error::Error>(Some((t.name, v, rows)))
+    });
+    let mut written = 0;
+    for (name, v, rows) in futures::future::try_join_all(writes)
+        .await?
+        .into_iter()
+        .flatten()
+    {
+        written += rows;
+        change.tables.insert(name, v);
     }
     if change.tables.is_empty() {
         return Ok(0);

@@ -118,6 +118,7 @@ pub async fn run_task(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         Err(e) if is_out_of_memory(&e) && !crate::engine::spill_friendly() => {
             tracing::warn!(
                 task = %task.name,
+                error = %e,
                 "the task exceeded the memory limit with in-memory hash joins; running it again with joins that spill to disk"
             );
             crate::engine::set_spill_friendly();

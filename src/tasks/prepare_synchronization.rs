@@ -322,7 +322,7 @@ pub async fn register_new_keys(
         None => None,
     };
     let staged = match prepared.entity(&e.name) {
-        Some(t) => Some(ctx.read_batch(t.batch.clone())?),
+        Some(t) => Some(engine::read_batch(ctx, t.batch.clone())?),
         None => None,
     };
     let empty = || -> Result<DataFrame> {
@@ -341,7 +341,7 @@ pub async fn register_new_keys(
                 .filter(col(COMMAND).not_eq(lit("delete")))?
                 .select(vec![key_text()])?;
             let kept = match current {
-                Some(c) => c.join(deleted, JoinType::LeftAnti, &["_key"], &["_key"], None)?,
+                Some(c) => deleted.join(c, JoinType::RightAnti, &["_key"], &["_key"], None)?,
                 None => empty()?,
             };
             kept.union(upserts)?
@@ -357,7 +357,7 @@ async fn check_endpoints(
     l: &Link,
     loaded: &Loaded,
 ) -> Result<(RecordBatch, Vec<Rejected>)> {
-    let rows = ctx.read_batch(loaded.batch.clone())?;
+    let rows = engine::read_batch(ctx, loaded.batch.clone())?;
     let mut rejects = Vec::new();
     let deletes_only = |df: DataFrame| -> Result<DataFrame> {
         // Removing a pair never needs its endpoints to exist.
@@ -369,9 +369,16 @@ async fn check_endpoints(
     };
     for ep in [&l.from, &l.to] {
         let keys = ctx.table(format!("new_keys__{}", ep.entity)).await?;
-        let bad = deletes_only(rows.clone())?
-            .filter(col(format!("\"{}\"", ep.column)).is_not_null())?
-            .join(keys, JoinType::LeftAnti, &[&ep.column], &["_key"], None)?
+        // The keys are the hash table: there are far fewer of them than link rows.
+        let bad = keys
+            .join(
+                deletes_only(rows.clone())?
+                    .filter(col(format!("\"{}\"", ep.column)).is_not_null())?,
+                JoinType::RightAnti,
+                &["_key"],
+                &[&ep.column],
+                None,
+            )?
             .select(vec![col(LINE), col(format!("\"{}\"", ep.column))])?
             .collect()
             .await?;

@@ -84,11 +84,11 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let assigned_roles = match &dirty {
         Some(d) if catalog.tables.contains_key("assigned_roles") => {
             let keys = d.clone().select(vec![col("key").alias("_k")])?.distinct()?;
-            let kept = ctx.table("assigned_roles").await?.join(
-                keys,
-                JoinType::LeftAnti,
-                &["owner_key"],
+            let kept = keys.join(
+                ctx.table("assigned_roles").await?,
+                JoinType::RightAnti,
                 &["_k"],
+                &["owner_key"],
                 None,
             )?;
             let cols: Vec<Expr> = [
@@ -139,24 +139,23 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let scalars = merge_scoped(&ctx, &catalog, "assigned_scalars", scalars, &rts, d).await?;
     let links = merge_scoped(&ctx, &catalog, "assigned_links", links, &rts, d).await?;
 
-    let tables = vec![
+    // The five tables are independent queries: run together, they keep both cores busy.
+    let tables = futures::future::try_join_all([
         NewTable::from_frame(
             "correlations",
             correlations.sort(vec![
                 col("resource_type").sort(true, true),
                 col("account_key").sort(true, true),
             ])?,
-        )
-        .await?,
-        NewTable::from_frame("assigned_roles", assigned_roles).await?,
+        ),
+        NewTable::from_frame("assigned_roles", assigned_roles),
         NewTable::from_frame(
             "assigned_resources",
             resources.sort(vec![
                 col("resource_type").sort(true, true),
                 col("owner_key").sort(true, true),
             ])?,
-        )
-        .await?,
+        ),
         NewTable::from_frame(
             "assigned_scalars",
             scalars.sort(vec![
@@ -164,8 +163,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 col("owner_key").sort(true, true),
                 col("attribute").sort(true, true),
             ])?,
-        )
-        .await?,
+        ),
         NewTable::from_frame(
             "assigned_links",
             links.sort(vec![
@@ -174,9 +172,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 col("link").sort(true, true),
                 col("value").sort(true, true),
             ])?,
-        )
-        .await?,
-    ];
+        ),
+    ])
+    .await?;
     let roles = tables[1].rows();
     let assigned = tables[2].rows();
     let mut tables = tables;
@@ -406,12 +404,13 @@ async fn merge_scoped(
     }
     let schema = Arc::new(new.schema().as_arrow().clone());
     let old = super::frames::committed(ctx, catalog, table, &schema).await?;
+    // The replaced owners are the hash table: there are far fewer of them than rows.
     let kept = match union_all(replaced)? {
-        Some(r) => old.join(
-            r,
-            JoinType::LeftAnti,
-            &["resource_type", "owner_key"],
+        Some(r) => r.join(
+            old,
+            JoinType::RightAnti,
             &["_rt", "_k"],
+            &["resource_type", "owner_key"],
             None,
         )?,
         None => old,
@@ -454,20 +453,20 @@ async fn widen(
             .map(|c| col(*c))
             .collect();
         let new_rt = of_rt(new.clone())?.select(cols.clone())?;
-        frames.push(owners_of(new_rt.clone().join(
-            touched.clone(),
-            JoinType::LeftSemi,
-            &["account_key"],
+        frames.push(owners_of(touched.clone().join(
+            new_rt.clone(),
+            JoinType::RightSemi,
             &["_a"],
+            &["account_key"],
             None,
         )?)?);
         if let Some(old) = &old {
             let old_rt = of_rt(old.clone())?.select(cols)?;
-            frames.push(owners_of(old_rt.clone().join(
-                touched,
-                JoinType::LeftSemi,
-                &["account_key"],
+            frames.push(owners_of(touched.join(
+                old_rt.clone(),
+                JoinType::RightSemi,
                 &["_a"],
+                &["account_key"],
                 None,
             )?)?);
             frames.push(owners_of(new_rt.clone().except(old_rt.clone())?)?);

@@ -16,7 +16,7 @@ use datafusion::arrow::array::{Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::functions::core::expr_fn::coalesce;
-use datafusion::functions::string::expr_fn::{concat, split_part};
+use datafusion::functions::string::expr_fn::concat;
 use datafusion::logical_expr::SortExpr;
 use datafusion::prelude::*;
 
@@ -290,20 +290,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     if unblock {
         change.unblock.push(connector.to_string());
     }
-    let mut step = 0;
-    let mut written = 0u64;
-    let mut write =
-        async |name: String, state: (SchemaRef, Vec<RecordBatch>), mode: WriteMode| -> Result<()> {
-            failpoint(&format!("sync.commit.{step}"));
-            step += 1;
-            written += state.1.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-            let v = rc
-                .store
-                .write_table(&catalog, &name, state.0, state.1, mode, &rc.run_id)
-                .await?;
-            change.tables.insert(name, v);
-            Ok(())
-        };
+    let mut pending: Vec<(String, (SchemaRef, Vec<RecordBatch>), WriteMode)> = Vec::new();
     let mut modified = Vec::new();
     for p in plans {
         if let Some(m) = &p.modified {
@@ -315,10 +302,10 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             ])?);
         }
         if let Some(s) = p.new_state {
-            write(p.name.clone(), s, WriteMode::Overwrite).await?;
+            pending.push((p.name.clone(), s, WriteMode::Overwrite));
         }
         if let Some(h) = p.new_history {
-            write(format!("{}__history", p.name), h, WriteMode::Overwrite).await?;
+            pending.push((format!("{}__history", p.name), h, WriteMode::Overwrite));
         }
     }
     if let Some(modified) = super::role_model::union_all(modified)? {
@@ -327,12 +314,11 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             col("key").sort(true, true),
             col("change").sort(true, true),
         ])?;
-        write(
+        pending.push((
             "recently_modified".into(),
             super::frames::collect(modified).await?,
             WriteMode::Append,
-        )
-        .await?;
+        ));
     }
     if parsed_here && rejected > 0 {
         let batch = prepare_synchronization::rejected_rows_batch(
@@ -340,15 +326,36 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             connector,
             &prepared.rejected,
         )?;
-        write(
+        pending.push((
             "rejected_rows".into(),
             (batch.schema(), vec![batch]),
             WriteMode::Append,
-        )
-        .await?;
+        ));
     }
-    failpoint(&format!("sync.commit.{step}"));
-    rc.store.commit(&catalog, change).await?;
+    // The tables are written concurrently (each write encodes on its own task); the failpoint
+    // after each write lets tests kill the run with some versions written and none committed.
+    let steps = pending.len();
+    let catalog = &catalog;
+    let writes =
+        pending
+            .into_iter()
+            .enumerate()
+            .map(|(step, (name, (schema, batches), mode))| async move {
+                let rows = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+                let v = rc
+                    .store
+                    .write_table(catalog, &name, schema, batches, mode, &rc.run_id)
+                    .await?;
+                failpoint(&format!("sync.commit.{step}"));
+                Ok::<_, Error>((name, v, rows))
+            });
+    let mut written = 0u64;
+    for (name, v, rows) in futures::future::try_join_all(writes).await? {
+        written += rows;
+        change.tables.insert(name, v);
+    }
+    failpoint(&format!("sync.commit.{steps}"));
+    rc.store.commit(catalog, change).await?;
     outcome.rows_written = written;
     Ok(outcome)
 }
@@ -524,10 +531,17 @@ async fn next_history(
     let closing = ch
         .clone()
         .filter(col("_cc").in_list(vec![lit("update"), lit("delete")], false))?;
-    let old = committed(ctx, catalog, history_name, &schema)
-        .await?
-        .with_column("_hk", key())?
-        .join(closing, JoinType::Left, &["_hk"], &["_ck"], None)?
+    // The change set is the hash table of each join: it is small next to the tables.
+    let old = closing
+        .join(
+            committed(ctx, catalog, history_name, &schema)
+                .await?
+                .with_column("_hk", key())?,
+            JoinType::Right,
+            &["_ck"],
+            &["_hk"],
+            None,
+        )?
         .with_column(
             "_valid_to",
             when(
@@ -538,22 +552,22 @@ async fn next_history(
         )?
         .select(names.clone())?;
     let opened = opened_columns(
-        new_state.with_column("_hk", key())?.join(
-            ch.clone().filter(col("_cc").not_eq(lit("delete")))?,
+        ch.clone().filter(col("_cc").not_eq(lit("delete")))?.join(
+            new_state.with_column("_hk", key())?,
             JoinType::Inner,
-            &["_hk"],
             &["_ck"],
+            &["_hk"],
             None,
         )?,
         col("_cc"),
     )?;
-    let deleted = old_state
-        .with_column("_hk", key())?
+    let deleted = ch
+        .filter(col("_cc").eq(lit("delete")))?
         .join(
-            ch.filter(col("_cc").eq(lit("delete")))?,
+            old_state.with_column("_hk", key())?,
             JoinType::Inner,
-            &["_hk"],
             &["_ck"],
+            &["_hk"],
             None,
         )?
         .with_column("_valid_from", ts_lit(valid_from))?
@@ -602,7 +616,7 @@ async fn plan_entity(
         }
         Ok(df.select(exprs)?)
     };
-    let staged = ctx.read_batch(staged_batch.clone())?;
+    let staged = engine::read_batch(ctx, staged_batch.clone())?;
     let current = committed(ctx, catalog, &e.name, &declared).await?;
     let base_rows = current.clone().count().await? as u64;
     let incremental = mode == SyncMode::Incremental;
@@ -611,14 +625,27 @@ async fn plan_entity(
     } else {
         COMPLETE_SQL
     };
-    let batches = change_set(
-        ctx,
-        encode(staged.clone(), incremental)?,
-        encode(current.clone(), false)?,
-        sql,
-    )
-    .await?;
-    let changes = read_changes(ctx, &e.name, &batches)?;
+    let changes = if base_rows == 0 && !incremental {
+        // A first load inserts every row of the export (its keys are unique and present).
+        Changes {
+            rows: staged
+                .clone()
+                .select(vec![key().alias("_ck"), lit("insert").alias("_cc")])?,
+            inserted: staged_batch.num_rows() as u64,
+            updated: 0,
+            deleted: 0,
+            warnings: Vec::new(),
+        }
+    } else {
+        let batches = change_set(
+            ctx,
+            encode(staged.clone(), incremental)?,
+            encode(current.clone(), false)?,
+            sql,
+        )
+        .await?;
+        read_changes(ctx, &e.name, &batches)?
+    };
     let rows = changes.rows.clone();
     let mut plan = TablePlan {
         name: e.name.clone(),
@@ -643,10 +670,15 @@ async fn plan_entity(
 
     let new_declared = if incremental {
         let ch = rows.clone();
-        let kept = current
+        let kept = ch
             .clone()
-            .with_column("_k", key())?
-            .join(ch.clone(), JoinType::LeftAnti, &["_k"], &["_ck"], None)?
+            .join(
+                current.clone().with_column("_k", key())?,
+                JoinType::RightAnti,
+                &["_ck"],
+                &["_k"],
+                None,
+            )?
             .select(decl_cols.clone())?;
         let upserts = staged
             .clone()
@@ -745,32 +777,45 @@ async fn plan_link(
     let current = committed(ctx, catalog, &l.name, &schema).await?;
     let base_rows = current.clone().count().await? as u64;
     let incremental = mode == SyncMode::Incremental && staged_batch.is_some();
+    // The committed pairs under other names, for joins with a frame of pairs.
+    let other = |df: DataFrame| -> Result<DataFrame> {
+        Ok(df.select(vec![quoted(f).alias("_of"), quoted(t).alias("_ot")])?)
+    };
 
     let mut warnings = Vec::new();
     let desired = match staged_batch {
         None => current.clone(),
         Some(b) => {
-            let staged = ctx.read_batch(b.clone())?;
+            let staged = engine::read_batch(ctx, b.clone())?;
             if incremental {
+                // Warnings need only the committed pairs the file names.
+                let named = other(staged.clone())?.join(
+                    current.clone(),
+                    JoinType::RightSemi,
+                    &["_of", "_ot"],
+                    &[f, t],
+                    None,
+                )?;
                 let batches = change_set(
                     ctx,
                     encode(staged.clone(), true)?,
-                    encode(current.clone(), false)?,
+                    encode(named, false)?,
                     INCREMENTAL_SQL,
                 )
                 .await?;
                 warnings = read_changes(ctx, &l.name, &batches)?.warnings;
-                let removed = staged
-                    .clone()
-                    .filter(col(COMMAND).eq(lit("delete")))?
-                    .select(vec![key().alias("_rk")])?;
+                let removed = other(staged.clone().filter(col(COMMAND).eq(lit("delete")))?)?;
                 let added = staged
                     .filter(col(COMMAND).not_eq(lit("delete")))?
                     .select(pair())?;
-                current
-                    .clone()
-                    .with_column("_k", key())?
-                    .join(removed, JoinType::LeftAnti, &["_k"], &["_rk"], None)?
+                removed
+                    .join(
+                        current.clone(),
+                        JoinType::RightAnti,
+                        &["_of", "_ot"],
+                        &[f, t],
+                        None,
+                    )?
                     .select(pair())?
                     .union(added)?
             } else {
@@ -778,7 +823,8 @@ async fn plan_link(
             }
         }
     };
-    // Pairs whose endpoint is gone disappear with it (SPEC section 4), in every mode.
+    // Pairs whose endpoint is gone disappear with it (SPEC section 4), in every mode. The keys
+    // are the hash tables: there are far fewer of them than pairs.
     let from_keys = ctx
         .table(format!("new_keys__{}", l.from.entity))
         .await?
@@ -787,50 +833,83 @@ async fn plan_link(
         .table(format!("new_keys__{}", l.to.entity))
         .await?
         .select(vec![col("_key").alias("_tk")])?;
-    let desired = desired
-        .distinct()?
-        .join(from_keys, JoinType::LeftSemi, &[f], &["_fk"], None)?
-        .join(to_keys, JoinType::LeftSemi, &[t], &["_tk"], None)?
+    let desired = to_keys
+        .join(
+            from_keys.join(
+                desired.distinct()?,
+                JoinType::RightSemi,
+                &["_fk"],
+                &[f],
+                None,
+            )?,
+            JoinType::RightSemi,
+            &["_tk"],
+            &[t],
+            None,
+        )?
         .sort(vec![quoted(f).sort(true, true), quoted(t).sort(true, true)])?;
     let desired_schema = Arc::new(desired.schema().as_arrow().clone());
     let desired_batches = desired.collect().await?;
     let desired = frame(ctx, &desired_schema, &desired_batches)?;
 
-    let batches = change_set(
-        ctx,
-        encode(desired.clone(), false)?,
-        encode(current.clone(), false)?,
-        COMPLETE_SQL,
-    )
-    .await?;
-    let changes = read_changes(ctx, &l.name, &batches)?;
+    // A pair has no values: it is inserted or deleted, found by anti-joins on the pair (on a
+    // first load every desired pair is inserted).
+    let (added, removed) = if base_rows == 0 {
+        (desired.clone(), current.clone())
+    } else {
+        let added = other(current.clone())?.join(
+            desired.clone(),
+            JoinType::RightAnti,
+            &["_of", "_ot"],
+            &[f, t],
+            None,
+        )?;
+        let removed = other(desired.clone())?.join(
+            current.clone(),
+            JoinType::RightAnti,
+            &["_of", "_ot"],
+            &[f, t],
+            None,
+        )?;
+        let (a, r) = (
+            super::frames::collect(added).await?,
+            super::frames::collect(removed).await?,
+        );
+        (frame(ctx, &a.0, &a.1)?, frame(ctx, &r.0, &r.1)?)
+    };
+    let inserted = added.clone().count().await? as u64;
+    let deleted = removed.clone().count().await? as u64;
     let mut plan = TablePlan {
         name: l.name.clone(),
         thresholds: l.thresholds.clone(),
         base_rows,
         staged_rows: staged_batch.map(|b| b.num_rows() as u64),
-        inserted: changes.inserted,
+        inserted,
         updated: 0,
-        deleted: changes.deleted,
+        deleted,
         warnings,
         new_state: None,
         new_history: None,
         modified: None,
     };
-    if changes.total() == 0 {
+    if inserted + deleted == 0 {
         return Ok(plan);
     }
+    let tagged = |df: DataFrame, change: &str, key: Expr| -> Result<DataFrame> {
+        Ok(df.select(vec![key, lit(change).alias("_cc")])?)
+    };
     // recently_modified names the `from` key of each changed pair.
     plan.modified = Some(
-        changes
-            .rows
-            .clone()
-            .select(vec![
-                split_part(col("_ck"), lit(PAIR_SEP), lit(1i64)).alias("key"),
-                col("_cc").alias("change"),
-            ])?
+        tagged(added.clone(), "insert", quoted(f).alias("key"))?
+            .union(tagged(removed.clone(), "delete", quoted(f).alias("key"))?)?
+            .select(vec![col("key"), col("_cc").alias("change")])?
             .distinct()?,
     );
+    let rows = tagged(added, "insert", key().alias("_ck"))?.union(tagged(
+        removed,
+        "delete",
+        key().alias("_ck"),
+    )?)?;
     let history = next_history(
         ctx,
         catalog,
@@ -839,7 +918,7 @@ async fn plan_link(
         pair(),
         desired,
         current,
-        changes.rows,
+        rows,
         &rc.run_id,
         valid_from,
     )
