@@ -190,11 +190,3 @@ pub fn mem_table(
 
 /// Rows per batch of an in-memory table.
 const SLICE_ROWS: usize = 1 << 16;
-
-/// A frame over one in-memory batch (sliced, see [`mem_table`]).
-pub fn read_batch(
-    ctx: &datafusion::prelude::SessionContext,
-    batch: RecordBatch,
-) -> datafusion::error::Result<datafusion::prelude::DataFrame> {
-    ctx.read_table(mem_table(batch.schema(), vec![batch])?)
-}

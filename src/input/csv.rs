@@ -228,28 +228,23 @@ fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize) -> Result<Loaded> {
     // Lines are counted here, not taken from the csv reader (whose count lags by one line for
     // the first record it reads): a record's line is 1 + the newlines before it.
     let first_line = 1 + memchr::memchr_iter(b'\n', &body[..data_start]).count() as u64;
-    let chunks = chunks(data, parallel_bytes);
-    let parsed: Vec<std::result::Result<Records, ::csv::Error>> =
-        if chunks.len() == 1 {
-            vec![parse_records(&layout, data, first_line, bom + data_start)]
-        } else {
-            std::thread::scope(|scope| {
-                let mut first_line = first_line;
-                let mut handles = Vec::new();
-                for &(a, b) in &chunks {
-                    let layout = &layout;
-                    let line = first_line;
-                    handles.push(scope.spawn(move || {
-                        parse_records(layout, &data[a..b], line, bom + data_start + a)
-                    }));
-                    first_line += memchr::memchr_iter(b'\n', &data[a..b]).count() as u64;
-                }
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("invariant: CSV parsing does not panic"))
-                    .collect()
-            })
-        };
+    // Each chunk on its own thread (one chunk for a small file, see `chunks`).
+    let parsed: Vec<std::result::Result<Records, ::csv::Error>> = std::thread::scope(|scope| {
+        let mut first_line = first_line;
+        let mut handles = Vec::new();
+        for (a, b) in chunks(data, parallel_bytes) {
+            let layout = &layout;
+            let line = first_line;
+            handles.push(
+                scope.spawn(move || parse_records(layout, &data[a..b], line, bom + data_start + a)),
+            );
+            first_line += memchr::memchr_iter(b'\n', &data[a..b]).count() as u64;
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("invariant: CSV parsing does not panic"))
+            .collect()
+    });
     let mut records = Records::default();
     let mut texts: Vec<Vec<StringArray>> = wanted.iter().map(|_| Vec::new()).collect();
     for part in parsed {
@@ -257,7 +252,6 @@ fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize) -> Result<Loaded> {
         for (all, t) in texts.iter_mut().zip(part.texts) {
             all.push(t);
         }
-        records.lines.extend(part.lines);
         records.starts.extend(part.starts);
         records.reasons.extend(part.reasons);
         records.raw_keys.extend(part.raw_keys);
@@ -276,13 +270,12 @@ fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize) -> Result<Loaded> {
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| input(file, e.to_string()))?;
     let Records {
-        lines,
         starts,
         mut reasons,
         raw_keys,
         ..
     } = records;
-    let rows = lines.len();
+    let rows = starts.len();
 
     // Typing, column by column.
     let mut typed: Vec<ArrayRef> = Vec::with_capacity(spec.columns.len());
@@ -359,7 +352,7 @@ fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize) -> Result<Loaded> {
                     ));
                 }
                 Entry::Vacant(v) => {
-                    v.insert(lines[i]);
+                    v.insert(starts[i].0);
                 }
             }
         }
@@ -373,7 +366,7 @@ fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize) -> Result<Loaded> {
             Some(r) => {
                 keep.append_value(false);
                 rejected.push(Rejected {
-                    line: lines[i],
+                    line: starts[i].0,
                     reason: r.clone(),
                     raw: raw_text(&source, starts[i].1, record_end(&starts, i, &source)),
                     key: raw_keys[i].clone(),
@@ -385,7 +378,7 @@ fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize) -> Result<Loaded> {
     let keep: BooleanArray = keep.finish();
     let mut columns = typed;
     columns.push(Arc::new(Int64Array::from_iter_values(
-        lines.iter().map(|&l| l as i64),
+        starts.iter().map(|&(l, _)| l as i64),
     )));
     if let Some(c) = command {
         columns.push(Arc::new(c));
@@ -420,7 +413,6 @@ struct Layout<'a> {
 #[derive(Default)]
 struct Records {
     texts: Vec<StringArray>,
-    lines: Vec<u64>,
     /// (line, byte offset in the file) of each record.
     starts: Vec<(u64, usize)>,
     reasons: Vec<Option<String>>,
@@ -490,47 +482,38 @@ fn parse_records(
         line += memchr::memchr_iter(b'\n', &chunk[counted..start]).count() as u64;
         counted = start;
         out.starts.push((line, offset + start));
-        out.lines.push(line);
-        if let Some(k) = layout.key_index {
-            out.raw_keys.push(
-                record
-                    .get(k)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .map(|v| v.to_string()),
-            );
-        } else {
-            out.raw_keys.push(None);
-        }
-        let mut reason = None;
-        if record.len() != n_fields {
-            reason = Some(format!(
+        out.raw_keys.push(
+            layout
+                .key_index
+                .and_then(|k| record.get(k))
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(|v| v.to_string()),
+        );
+        // The wanted fields as text, or why the row is unreadable.
+        let values = if record.len() != n_fields {
+            Err(format!(
                 "expected {n_fields} fields as in the header, found {}",
                 record.len()
-            ));
-        }
-        let mut values: Vec<&str> = Vec::with_capacity(layout.indices.len());
-        if reason.is_none() {
-            for (j, &i) in layout.indices.iter().enumerate() {
-                match std::str::from_utf8(&record[i]) {
-                    Ok(v) => values.push(v),
-                    Err(_) => {
-                        reason = Some(format!(
-                            "column `{}`: value is not valid UTF-8",
-                            layout.wanted[j]
-                        ));
-                        break;
-                    }
-                }
-            }
-        }
-        match reason {
-            Some(r) => {
+            ))
+        } else {
+            layout
+                .indices
+                .iter()
+                .zip(layout.wanted)
+                .map(|(&i, name)| {
+                    std::str::from_utf8(&record[i])
+                        .map_err(|_| format!("column `{name}`: value is not valid UTF-8"))
+                })
+                .collect::<std::result::Result<Vec<&str>, String>>()
+        };
+        match values {
+            Err(r) => {
                 for b in &mut builders {
                     b.append_null();
                 }
                 out.reasons.push(Some(r));
             }
-            None => {
+            Ok(values) => {
                 for (b, v) in builders.iter_mut().zip(&values) {
                     if v.is_empty() {
                         b.append_null();

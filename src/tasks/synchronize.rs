@@ -616,7 +616,11 @@ async fn plan_entity(
         }
         Ok(df.select(exprs)?)
     };
-    let staged = engine::read_batch(ctx, staged_batch.clone())?;
+    let staged = frame(
+        ctx,
+        &staged_batch.schema(),
+        std::slice::from_ref(staged_batch),
+    )?;
     let current = committed(ctx, catalog, &e.name, &declared).await?;
     let base_rows = current.clone().count().await? as u64;
     let incremental = mode == SyncMode::Incremental;
@@ -786,7 +790,7 @@ async fn plan_link(
     let desired = match staged_batch {
         None => current.clone(),
         Some(b) => {
-            let staged = engine::read_batch(ctx, b.clone())?;
+            let staged = frame(ctx, &b.schema(), std::slice::from_ref(b))?;
             if incremental {
                 // Warnings need only the committed pairs the file names.
                 let named = other(staged.clone())?.join(
