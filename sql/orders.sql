@@ -11,6 +11,7 @@
 --                                                    win over desired
 --   o_current_scalars(account_key, attribute, value) the target's current values, same text form
 --   o_desired_links(owner_key, link, value)
+--   o_link_candidates(owner_key, account_key)       kept pairs whose links may differ
 --   o_current_links(account_key, link, value)
 --   o_disable(account_key, attribute, value)         disable values per account
 --   o_managed(link, value)                           values named in the link rules
@@ -88,30 +89,31 @@ identity_diff AS (
     WHERE k.account_key IS NULL AND co.attribute IS NULL AND (i.value IS DISTINCT FROM c.value)
       AND i.account_key NOT IN (SELECT account_key FROM to_delete)
 ),
+-- The link diffs cover only the pairs whose link fingerprints differ (o_link_candidates, see
+-- link_candidates.sql), and are anti-joins (NOT EXISTS): a LEFT JOIN filtered on IS NULL
+-- would first build every matched row, then drop them.
 link_add AS (
     SELECT k.owner_key, k.account_key, d.link, d.value
-    FROM kept k
+    FROM o_link_candidates k
     JOIN o_desired_links d ON d.owner_key = k.owner_key
-    LEFT JOIN o_current_links c
-        ON c.account_key = k.account_key AND c.link = d.link AND c.value = d.value
-    WHERE c.account_key IS NULL
-),
-removable AS (
-    -- Current values the resource type may remove: all of a link in mode `all`, else the
-    -- values its rules name (restricted first: most memberships are usually unmanaged).
-    SELECT c.account_key, c.link, c.value
-    FROM o_current_links c
-    JOIN o_link_modes m ON m.link = c.link
-    LEFT JOIN o_managed n ON n.link = c.link AND n.value = c.value
-    WHERE m.managed = 'all' OR n.link IS NOT NULL
+    WHERE NOT EXISTS (
+        SELECT 1 FROM o_current_links c
+        WHERE c.account_key = k.account_key AND c.link = d.link AND c.value = d.value
+    )
 ),
 link_remove AS (
+    -- Current values the resource type may remove: all of a link in mode `all`, else the
+    -- values its rules name.
     SELECT k.owner_key, k.account_key, c.link, c.value
-    FROM kept k
-    JOIN removable c ON c.account_key = k.account_key
-    LEFT JOIN o_desired_links d
-        ON d.owner_key = k.owner_key AND d.link = c.link AND d.value = c.value
-    WHERE d.owner_key IS NULL
+    FROM o_link_candidates k
+    JOIN o_current_links c ON c.account_key = k.account_key
+    JOIN o_link_modes m ON m.link = c.link
+    LEFT JOIN o_managed n ON n.link = c.link AND n.value = c.value
+    WHERE (m.managed = 'all' OR n.link IS NOT NULL)
+      AND NOT EXISTS (
+        SELECT 1 FROM o_desired_links d
+        WHERE d.owner_key = k.owner_key AND d.link = c.link AND d.value = c.value
+    )
 ),
 disable_diff AS (
     SELECT t.owner_key, t.account_key, x.attribute, c.value AS old_value, x.value AS new_value

@@ -5,6 +5,7 @@ pub mod expr;
 mod hits;
 mod row_values;
 mod scrub;
+mod value_hash;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 pub use hits::true_positions_udf;
 pub use row_values::row_values_udf;
 pub use scrub::{contains_needle, replace_needles, scrub_udf};
+pub use value_hash::value_hash_udf;
 
 static RUNTIME: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::RuntimeEnv>> =
     std::sync::OnceLock::new();
@@ -42,6 +44,16 @@ pub fn set_memory_limit(bytes: usize, spill_friendly: bool) -> datafusion::error
         .build_arc()?;
     let _ = RUNTIME.set(runtime);
     Ok(())
+}
+
+/// Hands the allocator's free memory back to the system. glibc keeps the pages of freed
+/// tables in its arenas, so without this the next task's peak stacks on the last one's.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The default memory limit: three quarters of the machine's memory.
@@ -112,6 +124,7 @@ pub fn context() -> SessionContext {
         None => SessionContext::new_with_config(config),
     };
     ctx.register_udf(row_values_udf());
+    ctx.register_udf(value_hash_udf());
     ctx
 }
 

@@ -199,6 +199,7 @@ async fn run_tasks(
         else {
             break;
         };
+        crate::engine::release_free_memory();
         let bad = matches!(outcome.status, TaskStatus::Failed | TaskStatus::Blocked);
         let skipped_for_failure = outcome.status == TaskStatus::Skipped
             && outcome.message.starts_with("skipped: dependency");

@@ -26,6 +26,7 @@ use crate::error::{Error, Result, exit};
 use crate::store::Catalog;
 
 const ORDERS_SQL: &str = include_str!("../../sql/orders.sql");
+const LINK_CANDIDATES_SQL: &str = include_str!("../../sql/link_candidates.sql");
 pub const TABLE: &str = "provisioning_orders";
 
 /// One provisioning order as emitted (the JSON shape of SPEC section 6).
@@ -592,6 +593,11 @@ async fn orders_of(
     )?;
 
     let text = |n: &&str| -> Expr { cast(col(*n), DataType::Utf8).alias(*n) };
+    view(
+        ctx,
+        "o_link_candidates",
+        super::role_model::materialize(ctx, ctx.sql(LINK_CANDIDATES_SQL).await?).await?,
+    )?;
     let parts = super::role_model::materialize(
         ctx,
         ctx.sql(ORDERS_SQL).await?.select(

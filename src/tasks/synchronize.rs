@@ -197,7 +197,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         {
             continue;
         }
-        plans.push(plan_link(&ctx, rc, &catalog, l, staged, mode, valid_from).await?);
+        // Pairs parsed by this task had their endpoints checked against the same keys.
+        let checked = parsed_here && staged.is_some() && mode != SyncMode::Incremental;
+        plans.push(plan_link(&ctx, rc, &catalog, l, staged, checked, mode, valid_from).await?);
     }
 
     let rejected = prepared.rejected.len() as u64;
@@ -750,6 +752,7 @@ async fn plan_link(
     catalog: &Catalog,
     l: &Link,
     staged_batch: Option<&RecordBatch>,
+    endpoints_checked: bool,
     mode: SyncMode,
     valid_from: i64,
 ) -> Result<TablePlan> {
@@ -829,28 +832,27 @@ async fn plan_link(
     };
     // Pairs whose endpoint is gone disappear with it (SPEC section 4), in every mode. The keys
     // are the hash tables: there are far fewer of them than pairs.
-    let from_keys = ctx
-        .table(format!("new_keys__{}", l.from.entity))
-        .await?
-        .select(vec![col("_key").alias("_fk")])?;
-    let to_keys = ctx
-        .table(format!("new_keys__{}", l.to.entity))
-        .await?
-        .select(vec![col("_key").alias("_tk")])?;
-    let desired = to_keys
-        .join(
-            from_keys.join(
-                desired.distinct()?,
-                JoinType::RightSemi,
-                &["_fk"],
-                &[f],
-                None,
-            )?,
+    let desired = if endpoints_checked {
+        desired
+    } else {
+        let from_keys = ctx
+            .table(format!("new_keys__{}", l.from.entity))
+            .await?
+            .select(vec![col("_key").alias("_fk")])?;
+        let to_keys = ctx
+            .table(format!("new_keys__{}", l.to.entity))
+            .await?
+            .select(vec![col("_key").alias("_tk")])?;
+        to_keys.join(
+            from_keys.join(desired, JoinType::RightSemi, &["_fk"], &[f], None)?,
             JoinType::RightSemi,
             &["_tk"],
             &[t],
             None,
         )?
+    };
+    let desired = desired
+        .distinct()?
         .sort(vec![quoted(f).sort(true, true), quoted(t).sort(true, true)])?;
     let desired_schema = Arc::new(desired.schema().as_arrow().clone());
     let desired_batches = desired.collect().await?;

@@ -1,0 +1,44 @@
+-- The (owner_key, account_key) pairs of one resource type whose link values may differ
+-- (SPEC section 6): the pairs whose fingerprints differ. A side's fingerprint is its count of
+-- (link, value) rows and two wrapping sums of their 64-bit hashes (two seeds): the owner's
+-- desired values on one side, the account's current managed values on the other. Equal sets
+-- give equal fingerprints, so orders.sql compares values row by row only for these pairs
+-- instead of joining every current link of every account with every desired one. A pair the
+-- fingerprints miss would need two independent 64-bit hash sums to collide at once.
+--
+-- Views: o_assigned, o_current_links, o_desired_links, o_link_modes, o_managed (orders.sql).
+WITH
+kept AS (
+    SELECT owner_key, account_key FROM o_assigned WHERE account_key IS NOT NULL
+),
+removable AS (
+    -- The current values the resource type manages (may remove): all of a link in mode
+    -- `all`, else the values its rules name. When they equal the desired ones, no value is
+    -- added (the desired ones are all current) and none is removed.
+    SELECT c.account_key, c.link, c.value
+    FROM o_current_links c
+    JOIN o_link_modes m ON m.link = c.link
+    LEFT JOIN o_managed n ON n.link = c.link AND n.value = c.value
+    WHERE m.managed = 'all' OR n.link IS NOT NULL
+),
+current_fp AS (
+    SELECT account_key, count(*) AS n,
+           sum(value_hash(CAST(1 AS BIGINT), link, value)) AS h1,
+           sum(value_hash(CAST(2 AS BIGINT), link, value)) AS h2
+    FROM removable
+    GROUP BY account_key
+),
+desired_fp AS (
+    SELECT owner_key, count(*) AS n,
+           sum(value_hash(CAST(1 AS BIGINT), link, value)) AS h1,
+           sum(value_hash(CAST(2 AS BIGINT), link, value)) AS h2
+    FROM o_desired_links
+    GROUP BY owner_key
+)
+SELECT k.owner_key, k.account_key
+FROM kept k
+LEFT JOIN current_fp c ON c.account_key = k.account_key
+LEFT JOIN desired_fp d ON d.owner_key = k.owner_key
+WHERE (coalesce(c.n, 0) <> coalesce(d.n, 0))
+   OR (c.h1 IS DISTINCT FROM d.h1)
+   OR (c.h2 IS DISTINCT FROM d.h2)
