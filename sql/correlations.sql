@@ -6,29 +6,26 @@
 --   corr_owner_keys(owner_key, rule, value)    correlation_keys, owner side
 --   corr_rules(rule, confidence)
 --   corr_previous(account_key, owner_key, rule) links of the previous run (sticky)
+--   corr_matches(account_key, rule, owner_key, last_owner)
+--                                             correlation_matches.sql: the first and last
+--                                             owner each rule finds for an account (computed
+--                                             once: DataFusion would recompute a CTE per use)
 --
 -- Result: one row per account: account_key, owner_key, rule, status, conflict.
-WITH matches AS (
-    SELECT t.account_key, t.rule,
-           min(o.owner_key) AS owner_key,
-           count(DISTINCT o.owner_key) AS owners
-    FROM corr_target_keys t
-    JOIN corr_owner_keys o ON o.rule = t.rule AND o.value = t.value
-    GROUP BY t.account_key, t.rule
-),
-first_single AS (
+WITH first_single AS (
     -- The first rule that finds exactly one owner decides; later rules are not tried.
-    SELECT account_key, min(rule) AS rule FROM matches WHERE owners = 1 GROUP BY account_key
+    SELECT account_key, min(rule) AS rule FROM corr_matches WHERE owner_key = last_owner
+    GROUP BY account_key
 ),
 found AS (
     SELECT f.account_key, m.owner_key, f.rule,
            CASE WHEN r.confidence < 100 THEN 'suggested' ELSE 'linked' END AS status
     FROM first_single f
-    JOIN matches m ON m.account_key = f.account_key AND m.rule = f.rule
+    JOIN corr_matches m ON m.account_key = f.account_key AND m.rule = f.rule
     JOIN corr_rules r ON r.rule = f.rule
 ),
 ambiguous AS (
-    SELECT DISTINCT account_key FROM matches WHERE owners > 1
+    SELECT DISTINCT account_key FROM corr_matches WHERE owner_key < last_owner
 ),
 proposed AS (
     SELECT a.account_key,

@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::store::Catalog;
 
 const CORRELATIONS_SQL: &str = include_str!("../../sql/correlations.sql");
+const MATCHES_SQL: &str = include_str!("../../sql/correlation_matches.sql");
 const CANDIDATES_SQL: &str = include_str!("../../sql/correlation_candidates.sql");
 const ASSIGNED_ROLES_SQL: &str = include_str!("../../sql/assigned_roles.sql");
 const ASSIGNED_RESOURCES_SQL: &str = include_str!("../../sql/assigned_resources.sql");
@@ -629,6 +630,8 @@ async fn correlate(
         ])?
     };
     view(ctx, "corr_previous", previous)?;
+    let matches = materialize(ctx, ctx.sql(MATCHES_SQL).await?).await?;
+    view(ctx, "corr_matches", matches)?;
     let result = ctx.sql(CORRELATIONS_SQL).await?;
     let result = materialize(ctx, result).await?;
     view(ctx, "rt_correlations", result.clone())?;
