@@ -1,10 +1,11 @@
 -- The (owner_key, account_key) pairs of one resource type whose link values may differ
 -- (SPEC section 6): the pairs whose fingerprints differ. A side's fingerprint is its count of
--- (link, value) rows and two wrapping sums of their 64-bit hashes (two seeds): the owner's
--- desired values on one side, the account's current managed values on the other. Equal sets
--- give equal fingerprints, so orders.sql compares values row by row only for these pairs
--- instead of joining every current link of every account with every desired one. A pair the
--- fingerprints miss would need two independent 64-bit hash sums to collide at once.
+-- (link, value) rows and two wrapping sums of their 64-bit hashes under two secret keys (see
+-- src/engine/value_hash.rs): the owner's desired values on one side, the account's current
+-- managed values on the other. Equal sets give equal fingerprints, so orders.sql compares
+-- values row by row only for these pairs instead of joining every current link of every
+-- account with every desired one. A pair the fingerprints miss would need two independent
+-- keyed 64-bit hash sums to collide at once (about 2^-128).
 --
 -- Views: o_assigned, o_current_links, o_desired_links, o_link_modes, o_managed (orders.sql).
 WITH

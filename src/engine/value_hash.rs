@@ -1,20 +1,29 @@
-//! `value_hash(seed, a, b, …)`: a 64-bit hash (as BIGINT) of the row's text values, NULL-aware,
-//! from a fixed-seed hasher (the same value and seed give the same hash in every run).
+//! `value_hash(key, a, b, …)`: a 64-bit hash (as BIGINT) of the row's text values, NULL-aware,
+//! under one of two secret keys (`key` 1 or 2) drawn at random when the process starts.
 //!
 //! Orders compare an owner's desired link values with its account's current ones through a
-//! fingerprint per side: the count and two wrapping sums of these hashes (two seeds). Equal
+//! fingerprint per side: the count and two wrapping sums of these hashes (one per key). Equal
 //! sets give equal fingerprints, so only the accounts whose fingerprints differ are compared
-//! value by value; see `sql/link_candidates.sql`.
+//! value by value; see `sql/link_candidates.sql`. The hashes are SipHash under keys nobody
+//! knows, never stored: whoever names groups cannot craft values whose sums hide a membership
+//! (with a fixed, public seed, sums of a non-cryptographic hash can be made to collide).
 
+use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::OnceLock;
 
 use datafusion::arrow::array::{Array, AsArray, Int64Array};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::hash_utils::QualityRandomState;
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
+
+/// The two keyed hashers of this process.
+fn keys() -> &'static [RandomState; 2] {
+    static KEYS: OnceLock<[RandomState; 2]> = OnceLock::new();
+    KEYS.get_or_init(|| [RandomState::new(), RandomState::new()])
+}
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct ValueHash {
@@ -35,7 +44,7 @@ fn texts(a: &dyn Array) -> Result<Vec<Option<&str>>> {
         DataType::Utf8View => a.as_string_view().iter().collect(),
         other => {
             return Err(DataFusionError::Execution(format!(
-                "value_hash: arguments after the seed must be text, got {other}"
+                "value_hash: arguments after the key number must be text, got {other}"
             )));
         }
     })
@@ -52,15 +61,16 @@ impl ScalarUDFImpl for ValueHash {
         Ok(DataType::Int64)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let seed = match args.args.first() {
-            Some(ColumnarValue::Scalar(ScalarValue::Int64(Some(s)))) => *s as u64,
+        let state = match args.args.first() {
+            Some(ColumnarValue::Scalar(ScalarValue::Int64(Some(k @ 1..=2)))) => {
+                &keys()[*k as usize - 1]
+            }
             _ => {
                 return Err(DataFusionError::Execution(
-                    "value_hash: the first argument must be a BIGINT literal seed".into(),
+                    "value_hash: the first argument must be the key number, 1 or 2".into(),
                 ));
             }
         };
-        let state = QualityRandomState::with_seed(seed);
         let rows = args.number_rows;
         let arrays = ColumnarValue::values_to_arrays(&args.args[1..])?;
         let columns = arrays
@@ -85,7 +95,7 @@ mod tests {
     use super::*;
     use datafusion::prelude::SessionContext;
 
-    /// Equal texts hash alike whatever their string type; the seed, the order and NULL count.
+    /// Equal texts hash alike whatever their string type; the key, the order and NULL count.
     #[tokio::test]
     async fn hashes_values_not_types() {
         let ctx = SessionContext::new();
@@ -94,7 +104,7 @@ mod tests {
             .sql(
                 "SELECT value_hash(CAST(1 AS BIGINT), 'a', 'b') AS x,
                         value_hash(CAST(1 AS BIGINT), arrow_cast('a', 'Utf8View'), 'b') AS y,
-                        value_hash(CAST(2 AS BIGINT), 'a', 'b') AS other_seed,
+                        value_hash(CAST(2 AS BIGINT), 'a', 'b') AS other_key,
                         value_hash(CAST(1 AS BIGINT), 'b', 'a') AS swapped,
                         value_hash(CAST(1 AS BIGINT), 'a', CAST(NULL AS VARCHAR)) AS with_null,
                         value_hash(CAST(1 AS BIGINT), 'a', '') AS with_empty",

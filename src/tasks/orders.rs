@@ -592,12 +592,12 @@ async fn orders_of(
         ])?)?,
     )?;
 
-    let text = |n: &&str| -> Expr { cast(col(*n), DataType::Utf8).alias(*n) };
     view(
         ctx,
         "o_link_candidates",
         super::role_model::materialize(ctx, ctx.sql(LINK_CANDIDATES_SQL).await?).await?,
     )?;
+    let text = |n: &&str| -> Expr { cast(col(*n), DataType::Utf8).alias(*n) };
     let parts = super::role_model::materialize(
         ctx,
         ctx.sql(ORDERS_SQL).await?.select(
