@@ -50,6 +50,11 @@ pub fn frame(
     Ok(ctx.read_table(engine::mem_table(schema.clone(), batches.to_vec())?)?)
 }
 
+/// A frame over one batch (an export as read), sliced like [`frame`].
+pub fn batch_frame(ctx: &SessionContext, batch: &RecordBatch) -> Result<DataFrame> {
+    frame(ctx, &batch.schema(), std::slice::from_ref(batch))
+}
+
 /// Runs a DataFrame and returns its schema with the batches (the schema survives no rows).
 pub async fn collect(df: DataFrame) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let schema = std::sync::Arc::new(df.schema().as_arrow().clone());

@@ -11,7 +11,7 @@ use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::*;
 
-use super::frames::frame;
+use super::frames::batch_frame;
 use super::{RunContext, TaskOutcome, TaskStatus};
 use crate::config::{Entity, Link, SyncMode, Task};
 use crate::engine;
@@ -323,11 +323,7 @@ pub async fn register_new_keys(
         None => None,
     };
     let staged = match prepared.entity(&e.name) {
-        Some(t) => Some(frame(
-            ctx,
-            &t.batch.schema(),
-            std::slice::from_ref(&t.batch),
-        )?),
+        Some(t) => Some(batch_frame(ctx, &t.batch)?),
         None => None,
     };
     let empty = || -> Result<DataFrame> {
@@ -362,11 +358,7 @@ async fn check_endpoints(
     l: &Link,
     loaded: &Loaded,
 ) -> Result<(RecordBatch, Vec<Rejected>)> {
-    let rows = frame(
-        ctx,
-        &loaded.batch.schema(),
-        std::slice::from_ref(&loaded.batch),
-    )?;
+    let rows = batch_frame(ctx, &loaded.batch)?;
     let mut rejects = Vec::new();
     let deletes_only = |df: DataFrame| -> Result<DataFrame> {
         // Removing a pair never needs its endpoints to exist.

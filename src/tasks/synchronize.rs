@@ -20,7 +20,7 @@ use datafusion::functions::string::expr_fn::concat;
 use datafusion::logical_expr::SortExpr;
 use datafusion::prelude::*;
 
-use super::frames::{committed, frame, quoted};
+use super::frames::{batch_frame, committed, frame, quoted};
 use super::prepare_synchronization::{self, Prepared, register_new_keys};
 use super::{RunContext, TaskOutcome, TaskStatus, failpoint};
 use crate::config::{Entity, Link, SyncMode, Task, Thresholds, timestamp_type};
@@ -618,11 +618,7 @@ async fn plan_entity(
         }
         Ok(df.select(exprs)?)
     };
-    let staged = frame(
-        ctx,
-        &staged_batch.schema(),
-        std::slice::from_ref(staged_batch),
-    )?;
+    let staged = batch_frame(ctx, staged_batch)?;
     let current = committed(ctx, catalog, &e.name, &declared).await?;
     let base_rows = current.clone().count().await? as u64;
     let incremental = mode == SyncMode::Incremental;
@@ -793,7 +789,7 @@ async fn plan_link(
     let desired = match staged_batch {
         None => current.clone(),
         Some(b) => {
-            let staged = frame(ctx, &b.schema(), std::slice::from_ref(b))?;
+            let staged = batch_frame(ctx, b)?;
             if incremental {
                 // Warnings need only the committed pairs the file names.
                 let named = other(staged.clone())?.join(
@@ -877,11 +873,10 @@ async fn plan_link(
             &[f, t],
             None,
         )?;
-        let (a, r) = (
-            super::frames::collect(added).await?,
-            super::frames::collect(removed).await?,
-        );
-        (frame(ctx, &a.0, &a.1)?, frame(ctx, &r.0, &r.1)?)
+        (
+            super::role_model::materialize(ctx, added).await?,
+            super::role_model::materialize(ctx, removed).await?,
+        )
     };
     let inserted = added.clone().count().await? as u64;
     let deleted = removed.clone().count().await? as u64;
