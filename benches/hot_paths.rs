@@ -163,7 +163,7 @@ fn hot_paths(c: &mut Criterion) {
                 key: Some("employee_id".into()),
                 command_column: None,
                 split: Vec::new(),
-                options: &options,
+                options: options.clone(),
             };
             read(&spec).expect("loads")
         })

@@ -135,6 +135,7 @@ pub fn main() -> u8 {
         && let Err(e) = crate::engine::set_memory_limit(
             bytes,
             std::env::var("IGAFLOW_JOINS").is_ok_and(|v| v == "sort-merge"),
+            cli.memory_limit.is_some(),
         )
     {
         report_error(&Error::Engine(e));

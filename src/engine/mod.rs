@@ -1,10 +1,12 @@
 //! The one place that builds DataFusion sessions, plus small Arrow helpers every task shares.
 
 mod as_of;
+mod compact;
 pub mod expr;
 mod hits;
 mod row_values;
 mod scrub;
+mod sorted;
 mod value_hash;
 
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 pub use hits::true_positions_udf;
 pub use row_values::row_values_udf;
 pub use scrub::{contains_needle, replace_needles, scrub_udf};
+pub use sorted::dedupe_sorted;
 pub use value_hash::value_hash_udf;
 
 static RUNTIME: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::RuntimeEnv>> =
@@ -31,16 +34,31 @@ static SPILL_FRIENDLY: std::sync::atomic::AtomicBool = std::sync::atomic::Atomic
 /// the system's temp folder beyond it. With `spill_friendly` (`IGAFLOW_JOINS=sort-merge`, or
 /// after a task ran out of memory: see `tasks::run_task`), joins are planned as sort-merge
 /// joins, which spill, instead of hash joins, which hold their build side in memory.
+///
+/// With `fair` (an explicit `--memory-limit`), the pool gives each spilling operator an equal
+/// share, so that one large sort cannot starve the others. Without it (the default limit, a
+/// fraction of RAM) operators take memory as they need it up to the limit: a fair share is
+/// the pool divided by the spilling operators registered at that moment (every partition of
+/// every sort and repartition of the queries a task runs together), so with a few dozen of
+/// them a sort of a few GB spilled although most of the memory was free.
 /// Call once, before the first session.
-pub fn set_memory_limit(bytes: usize, spill_friendly: bool) -> datafusion::error::Result<()> {
+pub fn set_memory_limit(
+    bytes: usize,
+    spill_friendly: bool,
+    fair: bool,
+) -> datafusion::error::Result<()> {
     SPILL_FRIENDLY.store(spill_friendly, std::sync::atomic::Ordering::Relaxed);
-    use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
-    let pool = TrackConsumersPool::new(
-        FairSpillPool::new(bytes),
-        std::num::NonZeroUsize::new(5).expect("non-zero"),
-    );
+    use datafusion::execution::memory_pool::{
+        FairSpillPool, GreedyMemoryPool, MemoryPool, TrackConsumersPool,
+    };
+    let top = std::num::NonZeroUsize::new(5).expect("non-zero");
+    let pool: Arc<dyn MemoryPool> = if fair {
+        Arc::new(TrackConsumersPool::new(FairSpillPool::new(bytes), top))
+    } else {
+        Arc::new(TrackConsumersPool::new(GreedyMemoryPool::new(bytes), top))
+    };
     let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(pool))
+        .with_memory_pool(pool)
         .build_arc()?;
     let _ = RUNTIME.set(runtime);
     Ok(())
@@ -119,10 +137,17 @@ pub fn context() -> SessionContext {
         // cannot spill for its final merge (10 MB by default, which alone can fill the pool).
         opts.execution.sort_spill_reservation_bytes = 256 * 1024;
     }
-    let ctx = match RUNTIME.get() {
-        Some(rt) => SessionContext::new_with_config_rt(config, rt.clone()),
-        None => SessionContext::new_with_config(config),
-    };
+    let mut state = datafusion::execution::SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features();
+    if let Some(rt) = RUNTIME.get() {
+        state = state.with_runtime_env(rt.clone());
+    }
+    // DataFusion's rules, then ours (a builder given one rule would run only that one).
+    let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
+    rules.push(Arc::new(compact::CompactInputs));
+    let state = state.with_physical_optimizer_rules(rules).build();
+    let ctx = SessionContext::new_with_state(state);
     ctx.register_udf(row_values_udf());
     ctx.register_udf(value_hash_udf());
     ctx

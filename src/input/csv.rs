@@ -12,11 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, BooleanBuilder, Int64Array, RecordBatch, StringArray,
-    StringBuilder,
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StringBuilder,
 };
 use datafusion::arrow::compute::{CastOptions, cast_with_options, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::config::{ColumnType, CsvOptions, OnBadRow};
 use crate::error::{Error, Result};
@@ -27,7 +26,7 @@ pub const LINE: &str = "_line";
 pub const COMMAND: &str = "_command";
 
 /// What to read from one file.
-pub struct CsvSpec<'a> {
+pub struct CsvSpec {
     pub file: PathBuf,
     pub columns: Vec<(String, ColumnType)>,
     /// The key column: a NULL or duplicated key is a bad row.
@@ -36,7 +35,7 @@ pub struct CsvSpec<'a> {
     pub command_column: Option<String>,
     /// Columns whose cells hold several values separated by this text (links).
     pub split: Vec<(String, String)>,
-    pub options: &'a CsvOptions,
+    pub options: CsvOptions,
 }
 
 #[derive(Debug, Clone)]
@@ -50,9 +49,14 @@ pub struct Rejected {
 
 /// A loaded file: the good rows (declared columns, typed, then `_line`, then `_command` when
 /// incremental), the rejected ones, and the source text for later rejections (link endpoints).
+///
+/// The rows come in file order as batches of at most [`BATCH_ROWS`] records (more after
+/// multi-valued cells are split), each with buffers of its own: DataFusion accounts a batch's
+/// memory by its buffers, so slices of one large batch would each count the whole file.
 pub struct Loaded {
     pub file: PathBuf,
-    pub batch: RecordBatch,
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
     pub rejected: Vec<Rejected>,
     pub rows_read: u64,
     source: Arc<Vec<u8>>,
@@ -61,6 +65,11 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// The good rows.
+    pub fn num_rows(&self) -> u64 {
+        self.batches.iter().map(|b| b.num_rows() as u64).sum()
+    }
+
     /// The raw text of the record starting at `line`.
     pub fn raw_line(&self, line: u64) -> String {
         match self.starts.binary_search_by_key(&line, |&(l, _)| l) {
@@ -114,11 +123,23 @@ pub fn fail_on_bad_rows(file: &Path, rejected: &[Rejected], on_bad_row: OnBadRow
 }
 
 pub fn read(spec: &CsvSpec) -> Result<Loaded> {
-    read_in_chunks(spec, PARALLEL_BYTES)
+    read_in_chunks(spec, PARALLEL_BYTES, BATCH_ROWS)
 }
 
-/// [`read`], parsing on several threads when the data rows are at least `parallel_bytes` long.
-fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize) -> Result<Loaded> {
+/// [`read`] on a blocking thread, so that the async workers keep running the queries of tasks
+/// that run meanwhile (parsing a large export takes seconds).
+pub async fn load(spec: CsvSpec) -> Result<Loaded> {
+    tokio::task::spawn_blocking(move || read(&spec))
+        .await
+        .map_err(|e| Error::Engine(datafusion::error::DataFusionError::External(Box::new(e))))?
+}
+
+/// Records per batch of a loaded file.
+pub const BATCH_ROWS: usize = 8192;
+
+/// [`read`], parsing on several threads when the data rows are at least `parallel_bytes` long,
+/// into batches of `batch_rows` records.
+fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize, batch_rows: usize) -> Result<Loaded> {
     let file = &spec.file;
     let bytes = std::fs::read(file).map_err(|e| Error::Input {
         file: file.clone(),
@@ -148,7 +169,8 @@ fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize) -> Result<Loaded> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(Loaded {
             file: file.clone(),
-            batch: RecordBatch::new_empty(out_schema),
+            schema: out_schema,
+            batches: Vec::new(),
             rejected: Vec::new(),
             rows_read: 0,
             source,
@@ -222,6 +244,7 @@ fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize) -> Result<Loaded> {
         n_fields,
         key_index: spec.key.as_deref().and_then(index_of),
         delimiter: spec.options.delimiter,
+        batch_rows: batch_rows.max(1),
     };
     let data_start = reader.position().byte() as usize;
     let data = &body[data_start..];
@@ -245,85 +268,83 @@ fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize) -> Result<Loaded> {
             .map(|h| h.join().expect("invariant: CSV parsing does not panic"))
             .collect()
     });
-    let mut records = Records::default();
-    let mut texts: Vec<Vec<StringArray>> = wanted.iter().map(|_| Vec::new()).collect();
+    // Text columns in parts of at most `batch_rows` records; lines, offsets, reasons flat.
+    let mut parts: Vec<Vec<StringArray>> = Vec::new();
+    let mut starts: Vec<(u64, usize)> = Vec::new();
+    let mut reasons: Vec<Option<String>> = Vec::new();
+    let mut raw_keys: Vec<Option<String>> = Vec::new();
     for part in parsed {
         let part = part.map_err(|e| input(file, format!("cannot read: {e}")))?;
-        for (all, t) in texts.iter_mut().zip(part.texts) {
-            all.push(t);
-        }
-        records.starts.extend(part.starts);
-        records.reasons.extend(part.reasons);
-        records.raw_keys.extend(part.raw_keys);
+        parts.extend(part.parts);
+        starts.extend(part.starts);
+        reasons.extend(part.reasons);
+        raw_keys.extend(part.raw_keys);
     }
-    let texts: Vec<StringArray> = texts
-        .iter()
-        .map(|parts| {
-            let refs: Vec<&dyn Array> = parts.iter().map(|a| a as &dyn Array).collect();
-            datafusion::arrow::compute::concat(&refs).map(|a| {
-                a.as_any()
-                    .downcast_ref::<StringArray>()
-                    .expect("text columns")
-                    .clone()
-            })
-        })
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| input(file, e.to_string()))?;
-    let Records {
-        starts,
-        mut reasons,
-        raw_keys,
-        ..
-    } = records;
     let rows = starts.len();
+    // Where each part starts among the records.
+    let offsets: Vec<usize> = parts
+        .iter()
+        .scan(0, |o, p| {
+            let start = *o;
+            *o += p.first().map_or(0, |a| a.len());
+            Some(start)
+        })
+        .collect();
 
-    // Typing, column by column.
-    let mut typed: Vec<ArrayRef> = Vec::with_capacity(spec.columns.len());
-    for (j, (name, ty)) in spec.columns.iter().enumerate() {
-        let text = &texts[j];
-        let array = cast_text(text, *ty)?;
-        for (i, reason) in reasons.iter_mut().enumerate().take(rows) {
-            if reason.is_none() && text.is_valid(i) && array.is_null(i) {
-                *reason = Some(format!(
-                    "column `{name}`: `{}` is not a valid {}{}",
-                    text.value(i),
-                    ty.name(),
-                    match ty {
-                        ColumnType::Date => " (YYYY-MM-DD)",
-                        ColumnType::Timestamp => " (RFC 3339)",
-                        ColumnType::Bool => " (true or false)",
-                        _ => "",
-                    }
-                ));
-            }
-        }
-        typed.push(array);
-    }
-
-    // Incremental command.
-    let mut command: Option<StringArray> = None;
-    if spec.command_column.is_some() {
-        let text = &texts[spec.columns.len()];
-        let mut b = StringBuilder::with_capacity(rows, rows * 6);
-        for (i, reason) in reasons.iter_mut().enumerate().take(rows) {
-            let v = text
-                .is_valid(i)
-                .then(|| text.value(i).trim().to_ascii_lowercase());
-            match v.as_deref() {
-                Some(c @ ("insert" | "update" | "delete")) => b.append_value(c),
-                other => {
-                    if reason.is_none() {
-                        *reason = Some(format!(
-                            "column `{}`: `{}` is not a command (use insert, update or delete)",
-                            spec.command_column.as_deref().unwrap_or_default(),
-                            other.map(|_| text.value(i)).unwrap_or("")
-                        ));
-                    }
-                    b.append_null();
+    // Typing, part by part and column by column.
+    let mut typed: Vec<Vec<ArrayRef>> = Vec::with_capacity(parts.len());
+    let mut commands: Vec<Option<StringArray>> = Vec::with_capacity(parts.len());
+    for (texts, &offset) in parts.iter().zip(&offsets) {
+        let reasons = &mut reasons[offset..offset + texts.first().map_or(0, |a| a.len())];
+        let mut columns = Vec::with_capacity(spec.columns.len());
+        for (j, (name, ty)) in spec.columns.iter().enumerate() {
+            let text = &texts[j];
+            let array = cast_text(text, *ty)?;
+            for (i, reason) in reasons.iter_mut().enumerate() {
+                if reason.is_none() && text.is_valid(i) && array.is_null(i) {
+                    *reason = Some(format!(
+                        "column `{name}`: `{}` is not a valid {}{}",
+                        text.value(i),
+                        ty.name(),
+                        match ty {
+                            ColumnType::Date => " (YYYY-MM-DD)",
+                            ColumnType::Timestamp => " (RFC 3339)",
+                            ColumnType::Bool => " (true or false)",
+                            _ => "",
+                        }
+                    ));
                 }
             }
+            columns.push(array);
         }
-        command = Some(b.finish());
+        typed.push(columns);
+
+        // Incremental command.
+        commands.push(match &spec.command_column {
+            None => None,
+            Some(command_column) => {
+                let text = &texts[spec.columns.len()];
+                let mut b = StringBuilder::with_capacity(reasons.len(), reasons.len() * 6);
+                for (i, reason) in reasons.iter_mut().enumerate() {
+                    let v = text
+                        .is_valid(i)
+                        .then(|| text.value(i).trim().to_ascii_lowercase());
+                    match v.as_deref() {
+                        Some(c @ ("insert" | "update" | "delete")) => b.append_value(c),
+                        other => {
+                            if reason.is_none() {
+                                *reason = Some(format!(
+                                    "column `{command_column}`: `{}` is not a command (use insert, update or delete)",
+                                    other.map(|_| text.value(i)).unwrap_or("")
+                                ));
+                            }
+                            b.append_null();
+                        }
+                    }
+                }
+                Some(b.finish())
+            }
+        });
     }
 
     // Keys: NULL or duplicated (the first row with a key wins).
@@ -333,65 +354,75 @@ fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize) -> Result<Loaded> {
             .iter()
             .position(|(n, _)| n == key)
             .expect("invariant: key is declared");
-        let text = &texts[j];
         let mut seen: HashMap<&str, u64> = HashMap::with_capacity(rows);
-        for i in 0..rows {
-            if reasons[i].is_some() {
-                continue;
-            }
-            if text.is_null(i) {
-                reasons[i] = Some(format!("key `{key}` is empty"));
-                continue;
-            }
-            match seen.entry(text.value(i)) {
-                Entry::Occupied(first) => {
-                    reasons[i] = Some(format!(
-                        "duplicated key `{key}` = `{}` (first at line {})",
-                        text.value(i),
-                        first.get()
-                    ));
+        for (texts, &offset) in parts.iter().zip(&offsets) {
+            let text = &texts[j];
+            for i in 0..text.len() {
+                let reason = &mut reasons[offset + i];
+                if reason.is_some() {
+                    continue;
                 }
-                Entry::Vacant(v) => {
-                    v.insert(starts[i].0);
+                if text.is_null(i) {
+                    *reason = Some(format!("key `{key}` is empty"));
+                    continue;
+                }
+                match seen.entry(text.value(i)) {
+                    Entry::Occupied(first) => {
+                        *reason = Some(format!(
+                            "duplicated key `{key}` = `{}` (first at line {})",
+                            text.value(i),
+                            first.get()
+                        ));
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(starts[offset + i].0);
+                    }
                 }
             }
         }
     }
 
-    // Split multi-valued cells (links) and reject rows with an empty endpoint.
-    let mut keep = BooleanBuilder::with_capacity(rows);
+    // The rejected rows, then each part's good rows (multi-valued cells split).
     let mut rejected = Vec::new();
-    for i in 0..rows {
-        match &reasons[i] {
-            Some(r) => {
-                keep.append_value(false);
-                rejected.push(Rejected {
-                    line: starts[i].0,
-                    reason: r.clone(),
-                    raw: raw_text(&source, starts[i].1, record_end(&starts, i, &source)),
-                    key: raw_keys[i].clone(),
-                });
-            }
-            None => keep.append_value(true),
+    for (i, reason) in reasons.iter().enumerate() {
+        if let Some(r) = reason {
+            rejected.push(Rejected {
+                line: starts[i].0,
+                reason: r.clone(),
+                raw: raw_text(&source, starts[i].1, record_end(&starts, i, &source)),
+                key: raw_keys[i].clone(),
+            });
         }
     }
-    let keep: BooleanArray = keep.finish();
-    let mut columns = typed;
-    columns.push(Arc::new(Int64Array::from_iter_values(
-        starts.iter().map(|&(l, _)| l as i64),
-    )));
-    if let Some(c) = command {
-        columns.push(Arc::new(c));
-    }
-    let batch =
-        RecordBatch::try_new(out_schema, columns).map_err(|e| input(file, e.to_string()))?;
-    let mut batch = filter_record_batch(&batch, &keep).map_err(|e| input(file, e.to_string()))?;
-    if !spec.split.is_empty() {
-        batch = split_cells(&batch, &spec.split).map_err(|e| input(file, e.to_string()))?;
+    drop(parts);
+    let mut batches = Vec::with_capacity(typed.len());
+    for ((mut columns, command), offset) in typed.into_iter().zip(commands).zip(offsets) {
+        let n = columns.first().map_or(0, |a| a.len());
+        let keep: BooleanArray = reasons[offset..offset + n]
+            .iter()
+            .map(|r| Some(r.is_none()))
+            .collect();
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            starts[offset..offset + n].iter().map(|&(l, _)| l as i64),
+        )));
+        if let Some(c) = command {
+            columns.push(Arc::new(c));
+        }
+        let batch = RecordBatch::try_new(out_schema.clone(), columns)
+            .map_err(|e| input(file, e.to_string()))?;
+        let mut batch =
+            filter_record_batch(&batch, &keep).map_err(|e| input(file, e.to_string()))?;
+        if !spec.split.is_empty() {
+            batch = split_cells(&batch, &spec.split).map_err(|e| input(file, e.to_string()))?;
+        }
+        if batch.num_rows() > 0 {
+            batches.push(batch);
+        }
     }
     Ok(Loaded {
         file: file.clone(),
-        batch,
+        schema: out_schema,
+        batches,
         rejected,
         rows_read: rows as u64,
         source,
@@ -407,12 +438,15 @@ struct Layout<'a> {
     n_fields: usize,
     key_index: Option<usize>,
     delimiter: u8,
+    /// Records per part of the text columns.
+    batch_rows: usize,
 }
 
 /// A run of records as text columns, with each record's line, start and reason for rejection.
 #[derive(Default)]
 struct Records {
-    texts: Vec<StringArray>,
+    /// The text columns, in parts of at most `batch_rows` records.
+    parts: Vec<Vec<StringArray>>,
     /// (line, byte offset in the file) of each record.
     starts: Vec<(u64, usize)>,
     reasons: Vec<Option<String>>,
@@ -524,8 +558,15 @@ fn parse_records(
                 out.reasons.push(None);
             }
         }
+        if out.reasons.len() % layout.batch_rows == 0 {
+            out.parts
+                .push(builders.iter_mut().map(|b| b.finish()).collect());
+        }
     }
-    out.texts = builders.iter_mut().map(|b| b.finish()).collect();
+    if out.reasons.len() % layout.batch_rows != 0 {
+        out.parts
+            .push(builders.iter_mut().map(|b| b.finish()).collect());
+    }
     Ok(out)
 }
 
@@ -651,6 +692,8 @@ mod tests {
                 13 => text.push_str(&format!("a{i},too,many,fields\r\n")),
                 14 => text.push_str(&format!("a{i},Émile {i},not-a-number\r\n")),
                 15 => text.push_str("\r\n"),
+                // A key seen in an earlier part.
+                20 => text.push_str("a1,Again,3\r\n"),
                 _ => text.push_str(&format!("a{i},Name {i},{}\r\n", i % 90)),
             }
         }
@@ -665,15 +708,20 @@ mod tests {
             key: Some("id".into()),
             command_column: None,
             split: Vec::new(),
-            options: &options,
+            options,
         };
         assert!(
             chunks(text.as_bytes(), 0).len() > 1
                 || std::thread::available_parallelism().map_or(1, |n| n.get()) == 1
         );
-        let one = read_in_chunks(&spec, usize::MAX).unwrap();
-        let many = read_in_chunks(&spec, 0).unwrap();
-        assert_eq!(one.batch, many.batch);
+        let one = read_in_chunks(&spec, usize::MAX, BATCH_ROWS).unwrap();
+        // Small parts: keys, reasons and lines must line up across part boundaries.
+        let many = read_in_chunks(&spec, 0, 100).unwrap();
+        assert!(many.batches.len() > 40);
+        assert!(many.batches.iter().all(|b| b.num_rows() <= 100));
+        let all =
+            |l: &Loaded| datafusion::arrow::compute::concat_batches(&l.schema, &l.batches).unwrap();
+        assert_eq!(all(&one), all(&many));
         assert_eq!(one.rows_read, many.rows_read);
         let lines = |l: &Loaded| {
             l.rejected
@@ -688,11 +736,12 @@ mod tests {
         assert_eq!(first.raw, "a13,too,many,fields");
         assert_eq!(many.raw_line(17), "", "a blank line is no record");
         assert_eq!(many.raw_line(18), "a16,Name 16,16");
-        assert_eq!(one.rejected.len(), 12);
+        assert_eq!(one.rejected.len(), 17);
+        assert_eq!(one.num_rows(), 5000 - 5 - 17, "5 blank lines, 17 bad rows");
+        let duplicated = many.rejected.iter().find(|r| r.line == 1019).unwrap();
         assert_eq!(
-            one.batch.num_rows(),
-            5000 - 5 - 12,
-            "5 blank lines, 12 bad rows"
+            duplicated.reason,
+            "duplicated key `id` = `a1` (first at line 3)"
         );
     }
 }

@@ -40,6 +40,7 @@ use super::role_model::{materialize, union_all, view};
 use crate::config::{Entity, Lifecycle};
 use crate::engine;
 use crate::error::{Error, Result};
+use crate::input::csv::Loaded;
 use crate::store::{Catalog, CatalogChange, WriteMode};
 
 pub const OWNERS: &str = "anonymized_owners";
@@ -97,19 +98,19 @@ pub async fn protect_incoming(
     rc: &RunContext<'_>,
     catalog: &Catalog,
     entity: &Entity,
-    batch: RecordBatch,
-) -> Result<RecordBatch> {
+    loaded: &Loaded,
+) -> Result<Vec<RecordBatch>> {
     let Some(lifecycle) = owner_lifecycle(rc, entity) else {
-        return Ok(batch);
+        return Ok(loaded.batches.clone());
     };
-    if !catalog.tables.contains_key(OWNERS) || batch.num_rows() == 0 {
-        return Ok(batch);
+    if !catalog.tables.contains_key(OWNERS) || loaded.batches.is_empty() {
+        return Ok(loaded.batches.clone());
     }
     let ctx = engine::context_at(rc.as_of);
     rc.store.register(&ctx, catalog, OWNERS).await?;
     let keys = anonymized(&ctx, catalog).await?;
-    let schema = batch.schema();
-    let incoming = ctx.read_batch(batch)?;
+    let schema = &loaded.schema;
+    let incoming = frame(&ctx, schema, &loaded.batches)?;
     let names: Vec<Expr> = schema.fields().iter().map(|f| quoted(f.name())).collect();
     let joined = incoming
         .join_on(
@@ -133,13 +134,10 @@ pub async fn protect_incoming(
     )?
     .select(names)?;
     let batches = protected.collect().await?;
-    let batches: Vec<RecordBatch> = batches
+    Ok(batches
         .iter()
-        .map(|b| engine::cast_batch(b, &schema))
-        .collect::<std::result::Result<_, _>>()?;
-    Ok(datafusion::arrow::compute::concat_batches(
-        &schema, &batches,
-    )?)
+        .map(|b| engine::cast_batch(b, schema))
+        .collect::<std::result::Result<_, _>>()?)
 }
 
 /// Rejected lines of anonymized owners keep their line number and reason, not their text.

@@ -167,8 +167,8 @@ pub async fn run(rc: &RunContext<'_>, _task: &Task) -> Result<TaskOutcome> {
         }
         if let Some(m) = &model.manual_assignments {
             // Every owner named in the requests file (a handful): their dates move daily.
-            let requests = ctx
-                .read_batch(super::role_model::read_manual(m)?.batch)?
+            let manual = super::role_model::read_manual(m)?;
+            let requests = super::frames::frame(&ctx, &manual.schema, &manual.batches)?
                 .select(vec![col("owner_key").alias("key")])?;
             for owner in owner_entities
                 .iter()

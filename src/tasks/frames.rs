@@ -50,11 +50,6 @@ pub fn frame(
     Ok(ctx.read_table(engine::mem_table(schema.clone(), batches.to_vec())?)?)
 }
 
-/// A frame over one batch (an export as read), sliced like [`frame`].
-pub fn batch_frame(ctx: &SessionContext, batch: &RecordBatch) -> Result<DataFrame> {
-    frame(ctx, &batch.schema(), std::slice::from_ref(batch))
-}
-
 /// Runs a DataFrame and returns its schema with the batches (the schema survives no rows).
 pub async fn collect(df: DataFrame) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
@@ -76,6 +71,16 @@ impl NewTable {
             name: name.to_string(),
             schema,
             batches,
+        })
+    }
+
+    /// From a frame sorted on all its columns, each row once (see [`engine::dedupe_sorted`]).
+    pub async fn sorted_distinct(name: &str, sorted: DataFrame) -> Result<Self> {
+        let (schema, batches) = collect(sorted).await?;
+        Ok(Self {
+            name: name.to_string(),
+            schema,
+            batches: engine::dedupe_sorted(&batches)?,
         })
     }
 

@@ -11,7 +11,7 @@ use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::*;
 
-use super::frames::batch_frame;
+use super::frames::frame;
 use super::{RunContext, TaskOutcome, TaskStatus};
 use crate::config::{Entity, Link, SyncMode, Task};
 use crate::engine;
@@ -22,9 +22,30 @@ use crate::store::{Catalog, CatalogChange, Staged, WriteMode};
 pub struct PreparedTable {
     pub name: String,
     /// Declared columns (links: the two endpoint columns), `_line`, and `_command` when
-    /// incremental. Good rows only.
-    pub batch: RecordBatch,
+    /// incremental. Good rows only, in batches with buffers of their own (see [`Loaded`]).
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
     pub rows_read: u64,
+}
+
+impl PreparedTable {
+    pub fn num_rows(&self) -> u64 {
+        self.batches.iter().map(|b| b.num_rows() as u64).sum()
+    }
+
+    pub fn frame(&self, ctx: &SessionContext) -> Result<DataFrame> {
+        frame(ctx, &self.schema, &self.batches)
+    }
+
+    /// This table with its rows, leaving none here.
+    pub fn take(&mut self) -> Self {
+        Self {
+            name: self.name.clone(),
+            schema: self.schema.clone(),
+            batches: std::mem::take(&mut self.batches),
+            rows_read: self.rows_read,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -89,7 +110,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         .entities
         .iter()
         .chain(&prepared.links)
-        .map(|t| t.batch.num_rows() as u64)
+        .map(|t| t.num_rows())
         .sum();
     Ok(TaskOutcome {
         status: if rejected > 0 {
@@ -128,14 +149,14 @@ pub async fn write_staging(
             .write_table(
                 catalog,
                 &name,
-                t.batch.schema(),
-                vec![t.batch.clone()],
+                t.schema.clone(),
+                t.batches.clone(),
                 WriteMode::Overwrite,
                 &rc.run_id,
             )
             .await?;
         change.tables.insert(name, v);
-        written += t.batch.num_rows() as u64;
+        written += t.num_rows();
     }
     if !prepared.rejected.is_empty() {
         let batch = rejected_rows_batch(&rc.run_id, &prepared.connector, &prepared.rejected)?;
@@ -226,9 +247,9 @@ pub async fn prepare(
             key: Some(e.key.clone()),
             command_column: incremental.then(|| e.csv.command_column.clone()),
             split: Vec::new(),
-            options: &e.csv,
+            options: e.csv.clone(),
         };
-        let loaded = csv::read(&spec)?;
+        let loaded = csv::load(spec).await?;
         csv::fail_on_bad_rows(&loaded.file, &loaded.rejected, e.csv.on_bad_row)?;
         let first = prepared.rejected.len();
         push_rejected(
@@ -239,10 +260,11 @@ pub async fn prepare(
         );
         // Anonymized stays anonymized (SPEC section 9).
         super::anonymize::protect_rejected(rc, catalog, e, &mut prepared.rejected[first..]).await?;
-        let batch = super::anonymize::protect_incoming(rc, catalog, e, loaded.batch).await?;
+        let batches = super::anonymize::protect_incoming(rc, catalog, e, &loaded).await?;
         prepared.entities.push(PreparedTable {
             name: e.name.clone(),
-            batch,
+            schema: loaded.schema.clone(),
+            batches,
             rows_read: loaded.rows_read,
         });
     }
@@ -269,17 +291,18 @@ pub async fn prepare(
             key: None,
             command_column: incremental.then(|| l.csv.command_column.clone()),
             split,
-            options: &l.csv,
+            options: l.csv.clone(),
         };
-        let loaded = csv::read(&spec)?;
-        let (batch, mut endpoint_rejects) = check_endpoints(&ctx, l, &loaded).await?;
+        let loaded = csv::load(spec).await?;
+        let (batches, mut endpoint_rejects) = check_endpoints(&ctx, l, &loaded).await?;
         let mut all = loaded.rejected.clone();
         all.append(&mut endpoint_rejects);
         csv::fail_on_bad_rows(&loaded.file, &all, l.csv.on_bad_row)?;
         push_rejected(&mut prepared.rejected, &l.name, &loaded.file, &all);
         prepared.links.push(PreparedTable {
             name: l.name.clone(),
-            batch,
+            schema: loaded.schema.clone(),
+            batches,
             rows_read: loaded.rows_read,
         });
     }
@@ -323,7 +346,7 @@ pub async fn register_new_keys(
         None => None,
     };
     let staged = match prepared.entity(&e.name) {
-        Some(t) => Some(batch_frame(ctx, &t.batch)?),
+        Some(t) => Some(t.frame(ctx)?),
         None => None,
     };
     let empty = || -> Result<DataFrame> {
@@ -357,8 +380,8 @@ async fn check_endpoints(
     ctx: &SessionContext,
     l: &Link,
     loaded: &Loaded,
-) -> Result<(RecordBatch, Vec<Rejected>)> {
-    let rows = batch_frame(ctx, &loaded.batch)?;
+) -> Result<(Vec<RecordBatch>, Vec<Rejected>)> {
+    let rows = frame(ctx, &loaded.schema, &loaded.batches)?;
     let mut rejects = Vec::new();
     let deletes_only = |df: DataFrame| -> Result<DataFrame> {
         // Removing a pair never needs its endpoints to exist.
@@ -437,19 +460,25 @@ async fn check_endpoints(
     rejects.dedup_by_key(|r| r.line);
     let bad_lines: Vec<u64> = rejects.iter().map(|r| r.line).collect();
     let good = if bad_lines.is_empty() {
-        loaded.batch.clone()
+        loaded.batches.clone()
     } else {
         let bad: std::collections::HashSet<u64> = bad_lines.into_iter().collect();
-        let batch = &loaded.batch;
-        let lines = batch
-            .column_by_name(LINE)
-            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
-            .expect("invariant: loaded batches carry _line");
-        let keep: datafusion::arrow::array::BooleanArray = lines
+        let keep_good = |batch: &RecordBatch| {
+            let lines = batch
+                .column_by_name(LINE)
+                .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+                .expect("invariant: loaded batches carry _line");
+            let keep: datafusion::arrow::array::BooleanArray = lines
+                .iter()
+                .map(|l| Some(!l.is_some_and(|l| bad.contains(&(l as u64)))))
+                .collect();
+            datafusion::arrow::compute::filter_record_batch(batch, &keep)
+        };
+        loaded
+            .batches
             .iter()
-            .map(|l| Some(!l.is_some_and(|l| bad.contains(&(l as u64)))))
-            .collect();
-        datafusion::arrow::compute::filter_record_batch(batch, &keep)
+            .map(keep_good)
+            .collect::<std::result::Result<_, _>>()
             .map_err(datafusion::error::DataFusionError::from)?
     };
     Ok((good, rejects))

@@ -141,7 +141,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let links = merge_scoped(&ctx, &catalog, "assigned_links", links, &rts, d).await?;
 
     // The five tables are independent queries: run together, they keep both cores busy.
-    let tables = futures::future::try_join_all([
+    let (correlations, roles, resources, scalars, links) = futures::try_join!(
         NewTable::from_frame(
             "correlations",
             correlations.sort(vec![
@@ -165,7 +165,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 col("attribute").sort(true, true),
             ])?,
         ),
-        NewTable::from_frame(
+        // Each row once: sorted, then repeats dropped (a hash DISTINCT over millions of rows
+        // costs more, and its output is slices of one batch that a sort over-counts).
+        NewTable::sorted_distinct(
             "assigned_links",
             links.sort(vec![
                 col("resource_type").sort(true, true),
@@ -174,11 +176,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 col("value").sort(true, true),
             ])?,
         ),
-    ])
-    .await?;
-    let roles = tables[1].rows();
-    let assigned = tables[2].rows();
-    let mut tables = tables;
+    )?;
+    let (roles_count, assigned) = (roles.rows(), resources.rows());
+    let mut tables = vec![correlations, roles, resources, scalars, links];
     if let Some(d) = &dirty {
         // Hand the widened owner set to the orders task of this run.
         let extra = d.clone().select(vec![
@@ -229,7 +229,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     }
     let written = commit_tables(rc, "task:compute_role_model", tables).await?;
     let mut message = format!(
-        "{}; {roles} role assignment(s); {assigned} assigned resource(s)",
+        "{}; {roles_count} role assignment(s); {assigned} assigned resource(s)",
         counts.join(", ")
     );
     if !warnings.is_empty() {
@@ -753,7 +753,7 @@ async fn assigned_roles(
                     loaded.rejected.len()
                 ));
             }
-            let df = ctx.read_batch(loaded.batch)?.select(vec![
+            let df = super::frames::frame(ctx, &loaded.schema, &loaded.batches)?.select(vec![
                 col("owner_key"),
                 col("role"),
                 col("start_date"),
@@ -836,7 +836,7 @@ pub fn read_manual(m: &crate::config::ManualAssignments) -> Result<crate::input:
         key: None,
         command_column: None,
         split: Vec::new(),
-        options: &m.csv,
+        options: m.csv.clone(),
     };
     let loaded = crate::input::csv::read(&spec)?;
     crate::input::csv::fail_on_bad_rows(&m.file, &loaded.rejected, m.csv.on_bad_row)?;
@@ -987,7 +987,8 @@ async fn desired_scalars(
     Ok(union_all(frames)?.expect("at least one scalar"))
 }
 
-/// Desired link values of assigned owners: by role, by rule, unconditional, and pre-existing.
+/// Desired link values of assigned owners: by role, by rule, unconditional, and pre-existing
+/// (a value granted twice is listed twice; the table keeps it once).
 async fn desired_links(
     rc: &RunContext<'_>,
     ctx: &SessionContext,
@@ -1087,7 +1088,6 @@ async fn desired_links(
             &["owner_key"],
             None,
         )?
-        .distinct()?
         .select(vec![
             lit(rt.name.as_str()).alias("resource_type"),
             col("owner_key"),

@@ -20,8 +20,8 @@ use datafusion::functions::string::expr_fn::concat;
 use datafusion::logical_expr::SortExpr;
 use datafusion::prelude::*;
 
-use super::frames::{batch_frame, committed, frame, quoted};
-use super::prepare_synchronization::{self, Prepared, register_new_keys};
+use super::frames::{committed, frame, quoted};
+use super::prepare_synchronization::{self, Prepared, PreparedTable, register_new_keys};
 use super::{RunContext, TaskOutcome, TaskStatus, failpoint};
 use crate::config::{Entity, Link, SyncMode, Task, Thresholds, timestamp_type};
 use crate::engine::{self, expr::apply_computed};
@@ -135,7 +135,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         )));
     }
 
-    let prepared = match catalog.staged.get(connector) {
+    let mut prepared = match catalog.staged.get(connector) {
         Some(s) if s.run_id == rc.run_id && s.mode == mode.name() => {
             load_staging(rc, &catalog, connector, mode).await?
         }
@@ -166,7 +166,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         let staged = prepared
             .entity(&e.name)
             .expect("invariant: prepared every entity");
-        plans.push(plan_entity(&ctx, rc, &catalog, e, &staged.batch, mode, valid_from).await?);
+        plans.push(plan_entity(&ctx, rc, &catalog, e, staged, mode, valid_from).await?);
     }
     // Keys after this synchronization, for links of any connector that reference these entities.
     for e in &rc.pipeline.entities {
@@ -186,11 +186,12 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         .map(|e| e.name.as_str())
         .collect();
     for l in &rc.pipeline.links {
+        // The link's rows move into its plan, which drops them once its pairs are sorted.
         let staged = prepared
             .links
-            .iter()
+            .iter_mut()
             .find(|t| t.name == l.name)
-            .map(|t| &t.batch);
+            .map(PreparedTable::take);
         if staged.is_none()
             && !touched.contains(l.from.entity.as_str())
             && !touched.contains(l.to.entity.as_str())
@@ -599,7 +600,7 @@ async fn plan_entity(
     rc: &RunContext<'_>,
     catalog: &Catalog,
     e: &Entity,
-    staged_batch: &RecordBatch,
+    staged_table: &PreparedTable,
     mode: SyncMode,
     valid_from: i64,
 ) -> Result<TablePlan> {
@@ -618,7 +619,7 @@ async fn plan_entity(
         }
         Ok(df.select(exprs)?)
     };
-    let staged = batch_frame(ctx, staged_batch)?;
+    let staged = staged_table.frame(ctx)?;
     let current = committed(ctx, catalog, &e.name, &declared).await?;
     let base_rows = current.clone().count().await? as u64;
     let incremental = mode == SyncMode::Incremental;
@@ -633,7 +634,7 @@ async fn plan_entity(
             rows: staged
                 .clone()
                 .select(vec![key().alias("_ck"), lit("insert").alias("_cc")])?,
-            inserted: staged_batch.num_rows() as u64,
+            inserted: staged_table.num_rows(),
             updated: 0,
             deleted: 0,
             warnings: Vec::new(),
@@ -653,7 +654,7 @@ async fn plan_entity(
         name: e.name.clone(),
         thresholds: e.thresholds.clone(),
         base_rows,
-        staged_rows: Some(staged_batch.num_rows() as u64),
+        staged_rows: Some(staged_table.num_rows()),
         inserted: changes.inserted,
         updated: changes.updated,
         deleted: changes.deleted,
@@ -747,7 +748,7 @@ async fn plan_link(
     rc: &RunContext<'_>,
     catalog: &Catalog,
     l: &Link,
-    staged_batch: Option<&RecordBatch>,
+    staged_table: Option<PreparedTable>,
     endpoints_checked: bool,
     mode: SyncMode,
     valid_from: i64,
@@ -779,17 +780,18 @@ async fn plan_link(
     };
     let current = committed(ctx, catalog, &l.name, &schema).await?;
     let base_rows = current.clone().count().await? as u64;
-    let incremental = mode == SyncMode::Incremental && staged_batch.is_some();
+    let incremental = mode == SyncMode::Incremental && staged_table.is_some();
     // The committed pairs under other names, for joins with a frame of pairs.
     let other = |df: DataFrame| -> Result<DataFrame> {
         Ok(df.select(vec![quoted(f).alias("_of"), quoted(t).alias("_ot")])?)
     };
 
     let mut warnings = Vec::new();
-    let desired = match staged_batch {
+    let staged_rows = staged_table.as_ref().map(PreparedTable::num_rows);
+    let desired = match staged_table {
         None => current.clone(),
         Some(b) => {
-            let staged = batch_frame(ctx, b)?;
+            let staged = b.frame(ctx)?;
             if incremental {
                 // Warnings need only the committed pairs the file names.
                 let named = other(staged.clone())?.join(
@@ -847,11 +849,10 @@ async fn plan_link(
             None,
         )?
     };
-    let desired = desired
-        .distinct()?
-        .sort(vec![quoted(f).sort(true, true), quoted(t).sort(true, true)])?;
+    // Sorted, then each pair once (cheaper than a hash DISTINCT over millions of pairs).
+    let desired = desired.sort(vec![quoted(f).sort(true, true), quoted(t).sort(true, true)])?;
     let desired_schema = Arc::new(desired.schema().as_arrow().clone());
-    let desired_batches = desired.collect().await?;
+    let desired_batches = engine::dedupe_sorted(&desired.collect().await?)?;
     let desired = frame(ctx, &desired_schema, &desired_batches)?;
 
     // A pair has no values: it is inserted or deleted, found by anti-joins on the pair (on a
@@ -884,7 +885,7 @@ async fn plan_link(
         name: l.name.clone(),
         thresholds: l.thresholds.clone(),
         base_rows,
-        staged_rows: staged_batch.map(|b| b.num_rows() as u64),
+        staged_rows,
         inserted,
         updated: 0,
         deleted,
@@ -957,12 +958,11 @@ async fn load_staging(
             .ok_or_else(|| Error::store(format!("staging table {staging} is missing")))?;
         let schema = provider.schema();
         let batches = ctx.read_table(provider)?.collect().await?;
-        let batch = datafusion::arrow::compute::concat_batches(&schema, &batches)
-            .map_err(datafusion::error::DataFusionError::from)?;
-        let rows_read = batch.num_rows() as u64;
-        let t = prepare_synchronization::PreparedTable {
+        let rows_read = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let t = PreparedTable {
             name,
-            batch,
+            schema,
+            batches,
             rows_read,
         };
         if is_entity {
