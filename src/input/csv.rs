@@ -255,7 +255,7 @@ fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize, batch_rows: usize) -> R
     let parsed: Vec<std::result::Result<Records, ::csv::Error>> = std::thread::scope(|scope| {
         let mut first_line = first_line;
         let mut handles = Vec::new();
-        for (a, b) in chunks(data, parallel_bytes) {
+        for (a, b) in chunks(data, parallel_bytes, layout.delimiter) {
             let layout = &layout;
             let line = first_line;
             handles.push(
@@ -457,31 +457,81 @@ struct Records {
 /// Below this size a file is parsed on one thread.
 const PARALLEL_BYTES: usize = 16 << 20;
 
-/// Byte ranges of `data` that can be parsed independently: several when the file is large and
-/// has no quotes and no bare carriage returns, so that every newline ends a record.
-fn chunks(data: &[u8], parallel_bytes: usize) -> Vec<(usize, usize)> {
+/// Byte ranges of `data` that can be parsed independently: several when the file is large,
+/// has no bare carriage returns and quotes only whole fields (RFC 4180), so that the newlines
+/// outside quotes are exactly the ends of records.
+fn chunks(data: &[u8], parallel_bytes: usize, delimiter: u8) -> Vec<(usize, usize)> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let independent = || {
-        memchr::memchr(b'"', data).is_none()
-            && memchr::memchr_iter(b'\r', data).all(|i| data.get(i + 1) == Some(&b'\n'))
+    let whole = vec![(0, data.len())];
+    if threads == 1
+        || data.len() < parallel_bytes
+        || memchr::memchr_iter(b'\r', data).any(|i| data.get(i + 1) != Some(&b'\n'))
+    {
+        return whole;
+    }
+    let targets: Vec<usize> = (1..threads).map(|k| data.len() * k / threads).collect();
+    let Some(starts) = record_starts_after(data, &targets, delimiter) else {
+        return whole;
     };
-    if threads == 1 || data.len() < parallel_bytes || !independent() {
-        return vec![(0, data.len())];
-    }
     let mut bounds = vec![0];
-    for k in 1..threads {
-        let target = data.len() * k / threads;
-        let last = *bounds.last().expect("starts with 0");
-        if target <= last {
-            continue;
-        }
-        match memchr::memchr(b'\n', &data[target..]) {
-            Some(i) if target + i + 1 < data.len() => bounds.push(target + i + 1),
-            _ => break,
-        }
-    }
+    bounds.extend(starts);
     bounds.push(data.len());
     bounds.windows(2).map(|w| (w[0], w[1])).collect()
+}
+
+/// For each target offset (ascending), where the first record after it starts: the byte after
+/// the first newline at or past the target that is outside quotes. `None` when a quote is not
+/// where RFC 4180 puts one (opening a field, closing it, or doubled inside it): the csv reader
+/// takes such quotes as text, so counting them would misplace the records.
+fn record_starts_after(data: &[u8], targets: &[usize], delimiter: u8) -> Option<Vec<usize>> {
+    let mut out: Vec<usize> = Vec::with_capacity(targets.len());
+    let mut pending = targets.iter().copied().peekable();
+    let mut quotes = memchr::memchr_iter(b'"', data);
+    let (mut inside, mut region_start) = (false, 0);
+    loop {
+        let next = quotes.next();
+        let region_end = next.unwrap_or(data.len());
+        // Between two quotes nothing changes: outside quotes, a newline ends a record.
+        while !inside && let Some(&target) = pending.peek() {
+            let from = target.max(region_start);
+            if from >= region_end {
+                break;
+            }
+            let Some(j) = memchr::memchr(b'\n', &data[from..region_end]) else {
+                break;
+            };
+            let start = from + j + 1;
+            while pending.peek().is_some_and(|&t| t < start) {
+                pending.next();
+            }
+            if start < data.len() && out.last().is_none_or(|&last| last < start) {
+                out.push(start);
+            }
+        }
+        let Some(i) = next else {
+            break;
+        };
+        let before = i.checked_sub(1).map(|k| data[k]);
+        let after = data.get(i + 1).copied();
+        if inside {
+            if after == Some(b'"') {
+                quotes.next();
+                region_start = i + 2;
+                continue;
+            }
+            if !matches!(after, None | Some(b'\n' | b'\r')) && after != Some(delimiter) {
+                return None;
+            }
+            inside = false;
+        } else {
+            if !matches!(before, None | Some(b'\n' | b'\r')) && before != Some(delimiter) {
+                return None;
+            }
+            inside = true;
+        }
+        region_start = i + 1;
+    }
+    (!inside).then_some(out)
 }
 
 /// Parses the records of `chunk`, whose first line is `first_line` and which starts at byte
@@ -681,11 +731,102 @@ mod tests {
     use super::*;
     use crate::config::CsvOptions;
 
+    /// Records start after the newlines outside quotes; quotes used as text stop the split.
+    #[test]
+    fn record_starts_skip_quoted_newlines() {
+        let data = b"a,\"x\ny\"\nb,\"say \"\"hi\"\"\"\nc,d\n";
+        // A target inside the quoted newline moves to the next record, `b,…`.
+        assert_eq!(record_starts_after(data, &[3], b','), Some(vec![8]));
+        // A target inside the escaped quotes moves to `c,d`.
+        assert_eq!(record_starts_after(data, &[14], b','), Some(vec![23]));
+        assert_eq!(&data[23..], b"c,d\n");
+        // Targets sharing a record start give it once; a target in the last record gives none.
+        assert_eq!(record_starts_after(data, &[1, 4, 23], b','), Some(vec![8]));
+        // Quotes the csv reader takes as text: no split.
+        assert_eq!(record_starts_after(b"a,b\"c\nd,e\n", &[1], b','), None);
+        assert_eq!(record_starts_after(b"a,\"b\"c\nd,e\n", &[1], b','), None);
+        assert_eq!(record_starts_after(b"a,\"b\nd,e\n", &[1], b','), None);
+        // A semicolon file: the delimiter is the field separator.
+        assert_eq!(
+            record_starts_after(b"a;\"b;c\"\nd;e\n", &[1], b';'),
+            Some(vec![8])
+        );
+    }
+
+    fn all(l: &Loaded) -> RecordBatch {
+        datafusion::arrow::compute::concat_batches(&l.schema, &l.batches).unwrap()
+    }
+
+    /// `text` written to a file and read with `columns` and `key`, on one thread and in chunks
+    /// of 100-record parts; both must give the same rows, lines, reasons and raw text.
+    fn read_both_ways(
+        text: &str,
+        data_start: usize,
+        columns: &[(&str, ColumnType)],
+        key: &str,
+    ) -> (Loaded, Loaded) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("export.csv");
+        std::fs::write(&path, text).unwrap();
+        let spec = CsvSpec {
+            file: path,
+            columns: columns.iter().map(|(n, t)| (n.to_string(), *t)).collect(),
+            key: Some(key.into()),
+            command_column: None,
+            split: Vec::new(),
+            options: CsvOptions::default(),
+        };
+        assert!(
+            chunks(&text.as_bytes()[data_start..], 0, b',').len() > 1
+                || std::thread::available_parallelism().map_or(1, |n| n.get()) == 1
+        );
+        let one = read_in_chunks(&spec, usize::MAX, BATCH_ROWS).unwrap();
+        // Small parts: keys, reasons and lines must line up across part boundaries.
+        let many = read_in_chunks(&spec, 0, 100).unwrap();
+        assert!(many.batches.iter().all(|b| b.num_rows() <= 100));
+        assert_eq!(all(&one), all(&many));
+        assert_eq!(one.rows_read, many.rows_read);
+        let lines = |l: &Loaded| {
+            l.rejected
+                .iter()
+                .map(|r| (r.line, r.reason.clone(), r.raw.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(lines(&one), lines(&many));
+        (one, many)
+    }
+
+    /// A quoted file (separators, doubled quotes and newlines inside fields) parses in chunks
+    /// to the same rows, lines and rejections as on one thread.
+    #[test]
+    fn quoted_file_chunked_equals_sequential() {
+        let mut text = String::from("dn,note\n");
+        for i in 0..3000 {
+            match i % 500 {
+                7 => text.push_str(&format!("\"CN=A{i},OU=X\",\"one\",\"two\"\n")),
+                _ => text.push_str(&format!(
+                    "\"CN=A{i},OU=X\",\"said \"\"hi\"\"\nover two lines {i}\"\n"
+                )),
+            }
+        }
+        let columns = [("dn", ColumnType::String), ("note", ColumnType::String)];
+        let (one, many) = read_both_ways(&text, "dn,note\n".len(), &columns, "dn");
+        assert_eq!(one.num_rows(), 2994, "6 rows with a third field");
+        // Each record spans two lines: record i starts on line 2 + 2i.
+        assert_eq!(many.rejected[0].line, 2 + 2 * 7);
+        assert_eq!(many.rejected[0].raw, "\"CN=A7,OU=X\",\"one\",\"two\"");
+        let notes = all(&many);
+        let notes = notes
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(notes.value(0), "said \"hi\"\nover two lines 0");
+    }
+
     /// Parsed on one thread and in chunks, a file gives the same rows, lines and rejections.
     #[test]
     fn chunked_parse_equals_sequential() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("accounts.csv");
         let mut text = String::from("\u{feff}id,name,age\r\n");
         for i in 0..5000 {
             match i % 997 {
@@ -697,39 +838,9 @@ mod tests {
                 _ => text.push_str(&format!("a{i},Name {i},{}\r\n", i % 90)),
             }
         }
-        std::fs::write(&path, &text).unwrap();
-        let options = CsvOptions::default();
-        let spec = CsvSpec {
-            file: path,
-            columns: vec![
-                ("id".into(), ColumnType::String),
-                ("age".into(), ColumnType::Int),
-            ],
-            key: Some("id".into()),
-            command_column: None,
-            split: Vec::new(),
-            options,
-        };
-        assert!(
-            chunks(text.as_bytes(), 0).len() > 1
-                || std::thread::available_parallelism().map_or(1, |n| n.get()) == 1
-        );
-        let one = read_in_chunks(&spec, usize::MAX, BATCH_ROWS).unwrap();
-        // Small parts: keys, reasons and lines must line up across part boundaries.
-        let many = read_in_chunks(&spec, 0, 100).unwrap();
+        let columns = [("id", ColumnType::String), ("age", ColumnType::Int)];
+        let (one, many) = read_both_ways(&text, 0, &columns, "id");
         assert!(many.batches.len() > 40);
-        assert!(many.batches.iter().all(|b| b.num_rows() <= 100));
-        let all =
-            |l: &Loaded| datafusion::arrow::compute::concat_batches(&l.schema, &l.batches).unwrap();
-        assert_eq!(all(&one), all(&many));
-        assert_eq!(one.rows_read, many.rows_read);
-        let lines = |l: &Loaded| {
-            l.rejected
-                .iter()
-                .map(|r| (r.line, r.reason.clone(), r.raw.clone()))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(lines(&one), lines(&many));
         // Line numbers count the header and the blank lines; raw text is the record as written.
         let first = &many.rejected[0];
         assert_eq!(first.line, 15);
