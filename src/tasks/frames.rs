@@ -74,16 +74,6 @@ impl NewTable {
         })
     }
 
-    /// From a frame sorted on all its columns, each row once (see [`engine::dedupe_sorted`]).
-    pub async fn sorted_distinct(name: &str, sorted: DataFrame) -> Result<Self> {
-        let (schema, batches) = collect(sorted).await?;
-        Ok(Self {
-            name: name.to_string(),
-            schema,
-            batches: engine::dedupe_sorted(&batches)?,
-        })
-    }
-
     pub fn rows(&self) -> u64 {
         self.batches.iter().map(|b| b.num_rows() as u64).sum()
     }

@@ -165,9 +165,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 col("attribute").sort(true, true),
             ])?,
         ),
-        // Each row once: sorted, then repeats dropped (a hash DISTINCT over millions of rows
-        // costs more, and its output is slices of one batch that a sort over-counts).
-        NewTable::sorted_distinct(
+        NewTable::from_frame(
             "assigned_links",
             links.sort(vec![
                 col("resource_type").sort(true, true),
@@ -987,8 +985,7 @@ async fn desired_scalars(
     Ok(union_all(frames)?.expect("at least one scalar"))
 }
 
-/// Desired link values of assigned owners: by role, by rule, unconditional, and pre-existing
-/// (a value granted twice is listed twice; the table keeps it once).
+/// Desired link values of assigned owners: by role, by rule, unconditional, and pre-existing.
 async fn desired_links(
     rc: &RunContext<'_>,
     ctx: &SessionContext,
@@ -1088,6 +1085,7 @@ async fn desired_links(
             &["owner_key"],
             None,
         )?
+        .distinct()?
         .select(vec![
             lit(rt.name.as_str()).alias("resource_type"),
             col("owner_key"),
