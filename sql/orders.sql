@@ -19,8 +19,9 @@
 --   o_create_only(attribute)
 --   o_policy(on_lost, orphans)
 --
--- Result: one row per order part: change_type, kind (added|modified|disabled|deleted),
--- owner_key, account_key, part (order|attribute|add|remove), name, old_value, new_value.
+-- Result: the part_* pieces at the end, each one row per order part: change_type, kind
+-- (added|modified|disabled|deleted), owner_key, account_key, part (order|attribute|add|remove),
+-- name, old_value, new_value.
 -- The header part ('order') of a Modified order is not here: every Modified order has at
 -- least one attribute or link part, so the task derives the headers from the parts
 -- (DataFusion inlines a CTE at each use; deriving them here would compute every diff twice).
@@ -127,41 +128,58 @@ identity_parts AS (
     FROM identity_diff i
     LEFT JOIN (SELECT DISTINCT account_key FROM disable_diff) d ON d.account_key = i.account_key
 ),
-parts AS (
+-- One piece per kind of part. The task runs them one after the other, each as
+--   SELECT p.* FROM <piece> p LEFT JOIN protected x ON x.account_key = p.account_key
+--   WHERE x.account_key IS NULL
+-- (so this file ends with its last CTE): fewer operators are live at once, which is what lets
+-- orders complete under a small --memory-limit (each spilling operator's share of the pool
+-- is the pool divided by the operators registered at that moment).
+part_added AS (
     SELECT 'Added' AS change_type, 'added' AS kind, owner_key, CAST(NULL AS VARCHAR) AS account_key,
            'order' AS part, CAST(NULL AS VARCHAR) AS name,
            CAST(NULL AS VARCHAR) AS old_value, CAST(NULL AS VARCHAR) AS new_value
     FROM added
-    UNION ALL
-    SELECT 'Added', 'added', a.owner_key, CAST(NULL AS VARCHAR), 'attribute', d.attribute,
-           CAST(NULL AS VARCHAR), d.value
+),
+part_added_attributes AS (
+    SELECT 'Added' AS change_type, 'added' AS kind, a.owner_key, CAST(NULL AS VARCHAR) AS account_key,
+           'attribute' AS part, d.attribute AS name, CAST(NULL AS VARCHAR) AS old_value,
+           d.value AS new_value
     FROM added a JOIN o_desired_scalars d ON d.owner_key = a.owner_key
     WHERE d.value IS NOT NULL
-    UNION ALL
-    SELECT 'Added', 'added', a.owner_key, CAST(NULL AS VARCHAR), 'add', d.link,
-           CAST(NULL AS VARCHAR), d.value
+),
+part_added_links AS (
+    SELECT 'Added' AS change_type, 'added' AS kind, a.owner_key, CAST(NULL AS VARCHAR) AS account_key,
+           'add' AS part, d.link AS name, CAST(NULL AS VARCHAR) AS old_value, d.value AS new_value
     FROM added a JOIN o_desired_links d ON d.owner_key = a.owner_key
-    UNION ALL
-    SELECT 'Modified', 'modified', owner_key, account_key, 'attribute', attribute, old_value, new_value
+),
+part_scalars AS (
+    SELECT 'Modified' AS change_type, 'modified' AS kind, owner_key, account_key,
+           'attribute' AS part, attribute AS name, old_value, new_value
     FROM scalar_diff
-    UNION ALL
-    SELECT 'Modified', 'modified', owner_key, account_key, 'add', link, CAST(NULL AS VARCHAR), value
+),
+part_link_add AS (
+    SELECT 'Modified' AS change_type, 'modified' AS kind, owner_key, account_key, 'add' AS part,
+           link AS name, CAST(NULL AS VARCHAR) AS old_value, value AS new_value
     FROM link_add
-    UNION ALL
-    SELECT 'Modified', 'modified', owner_key, account_key, 'remove', link, value, CAST(NULL AS VARCHAR)
+),
+part_link_remove AS (
+    SELECT 'Modified' AS change_type, 'modified' AS kind, owner_key, account_key, 'remove' AS part,
+           link AS name, value AS old_value, CAST(NULL AS VARCHAR) AS new_value
     FROM link_remove
-    UNION ALL
-    SELECT 'Modified', 'disabled', owner_key, account_key, 'attribute', attribute, old_value, new_value
+),
+part_disable AS (
+    SELECT 'Modified' AS change_type, 'disabled' AS kind, owner_key, account_key,
+           'attribute' AS part, attribute AS name, old_value, new_value
     FROM disable_diff
-    UNION ALL
-    SELECT 'Modified', kind, owner_key, account_key, 'attribute', attribute, old_value, new_value
+),
+part_identity AS (
+    SELECT 'Modified' AS change_type, kind, owner_key, account_key, 'attribute' AS part,
+           attribute AS name, old_value, new_value
     FROM identity_parts
-    UNION ALL
-    SELECT 'Deleted', 'deleted', owner_key, account_key, 'order', CAST(NULL AS VARCHAR),
-           CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)
+),
+part_deleted AS (
+    SELECT 'Deleted' AS change_type, 'deleted' AS kind, owner_key, account_key, 'order' AS part,
+           CAST(NULL AS VARCHAR) AS name, CAST(NULL AS VARCHAR) AS old_value,
+           CAST(NULL AS VARCHAR) AS new_value
     FROM to_delete
 )
-SELECT p.*
-FROM parts p
-LEFT JOIN protected x ON x.account_key = p.account_key
-WHERE x.account_key IS NULL

@@ -28,11 +28,15 @@ static RUNTIME: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::Runt
 
 /// Whether plans should prefer operators that spill (set with an explicit memory limit).
 static SPILL_FRIENDLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// What [`set_memory_limit`] chose, which a task's retry goes back to (see
+/// [`set_spill_friendly`]).
+static SPILL_FRIENDLY_CONFIGURED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// Sets the memory the query engine may use (all sessions of the process share one pool);
 /// operators that can spill (sorts, aggregations, sort-merge joins) go to temporary files in
 /// the system's temp folder beyond it. With `spill_friendly` (`IGAFLOW_JOINS=sort-merge`, or
-/// after a task ran out of memory: see `tasks::run_task`), joins are planned as sort-merge
+/// while a task that ran out of memory runs again: see `tasks::run_task`), joins are planned as sort-merge
 /// joins, which spill, instead of hash joins, which hold their build side in memory.
 ///
 /// With `fair` (an explicit `--memory-limit`), the pool gives each spilling operator an equal
@@ -48,6 +52,7 @@ pub fn set_memory_limit(
     fair: bool,
 ) -> datafusion::error::Result<()> {
     SPILL_FRIENDLY.store(spill_friendly, std::sync::atomic::Ordering::Relaxed);
+    SPILL_FRIENDLY_CONFIGURED.store(spill_friendly, std::sync::atomic::Ordering::Relaxed);
     use datafusion::execution::memory_pool::{
         FairSpillPool, GreedyMemoryPool, MemoryPool, TrackConsumersPool,
     };
@@ -114,9 +119,11 @@ pub fn spill_friendly() -> bool {
     SPILL_FRIENDLY.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// From now on, sessions plan joins that spill (sort-merge joins).
-pub fn set_spill_friendly() {
-    SPILL_FRIENDLY.store(true, std::sync::atomic::Ordering::Relaxed);
+/// With `true`, sessions created from now on plan joins that spill (sort-merge joins); with
+/// `false`, they go back to what [`set_memory_limit`] chose.
+pub fn set_spill_friendly(on: bool) {
+    let on = on || SPILL_FRIENDLY_CONFIGURED.load(std::sync::atomic::Ordering::Relaxed);
+    SPILL_FRIENDLY.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// A session with igaflow's settings and functions.

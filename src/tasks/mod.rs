@@ -110,9 +110,11 @@ impl RunContext<'_> {
 }
 
 /// Runs a task. A task that runs out of the memory limit in an operator that cannot spill
-/// (a hash join's build side) runs once more with spill-friendly plans (sort-merge joins), for
-/// the rest of the process: slower, but bounded. Tasks commit only when they finish, so the
-/// second attempt starts from the same state.
+/// (a hash join's build side) runs once more with spill-friendly plans (sort-merge joins):
+/// slower, but bounded. Tasks commit only when they finish, so the second attempt starts from
+/// the same state. The next task tries hash joins again: a plan of sort-merge joins holds each
+/// finished sort's rows for its merge without spilling them, so a task whose hash joins fit
+/// (orders, run in pieces) can fail with sort-merge joins.
 pub async fn run_task(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     match dispatch(rc, task).await {
         Err(e) if is_out_of_memory(&e) && !crate::engine::spill_friendly() => {
@@ -121,8 +123,10 @@ pub async fn run_task(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 error = %e,
                 "the task exceeded the memory limit with in-memory hash joins; running it again with joins that spill to disk"
             );
-            crate::engine::set_spill_friendly();
-            dispatch(rc, task).await
+            crate::engine::set_spill_friendly(true);
+            let retried = dispatch(rc, task).await;
+            crate::engine::set_spill_friendly(false);
+            retried
         }
         other => other,
     }

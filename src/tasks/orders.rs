@@ -1,7 +1,8 @@
 //! `generate_provisioning_orders`: what must change in each target system (SPEC section 6).
 //!
 //! `sql/orders.sql` computes, per resource type and over whole tables, the long table of order
-//! parts (an order's header, each attribute change, each link value to add or remove). This
+//! parts (an order's header, each attribute change, each link value to add or remove), one kind
+//! of part at a time so that few operators hold memory at once. This
 //! module then shapes the parts into orders — the JSON document and Parquet file per connector
 //! are output formatting — gives each order an id derived from its content, applies the
 //! provisioning thresholds and merges the orders into `provisioning_orders`.
@@ -26,6 +27,18 @@ use crate::error::{Error, Result, exit};
 use crate::store::Catalog;
 
 const ORDERS_SQL: &str = include_str!("../../sql/orders.sql");
+/// The CTEs of `sql/orders.sql` that each yield one kind of order part.
+const ORDER_PIECES: [&str; 9] = [
+    "part_added",
+    "part_added_attributes",
+    "part_added_links",
+    "part_scalars",
+    "part_link_add",
+    "part_link_remove",
+    "part_disable",
+    "part_identity",
+    "part_deleted",
+];
 const LINK_CANDIDATES_SQL: &str = include_str!("../../sql/link_candidates.sql");
 pub const TABLE: &str = "provisioning_orders";
 
@@ -598,25 +611,30 @@ async fn orders_of(
         super::role_model::materialize(ctx, ctx.sql(LINK_CANDIDATES_SQL).await?).await?,
     )?;
     let text = |n: &&str| -> Expr { cast(col(*n), DataType::Utf8).alias(*n) };
-    let parts = super::role_model::materialize(
-        ctx,
-        ctx.sql(ORDERS_SQL).await?.select(
-            [
-                "change_type",
-                "kind",
-                "owner_key",
-                "account_key",
-                "part",
-                "name",
-                "old_value",
-                "new_value",
-            ]
-            .iter()
-            .map(text)
-            .collect::<Vec<Expr>>(),
-        )?,
-    )
-    .await?;
+    let columns = [
+        "change_type",
+        "kind",
+        "owner_key",
+        "account_key",
+        "part",
+        "name",
+        "old_value",
+        "new_value",
+    ]
+    .iter()
+    .map(text)
+    .collect::<Vec<Expr>>();
+    // One piece at a time (see sql/orders.sql), each materialized.
+    let mut pieces = Vec::with_capacity(ORDER_PIECES.len());
+    for piece in ORDER_PIECES {
+        let sql = format!(
+            "{ORDERS_SQL}SELECT p.* FROM {piece} p \
+             LEFT JOIN protected x ON x.account_key = p.account_key WHERE x.account_key IS NULL"
+        );
+        let df = ctx.sql(&sql).await?.select(columns.clone())?;
+        pieces.push(super::role_model::materialize(ctx, df).await?);
+    }
+    let parts = union_all(pieces)?.expect("invariant: orders.sql has pieces");
     // The header part of each Modified order (see sql/orders.sql).
     let null = || cast(lit(ScalarValue::Null), DataType::Utf8);
     // Distinct before the constant columns: DataFusion 55 takes a literal grouping column for
