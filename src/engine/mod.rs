@@ -26,18 +26,17 @@ pub use value_hash::value_hash_udf;
 static RUNTIME: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::RuntimeEnv>> =
     std::sync::OnceLock::new();
 
-/// Whether plans should prefer operators that spill (set with an explicit memory limit).
+/// Whether plans should prefer operators that spill: as [`set_memory_limit`] chose, or while a
+/// task runs again after running out of memory (see [`set_spill_friendly`]).
 static SPILL_FRIENDLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-/// What [`set_memory_limit`] chose, which a task's retry goes back to (see
-/// [`set_spill_friendly`]).
-static SPILL_FRIENDLY_CONFIGURED: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
+static RETRYING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Sets the memory the query engine may use (all sessions of the process share one pool);
 /// operators that can spill (sorts, aggregations, sort-merge joins) go to temporary files in
 /// the system's temp folder beyond it. With `spill_friendly` (`IGAFLOW_JOINS=sort-merge`, or
-/// while a task that ran out of memory runs again: see `tasks::run_task`), joins are planned as sort-merge
-/// joins, which spill, instead of hash joins, which hold their build side in memory.
+/// while a task that ran out of memory runs again: see `tasks::run_task`), joins are planned
+/// as sort-merge joins, which spill, instead of hash joins, which hold their build side in
+/// memory.
 ///
 /// With `fair` (an explicit `--memory-limit`), the pool gives each spilling operator an equal
 /// share, so that one large sort cannot starve the others. Without it (the default limit, a
@@ -52,7 +51,6 @@ pub fn set_memory_limit(
     fair: bool,
 ) -> datafusion::error::Result<()> {
     SPILL_FRIENDLY.store(spill_friendly, std::sync::atomic::Ordering::Relaxed);
-    SPILL_FRIENDLY_CONFIGURED.store(spill_friendly, std::sync::atomic::Ordering::Relaxed);
     use datafusion::execution::memory_pool::{
         FairSpillPool, GreedyMemoryPool, MemoryPool, TrackConsumersPool,
     };
@@ -117,13 +115,13 @@ pub fn parse_size(s: &str) -> Option<usize> {
 /// Whether sessions are planned to spill (see [`set_memory_limit`]).
 pub fn spill_friendly() -> bool {
     SPILL_FRIENDLY.load(std::sync::atomic::Ordering::Relaxed)
+        || RETRYING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// With `true`, sessions created from now on plan joins that spill (sort-merge joins); with
 /// `false`, they go back to what [`set_memory_limit`] chose.
 pub fn set_spill_friendly(on: bool) {
-    let on = on || SPILL_FRIENDLY_CONFIGURED.load(std::sync::atomic::Ordering::Relaxed);
-    SPILL_FRIENDLY.store(on, std::sync::atomic::Ordering::Relaxed);
+    RETRYING.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// A session with igaflow's settings and functions.
@@ -138,7 +136,7 @@ pub fn context() -> SessionContext {
     opts.execution.parquet.schema_force_view_types = false;
     opts.sql_parser.map_string_types_to_utf8view = false;
     opts.execution.time_zone = Some("+00:00".to_string());
-    if SPILL_FRIENDLY.load(std::sync::atomic::Ordering::Relaxed) {
+    if spill_friendly() {
         opts.optimizer.prefer_hash_join = false;
         // A plan of sort-merge joins has many sorts at once; each keeps this much memory it
         // cannot spill for its final merge (10 MB by default, which alone can fill the pool).

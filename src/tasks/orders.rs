@@ -27,18 +27,6 @@ use crate::error::{Error, Result, exit};
 use crate::store::Catalog;
 
 const ORDERS_SQL: &str = include_str!("../../sql/orders.sql");
-/// The CTEs of `sql/orders.sql` that each yield one kind of order part.
-const ORDER_PIECES: [&str; 9] = [
-    "part_added",
-    "part_added_attributes",
-    "part_added_links",
-    "part_scalars",
-    "part_link_add",
-    "part_link_remove",
-    "part_disable",
-    "part_identity",
-    "part_deleted",
-];
 const LINK_CANDIDATES_SQL: &str = include_str!("../../sql/link_candidates.sql");
 pub const TABLE: &str = "provisioning_orders";
 
@@ -625,8 +613,8 @@ async fn orders_of(
     .map(text)
     .collect::<Vec<Expr>>();
     // One piece at a time (see sql/orders.sql), each materialized.
-    let mut pieces = Vec::with_capacity(ORDER_PIECES.len());
-    for piece in ORDER_PIECES {
+    let mut pieces = Vec::new();
+    for piece in order_pieces() {
         let sql = format!(
             "{ORDERS_SQL}SELECT p.* FROM {piece} p \
              LEFT JOIN protected x ON x.account_key = p.account_key WHERE x.account_key IS NULL"
@@ -690,6 +678,14 @@ async fn orders_of(
         None => None,
     };
     Ok((assemble(rc, rt, &parts), base, scope_frame))
+}
+
+/// The CTEs of `sql/orders.sql` that each yield one kind of order part (`part_… AS (`).
+fn order_pieces() -> impl Iterator<Item = &'static str> {
+    ORDERS_SQL
+        .lines()
+        .filter_map(|l| l.strip_suffix(" AS ("))
+        .filter(|name| name.starts_with("part_"))
 }
 
 fn coalesce_bool(e: Expr) -> Expr {
@@ -1120,5 +1116,17 @@ async fn write_order_file(
                 .put_file(&format!("_orders/{}/{connector}.{ext}", rc.run_id), bytes)
                 .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_part_cte_of_orders_sql_is_a_piece() {
+        let pieces: Vec<&str> = super::order_pieces().collect();
+        assert_eq!(pieces.len(), super::ORDERS_SQL.matches("\npart_").count());
+        assert_eq!(pieces.first(), Some(&"part_added"));
+        assert_eq!(pieces.last(), Some(&"part_deleted"));
+        assert_eq!(pieces.len(), 9);
     }
 }
