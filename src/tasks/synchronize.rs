@@ -849,10 +849,8 @@ async fn plan_link(
             None,
         )?
     };
-    // Sorted, then each pair once (cheaper than a hash DISTINCT over millions of pairs).
-    let desired = desired.sort(vec![quoted(f).sort(true, true), quoted(t).sort(true, true)])?;
-    let desired_schema = Arc::new(desired.schema().as_arrow().clone());
-    let desired_batches = engine::dedupe_sorted(&desired.collect().await?)?;
+    // Sorted, each pair once.
+    let (desired_schema, desired_batches) = engine::sorted_distinct(ctx, desired).await?;
     let desired = frame(ctx, &desired_schema, &desired_batches)?;
 
     // A pair has no values: it is inserted or deleted, found by anti-joins on the pair (on a
