@@ -20,7 +20,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 pub use hits::true_positions_udf;
 pub use row_values::row_values_udf;
 pub use scrub::{contains_needle, replace_needles, scrub_udf};
-pub use sorted::{dedupe_sorted, sort_unique, sorted_distinct};
+pub use sorted::sorted_distinct;
 pub use value_hash::value_hash_udf;
 
 static RUNTIME: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::RuntimeEnv>> =
@@ -232,4 +232,4 @@ pub fn mem_table(
 }
 
 /// Rows per batch of an in-memory table.
-pub const SLICE_ROWS: usize = 1 << 16;
+const SLICE_ROWS: usize = 1 << 16;

@@ -65,7 +65,7 @@ pub async fn sorted_distinct(
 /// The rows of `batches`, sorted on all columns in order (ascending, NULLs first, strings by
 /// their bytes: DataFusion's `ORDER BY` of the same columns), each distinct row once, in
 /// batches of at most `batch_rows` rows.
-pub fn sort_unique(
+fn sort_unique(
     schema: &SchemaRef,
     batches: Vec<RecordBatch>,
     batch_rows: usize,
@@ -185,7 +185,7 @@ fn column_rank(column: &ArrayRef) -> Result<UInt64Array> {
 
 /// The rows of `batches` (sorted on all their columns, so equal rows are adjacent) without
 /// repeats: a row is kept when it differs from the row before it (NULLs equal each other).
-pub fn dedupe_sorted(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
+fn dedupe_sorted(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
     let mut out = Vec::with_capacity(batches.len());
     let mut previous: Option<RecordBatch> = None;
     for batch in batches.iter().filter(|b| b.num_rows() > 0) {
@@ -266,6 +266,29 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn dedupe_drops_repeats_within_and_across_batches() {
+        let input = [
+            batch(&[(None, "x"), (None, "x"), (Some("a"), "x"), (Some("a"), "y")]),
+            batch(&[]),
+            // Repeats the last row of the first batch, then one new row, then a repeat.
+            batch(&[(Some("a"), "y"), (Some("a"), "y")]),
+            batch(&[(Some("a"), "y"), (Some("b"), "y"), (Some("b"), "y")]),
+        ];
+        let out = dedupe_sorted(&input).unwrap();
+        let all = datafusion::arrow::compute::concat_batches(&input[0].schema(), &out).unwrap();
+        assert_eq!(
+            all,
+            batch(&[
+                (None, "x"),
+                (Some("a"), "x"),
+                (Some("a"), "y"),
+                (Some("b"), "y")
+            ])
+        );
+        assert!(out.iter().all(|b| b.num_rows() > 0), "no empty batches");
     }
 
     #[test]
