@@ -192,6 +192,14 @@ pub fn mem_table(
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
 ) -> datafusion::error::Result<Arc<datafusion::datasource::MemTable>> {
+    Ok(Arc::new(mem_table_partitions(schema, vec![batches])?))
+}
+
+/// [`mem_table`] with several partitions.
+pub fn mem_table_partitions(
+    schema: SchemaRef,
+    partitions: Vec<Vec<RecordBatch>>,
+) -> datafusion::error::Result<datafusion::datasource::MemTable> {
     let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(
         schema
             .fields()
@@ -204,31 +212,29 @@ pub fn mem_table(
             })
             .collect::<Vec<_>>(),
     ));
-    let batches = batches
-        .iter()
-        .map(|b| {
-            if b.schema() == schema {
-                Ok(b.clone())
-            } else {
-                Ok(RecordBatch::try_new(schema.clone(), b.columns().to_vec())
-                    .or_else(|_| cast_batch(b, &schema))?)
+    let partitions = partitions
+        .into_iter()
+        .map(|batches| {
+            let mut sliced = Vec::with_capacity(batches.len());
+            for b in batches {
+                let b = if b.schema() == schema {
+                    b
+                } else {
+                    RecordBatch::try_new(schema.clone(), b.columns().to_vec())
+                        .or_else(|_| cast_batch(&b, &schema))?
+                };
+                // Whole-file batches are sliced (zero-copy): DataFusion repartitions by moving
+                // whole batches, so one batch of a 13M-row export would keep a single core busy.
+                let n = b.num_rows();
+                sliced.extend(
+                    (0..n.div_ceil(SLICE_ROWS).max(1))
+                        .map(|k| b.slice(k * SLICE_ROWS, SLICE_ROWS.min(n - k * SLICE_ROWS))),
+                );
             }
+            Ok(sliced)
         })
         .collect::<datafusion::error::Result<Vec<_>>>()?;
-    // Whole-file batches are sliced (zero-copy): DataFusion repartitions by moving whole
-    // batches, so one batch of a 13M-row export would keep a single core busy.
-    let batches = batches
-        .into_iter()
-        .flat_map(|b| {
-            let n = b.num_rows();
-            (0..n.div_ceil(SLICE_ROWS).max(1))
-                .map(move |k| b.slice(k * SLICE_ROWS, SLICE_ROWS.min(n - k * SLICE_ROWS)))
-        })
-        .collect();
-    Ok(Arc::new(datafusion::datasource::MemTable::try_new(
-        schema,
-        vec![batches],
-    )?))
+    datafusion::datasource::MemTable::try_new(schema, partitions)
 }
 
 /// Rows per batch of an in-memory table.

@@ -15,23 +15,40 @@ use datafusion::arrow::compute::kernels::{boolean, cmp, numeric, zip::zip};
 use datafusion::arrow::compute::{
     cast, concat, filter, filter_record_batch, is_not_null, rank, sort_to_indices, take,
 };
-use datafusion::arrow::datatypes::{DataType, SchemaRef, UInt32Type};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, UInt32Type};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::logical_expr::SortExpr;
 use datafusion::prelude::{DataFrame, SessionContext, ident};
+use futures::StreamExt;
 
 /// The rows of `df`, sorted on all its columns in order (ascending, NULLs first) and each
-/// distinct row once, in batches of [`super::SLICE_ROWS`] rows. The rows are collected first.
-/// Sorting them in memory ([`sort_unique`]) needs about twice their size again, which is
-/// reserved in the session's memory pool; when the pool cannot spare it (a small
-/// `--memory-limit`), DataFusion's sort, which spills, orders them and the repeats are dropped
-/// after it ([`dedupe_sorted`]).
+/// distinct row once, in batches of at most [`super::SLICE_ROWS`] rows. The rows are collected
+/// first. Sorting them in memory ([`sort_unique`]) needs about twice their size again, which
+/// is reserved in the session's memory pool. When the pool cannot spare that much (a small
+/// `--memory-limit`), the rows are cut into runs of consecutive batches, as many as it takes
+/// for one run's reservation to be granted; each run is sorted in memory, one after the
+/// other, and DataFusion's sort-preserving merge of the runs streams the rows in order, with
+/// the repeats across runs dropped as they pass ([`Dedupe`]).
 pub async fn sorted_distinct(
     ctx: &SessionContext,
     df: DataFrame,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await?;
+    // The plan's types, all nullable: a union's branches can yield batches of other string
+    // types (`Utf8View`) than the plan declares.
+    let schema: SchemaRef = Arc::new(Schema::new(
+        df.schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    let batches = df
+        .collect()
+        .await?
+        .iter()
+        .map(|b| super::cast_batch(b, &schema))
+        .collect::<Result<Vec<_>>>()?;
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let mut bytes = 0;
     for b in &batches {
@@ -39,27 +56,58 @@ pub async fn sorted_distinct(
             bytes += c.to_data().get_slice_memory_size()?;
         }
     }
+    let need = 2 * bytes + 48 * rows;
     let reservation = MemoryConsumer::new("sort_unique").register(&ctx.runtime_env().memory_pool);
-    if reservation.try_grow(2 * bytes + 48 * rows).is_ok() {
-        let s = Arc::clone(&schema);
-        let sorted =
-            tokio::task::spawn_blocking(move || sort_unique(&s, batches, super::SLICE_ROWS))
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))??;
-        return Ok((schema, sorted));
+    let mut runs = 1;
+    while runs < batches.len() && reservation.try_grow(need.div_ceil(runs)).is_err() {
+        runs *= 2;
+    }
+    let runs = runs.min(batches.len());
+    if runs <= 1 {
+        return Ok((
+            Arc::clone(&schema),
+            sort_blocking(Arc::clone(&schema), batches).await?,
+        ));
+    }
+    let per_run = rows.div_ceil(runs);
+    let mut groups: Vec<Vec<RecordBatch>> = vec![Vec::new()];
+    let mut group_rows = 0;
+    for b in batches {
+        if group_rows >= per_run {
+            groups.push(Vec::new());
+            group_rows = 0;
+        }
+        group_rows += b.num_rows();
+        groups.last_mut().expect("one group at least").push(b);
+    }
+    let mut sorted_runs = Vec::with_capacity(groups.len());
+    for g in groups {
+        sorted_runs.push(sort_blocking(Arc::clone(&schema), g).await?);
     }
     drop(reservation);
-    let order = schema
+    let order: Vec<SortExpr> = schema
         .fields()
         .iter()
         .map(|f| ident(f.name()).sort(true, true))
-        .collect::<Vec<_>>();
-    let sorted = ctx
-        .read_table(super::mem_table(Arc::clone(&schema), batches)?)?
-        .sort(order)?
-        .collect()
-        .await?;
-    Ok((schema, dedupe_sorted(&sorted)?))
+        .collect();
+    let table = super::mem_table_partitions(Arc::clone(&schema), sorted_runs)?;
+    let table = Arc::new(table.with_sort_order(vec![order.clone()]));
+    let mut merged = ctx.read_table(table)?.sort(order)?.execute_stream().await?;
+    let mut dedupe = Dedupe::default();
+    let mut out = Vec::new();
+    while let Some(batch) = merged.next().await {
+        if let Some(kept) = dedupe.push(&batch?)? {
+            out.push(kept);
+        }
+    }
+    Ok((schema, out))
+}
+
+/// [`sort_unique`] on a blocking thread.
+async fn sort_blocking(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    tokio::task::spawn_blocking(move || sort_unique(&schema, batches, super::SLICE_ROWS))
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?
 }
 
 /// The rows of `batches`, sorted on all columns in order (ascending, NULLs first, strings by
@@ -183,18 +231,26 @@ fn column_rank(column: &ArrayRef) -> Result<UInt64Array> {
         .clone())
 }
 
-/// The rows of `batches` (sorted on all their columns, so equal rows are adjacent) without
-/// repeats: a row is kept when it differs from the row before it (NULLs equal each other).
-fn dedupe_sorted(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
-    let mut out = Vec::with_capacity(batches.len());
-    let mut previous: Option<RecordBatch> = None;
-    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+/// Drops the repeats of rows that come sorted on all their columns (equal rows adjacent), batch
+/// by batch: a row is kept when it differs from the row before it (NULLs equal each other).
+#[derive(Default)]
+struct Dedupe {
+    /// The last row seen so far.
+    previous: Option<RecordBatch>,
+}
+
+impl Dedupe {
+    /// The rows of `batch` that are not repeats, if any.
+    fn push(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
         let n = batch.num_rows();
+        if n == 0 {
+            return Ok(None);
+        }
         // Row 0 against the last row seen so far, rows 1.. each against the row before it.
-        let mut first = previous.is_none();
+        let mut first = self.previous.is_none();
         let mut rest = BooleanArray::from(vec![false; n - 1]);
         for (j, column) in batch.columns().iter().enumerate() {
-            if let Some(p) = &previous {
+            if let Some(p) = &self.previous {
                 first |= cmp::distinct(&column.slice(0, 1), p.column(j))?.value(0);
             }
             let differs = cmp::distinct(&column.slice(1, n - 1), &column.slice(0, n - 1))?;
@@ -205,12 +261,9 @@ fn dedupe_sorted(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
             .map(Some)
             .collect();
         let kept = filter_record_batch(batch, &keep)?;
-        previous = Some(batch.slice(n - 1, 1));
-        if kept.num_rows() > 0 {
-            out.push(kept);
-        }
+        self.previous = Some(batch.slice(n - 1, 1));
+        Ok((kept.num_rows() > 0).then_some(kept))
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -277,7 +330,11 @@ mod tests {
             batch(&[(Some("a"), "y"), (Some("a"), "y")]),
             batch(&[(Some("a"), "y"), (Some("b"), "y"), (Some("b"), "y")]),
         ];
-        let out = dedupe_sorted(&input).unwrap();
+        let mut dedupe = Dedupe::default();
+        let out: Vec<RecordBatch> = input
+            .iter()
+            .filter_map(|b| dedupe.push(b).unwrap())
+            .collect();
         let all = datafusion::arrow::compute::concat_batches(&input[0].schema(), &out).unwrap();
         assert_eq!(
             all,
@@ -289,6 +346,47 @@ mod tests {
             ])
         );
         assert!(out.iter().all(|b| b.num_rows() > 0), "no empty batches");
+    }
+
+    #[tokio::test]
+    async fn sorted_runs_are_merged_when_the_pool_is_short() {
+        use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+        // 40 batches of 50 rows over 7 × 11 distinct pairs: repeats within and across batches.
+        let pairs: Vec<(Option<String>, String)> = (0..2000u64)
+            .map(|i| {
+                let h = i.wrapping_mul(2_654_435_761) % 1009;
+                let a = (h % 7 != 0).then(|| format!("a{}", h % 7));
+                (a, format!("b{}", (h / 7) % 11))
+            })
+            .collect();
+        let input: Vec<RecordBatch> = pairs
+            .chunks(50)
+            .map(|c| {
+                batch(
+                    &c.iter()
+                        .map(|(a, b)| (a.as_deref(), b.as_str()))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let schema = input[0].schema();
+        let expected = sort_unique(&schema, input.clone(), 1000).unwrap();
+        let expected = datafusion::arrow::compute::concat_batches(&schema, &expected).unwrap();
+        assert_eq!(expected.num_rows(), 7 * 11);
+        let rows_bytes: usize = input.iter().map(|b| b.get_array_memory_size()).sum();
+        for limit in [usize::MAX / 4, rows_bytes / 3] {
+            let runtime = RuntimeEnvBuilder::new()
+                .with_memory_limit(limit, 1.0)
+                .build_arc()
+                .unwrap();
+            let ctx = SessionContext::new_with_config_rt(Default::default(), runtime);
+            let df = ctx
+                .read_table(super::super::mem_table(schema.clone(), input.clone()).unwrap())
+                .unwrap();
+            let (_, out) = sorted_distinct(&ctx, df).await.unwrap();
+            let all = datafusion::arrow::compute::concat_batches(&schema, &out).unwrap();
+            assert_eq!(all.columns(), expected.columns(), "pool of {limit} bytes");
+        }
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! present but did not survive the cast is a bad value. Types are never inferred: identity data
 //! has leading zeros and empty fields mean NULL.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -73,11 +73,9 @@ impl Loaded {
     /// The raw text of the record starting at `line`.
     pub fn raw_line(&self, line: u64) -> String {
         match self.starts.binary_search_by_key(&line, |&(l, _)| l) {
-            Ok(k) => raw_text(
-                &self.source,
-                self.starts[k].1,
-                record_end(&self.starts, k, &self.source),
-            ),
+            Ok(k) => {
+                raw_text(&self.source[self.starts[k].1..record_end(&self.starts, k, &self.source)])
+            }
             Err(_) => String::new(),
         }
     }
@@ -85,12 +83,29 @@ impl Loaded {
 
 /// Where record `k` ends: where the next one starts, or at the end of the file.
 fn record_end(starts: &[(u64, usize)], k: usize, source: &[u8]) -> usize {
-    starts.get(k + 1).map(|s| s.1).unwrap_or(source.len())
+    starts
+        .get(k + 1)
+        .map_or(source.len(), |s| s.1)
+        .min(source.len())
 }
 
-fn raw_text(source: &[u8], start: usize, end: usize) -> String {
-    let slice = &source[start..end.min(source.len())];
-    let slice = slice.strip_suffix(b"\n").unwrap_or(slice);
+/// Field `k` of the record in `text`, as written, when the record has it and it is UTF-8.
+fn field(text: &[u8], k: usize, delimiter: u8) -> Option<String> {
+    let mut record = ::csv::ByteRecord::new();
+    ::csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(delimiter)
+        .from_reader(text)
+        .read_byte_record(&mut record)
+        .ok()?;
+    let v = std::str::from_utf8(record.get(k)?).ok()?;
+    Some(v.to_string())
+}
+
+/// A record's text without its line break.
+fn raw_text(record: &[u8]) -> String {
+    let slice = record.strip_suffix(b"\n").unwrap_or(record);
     let slice = slice.strip_suffix(b"\r").unwrap_or(slice);
     String::from_utf8_lossy(slice).into_owned()
 }
@@ -268,17 +283,18 @@ fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize, batch_rows: usize) -> R
             .map(|h| h.join().expect("invariant: CSV parsing does not panic"))
             .collect()
     });
-    // Text columns in parts of at most `batch_rows` records; lines, offsets, reasons flat.
+    // Text columns in parts of at most `batch_rows` records; lines and offsets flat; the
+    // reason why a record is rejected by its index (a few among millions, so not one slot
+    // per record).
     let mut parts: Vec<Vec<StringArray>> = Vec::new();
     let mut starts: Vec<(u64, usize)> = Vec::new();
-    let mut reasons: Vec<Option<String>> = Vec::new();
-    let mut raw_keys: Vec<Option<String>> = Vec::new();
+    let mut reasons: BTreeMap<usize, String> = BTreeMap::new();
     for part in parsed {
         let part = part.map_err(|e| input(file, format!("cannot read: {e}")))?;
         parts.extend(part.parts);
+        let base = starts.len();
         starts.extend(part.starts);
-        reasons.extend(part.reasons);
-        raw_keys.extend(part.raw_keys);
+        reasons.extend(part.bad.into_iter().map(|(i, r)| (base + i, r)));
     }
     let rows = starts.len();
     // Where each part starts among the records.
@@ -295,24 +311,31 @@ fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize, batch_rows: usize) -> R
     let mut typed: Vec<Vec<ArrayRef>> = Vec::with_capacity(parts.len());
     let mut commands: Vec<Option<StringArray>> = Vec::with_capacity(parts.len());
     for (texts, &offset) in parts.iter().zip(&offsets) {
-        let reasons = &mut reasons[offset..offset + texts.first().map_or(0, |a| a.len())];
+        let n = texts.first().map_or(0, |a| a.len());
         let mut columns = Vec::with_capacity(spec.columns.len());
         for (j, (name, ty)) in spec.columns.iter().enumerate() {
             let text = &texts[j];
             let array = cast_text(text, *ty)?;
-            for (i, reason) in reasons.iter_mut().enumerate() {
-                if reason.is_none() && text.is_valid(i) && array.is_null(i) {
-                    *reason = Some(format!(
-                        "column `{name}`: `{}` is not a valid {}{}",
-                        text.value(i),
-                        ty.name(),
-                        match ty {
-                            ColumnType::Date => " (YYYY-MM-DD)",
-                            ColumnType::Timestamp => " (RFC 3339)",
-                            ColumnType::Bool => " (true or false)",
-                            _ => "",
-                        }
-                    ));
+            // A value that did not survive the cast is a NULL that was not one in the text.
+            if array.null_count() == text.null_count() {
+                columns.push(array);
+                continue;
+            }
+            for i in 0..n {
+                if text.is_valid(i) && array.is_null(i) {
+                    reasons.entry(offset + i).or_insert_with(|| {
+                        format!(
+                            "column `{name}`: `{}` is not a valid {}{}",
+                            text.value(i),
+                            ty.name(),
+                            match ty {
+                                ColumnType::Date => " (YYYY-MM-DD)",
+                                ColumnType::Timestamp => " (RFC 3339)",
+                                ColumnType::Bool => " (true or false)",
+                                _ => "",
+                            }
+                        )
+                    });
                 }
             }
             columns.push(array);
@@ -324,20 +347,18 @@ fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize, batch_rows: usize) -> R
             None => None,
             Some(command_column) => {
                 let text = &texts[spec.columns.len()];
-                let mut b = StringBuilder::with_capacity(reasons.len(), reasons.len() * 6);
-                for (i, reason) in reasons.iter_mut().enumerate() {
+                let mut b = StringBuilder::with_capacity(n, n * 6);
+                for i in 0..n {
                     let v = text
                         .is_valid(i)
                         .then(|| text.value(i).trim().to_ascii_lowercase());
                     match v.as_deref() {
                         Some(c @ ("insert" | "update" | "delete")) => b.append_value(c),
                         other => {
-                            if reason.is_none() {
-                                *reason = Some(format!(
-                                    "column `{command_column}`: `{}` is not a command (use insert, update or delete)",
-                                    other.map(|_| text.value(i)).unwrap_or("")
-                                ));
-                            }
+                            reasons.entry(offset + i).or_insert_with(|| format!(
+                                "column `{command_column}`: `{}` is not a command (use insert, update or delete)",
+                                other.map(|_| text.value(i)).unwrap_or("")
+                            ));
                             b.append_null();
                         }
                     }
@@ -358,17 +379,17 @@ fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize, batch_rows: usize) -> R
         for (texts, &offset) in parts.iter().zip(&offsets) {
             let text = &texts[j];
             for i in 0..text.len() {
-                let reason = &mut reasons[offset + i];
-                if reason.is_some() {
+                let std::collections::btree_map::Entry::Vacant(reason) = reasons.entry(offset + i)
+                else {
                     continue;
-                }
+                };
                 if text.is_null(i) {
-                    *reason = Some(format!("key `{key}` is empty"));
+                    reason.insert(format!("key `{key}` is empty"));
                     continue;
                 }
                 match seen.entry(text.value(i)) {
                     Entry::Occupied(first) => {
-                        *reason = Some(format!(
+                        reason.insert(format!(
                             "duplicated key `{key}` = `{}` (first at line {})",
                             text.value(i),
                             first.get()
@@ -384,24 +405,26 @@ fn read_in_chunks(spec: &CsvSpec, parallel_bytes: usize, batch_rows: usize) -> R
 
     // The rejected rows, then each part's good rows (multi-valued cells split).
     let mut rejected = Vec::new();
-    for (i, reason) in reasons.iter().enumerate() {
-        if let Some(r) = reason {
-            rejected.push(Rejected {
-                line: starts[i].0,
-                reason: r.clone(),
-                raw: raw_text(&source, starts[i].1, record_end(&starts, i, &source)),
-                key: raw_keys[i].clone(),
-            });
-        }
+    for (&i, reason) in &reasons {
+        let record = &source[starts[i].1..record_end(&starts, i, &source)];
+        rejected.push(Rejected {
+            line: starts[i].0,
+            reason: reason.clone(),
+            raw: raw_text(record),
+            key: layout
+                .key_index
+                .and_then(|k| field(record, k, layout.delimiter)),
+        });
     }
     drop(parts);
     let mut batches = Vec::with_capacity(typed.len());
     for ((mut columns, command), offset) in typed.into_iter().zip(commands).zip(offsets) {
         let n = columns.first().map_or(0, |a| a.len());
-        let keep: BooleanArray = reasons[offset..offset + n]
-            .iter()
-            .map(|r| Some(r.is_none()))
-            .collect();
+        let mut keep = vec![true; n];
+        for (&i, _) in reasons.range(offset..offset + n) {
+            keep[i - offset] = false;
+        }
+        let keep = BooleanArray::from(keep);
         columns.push(Arc::new(Int64Array::from_iter_values(
             starts[offset..offset + n].iter().map(|&(l, _)| l as i64),
         )));
@@ -449,9 +472,8 @@ struct Records {
     parts: Vec<Vec<StringArray>>,
     /// (line, byte offset in the file) of each record.
     starts: Vec<(u64, usize)>,
-    reasons: Vec<Option<String>>,
-    /// The key field as written, when there is a key column.
-    raw_keys: Vec<Option<String>>,
+    /// (index among the run's records, reason) of each unreadable record.
+    bad: Vec<(usize, String)>,
 }
 
 /// Below this size a file is parsed on one thread.
@@ -566,13 +588,6 @@ fn parse_records(
         line += memchr::memchr_iter(b'\n', &chunk[counted..start]).count() as u64;
         counted = start;
         out.starts.push((line, offset + start));
-        out.raw_keys.push(
-            layout
-                .key_index
-                .and_then(|k| record.get(k))
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .map(|v| v.to_string()),
-        );
         // The wanted fields as text, or why the row is unreadable.
         let values = if record.len() != n_fields {
             Err(format!(
@@ -595,7 +610,7 @@ fn parse_records(
                 for b in &mut builders {
                     b.append_null();
                 }
-                out.reasons.push(Some(r));
+                out.bad.push((out.starts.len() - 1, r));
             }
             Ok(values) => {
                 for (b, v) in builders.iter_mut().zip(&values) {
@@ -605,15 +620,14 @@ fn parse_records(
                         b.append_value(v);
                     }
                 }
-                out.reasons.push(None);
             }
         }
-        if out.reasons.len() % layout.batch_rows == 0 {
+        if out.starts.len() % layout.batch_rows == 0 {
             out.parts
                 .push(builders.iter_mut().map(|b| b.finish()).collect());
         }
     }
-    if out.reasons.len() % layout.batch_rows != 0 {
+    if out.starts.len() % layout.batch_rows != 0 {
         out.parts
             .push(builders.iter_mut().map(|b| b.finish()).collect());
     }
@@ -815,6 +829,7 @@ mod tests {
         // Each record spans two lines: record i starts on line 2 + 2i.
         assert_eq!(many.rejected[0].line, 2 + 2 * 7);
         assert_eq!(many.rejected[0].raw, "\"CN=A7,OU=X\",\"one\",\"two\"");
+        assert_eq!(many.rejected[0].key.as_deref(), Some("CN=A7,OU=X"));
         let notes = all(&many);
         let notes = notes
             .column(1)
@@ -845,6 +860,9 @@ mod tests {
         let first = &many.rejected[0];
         assert_eq!(first.line, 15);
         assert_eq!(first.raw, "a13,too,many,fields");
+        // The key as written, also for a row rejected before its fields were read.
+        assert_eq!(first.key.as_deref(), Some("a13"));
+        assert_eq!(many.rejected[1].key.as_deref(), Some("a14"));
         assert_eq!(many.raw_line(17), "", "a blank line is no record");
         assert_eq!(many.raw_line(18), "a16,Name 16,16");
         assert_eq!(one.rejected.len(), 17);
@@ -854,5 +872,6 @@ mod tests {
             duplicated.reason,
             "duplicated key `id` = `a1` (first at line 3)"
         );
+        assert_eq!(duplicated.key.as_deref(), Some("a1"));
     }
 }

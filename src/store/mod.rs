@@ -40,8 +40,8 @@ use object_store::ObjectStore;
 use url::Url;
 
 pub use catalog::{BlockedConnector, Catalog, CatalogChange, Staged};
-pub use write::WriteMode;
 pub(crate) use write::nullable as stored_schema;
+pub use write::{BatchMap, Rows, WriteMode};
 
 use crate::error::{Error, Result};
 

@@ -4,12 +4,69 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::datasource::provider_as_source;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::LogicalPlanBuilder;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 
 use super::{Catalog, Store};
 use crate::error::{Error, Result};
+
+/// Turns a batch into the rows to write (applied while the table is written).
+pub type BatchMap =
+    Arc<dyn Fn(&RecordBatch) -> datafusion::error::Result<RecordBatch> + Send + Sync>;
+
+/// A table's rows to write: `batches`, each through `map` when there is one (rows derived
+/// from others, such as a first load's history from the new state, are then never all held
+/// at once). `schema` is the table's.
+pub struct Rows {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub map: Option<BatchMap>,
+}
+
+/// The rows to write as one partition of a streaming table: each batch mapped and aligned to
+/// the schema when the writer asks for it.
+struct LazyRows {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    map: Option<BatchMap>,
+}
+
+impl std::fmt::Debug for LazyRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyRows")
+            .field("batches", &self.batches.len())
+            .field("mapped", &self.map.is_some())
+            .finish()
+    }
+}
+
+impl PartitionStream for LazyRows {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let (schema, map) = (self.schema.clone(), self.map.clone());
+        let rows = self.batches.clone().into_iter().map(move |b| {
+            let b = match &map {
+                Some(m) => m(&b)?,
+                None => b,
+            };
+            crate::engine::cast_batch(&b, &schema)
+        });
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::iter(rows),
+        ))
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {
@@ -31,19 +88,47 @@ impl Store {
         mode: WriteMode,
         run_id: &str,
     ) -> Result<u64> {
-        let schema = nullable(&schema);
-        let mut batches: Vec<RecordBatch> = batches
+        let rows = Rows {
+            schema,
+            batches,
+            map: None,
+        };
+        self.write_rows(catalog, name, rows, mode, run_id).await
+    }
+
+    /// [`Store::write_table`] of [`Rows`]: their batches are mapped and aligned to the
+    /// table's schema one at a time, as the writer takes them.
+    pub async fn write_rows(
+        &self,
+        catalog: &Catalog,
+        name: &str,
+        rows: Rows,
+        mode: WriteMode,
+        run_id: &str,
+    ) -> Result<u64> {
+        let schema = nullable(&rows.schema);
+        let in_table =
+            |e: datafusion::error::DataFusionError| Error::store(format!("table {name}: {e}"));
+        let mut map = rows.map;
+        let mut batches: Vec<RecordBatch> = rows
+            .batches
             .into_iter()
             .filter(|b| b.num_rows() > 0)
-            .map(|b| crate::engine::cast_batch(&b, &schema))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::store(format!("table {name}: {e}")))?;
+            .collect();
         let committed = catalog.tables.get(name).copied();
         let latest = self.delta_latest(name).await?;
         let mut mode = mode;
         if mode == WriteMode::Append && latest.version() != committed {
             // Uncommitted versions from a killed run sit on top: rebuild from the committed state.
             if let Some(v) = committed {
+                // The committed rows are not mapped: map the new ones now.
+                if let Some(m) = map.take() {
+                    batches = batches
+                        .iter()
+                        .map(|b| m(b))
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(in_table)?;
+                }
                 let ctx = crate::engine::context();
                 let table = self.delta_at(name, v).await?;
                 table.update_datafusion_session(&ctx.state())?;
@@ -59,6 +144,8 @@ impl Store {
             mode = WriteMode::Overwrite;
         }
         if batches.is_empty() {
+            // No rows: an empty batch of the table's own schema, so that the table has it.
+            map = None;
             batches.push(RecordBatch::new_empty(schema.clone()));
         }
         let props = CommitProperties::default().with_metadata([(
@@ -69,8 +156,28 @@ impl Store {
             WriteMode::Overwrite => SaveMode::Overwrite,
             WriteMode::Append => SaveMode::Append,
         };
+        // One partition, so that the rows are written in their order.
+        let source = LazyRows {
+            schema: schema.clone(),
+            batches,
+            map,
+        };
+        let source = StreamingTable::try_new(schema, vec![Arc::new(source)]).map_err(in_table)?;
+        let plan = LogicalPlanBuilder::scan(name, provider_as_source(Arc::new(source)), None)
+            .and_then(LogicalPlanBuilder::build)
+            .map_err(in_table)?;
+        // The writer's session keeps that one partition: with several (round-robin
+        // repartitioning), it interleaves them.
+        let mut session = deltalake::delta_datafusion::create_session().state();
+        session
+            .config_mut()
+            .options_mut()
+            .optimizer
+            .enable_round_robin_repartition = false;
         let mut builder = latest
-            .write(batches)
+            .write(Vec::new())
+            .with_input_plan(plan)
+            .with_session_state(Arc::new(session))
             .with_save_mode(save)
             .with_commit_properties(props);
         if mode == WriteMode::Overwrite {
@@ -102,4 +209,101 @@ pub(crate) fn nullable(schema: &SchemaRef) -> SchemaRef {
             })
             .collect::<Vec<_>>(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{AsArray, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Int64Type};
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use super::*;
+
+    /// Mapped batches are written in their order (one partition end to end), each with the
+    /// columns its map adds, and an empty input still creates the table with its schema.
+    #[tokio::test]
+    async fn mapped_rows_are_written_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let catalog = store.catalog().await.unwrap();
+        let input = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ]));
+        // Not in any sorted order, and more batches than a writer session has partitions.
+        let values: Vec<i64> = (0..20_000).map(|i| (i * 7919) % 20_011).collect();
+        let batches: Vec<RecordBatch> = values
+            .chunks(1000)
+            .map(|c| {
+                RecordBatch::try_new(input.clone(), vec![Arc::new(Int64Array::from(c.to_vec()))])
+                    .unwrap()
+            })
+            .collect();
+        let out = schema.clone();
+        let map: BatchMap = Arc::new(move |b: &RecordBatch| {
+            let a = b.column(0).as_primitive::<Int64Type>();
+            let text = StringArray::from_iter_values(a.values().iter().map(|v| format!("x{v}")));
+            Ok(RecordBatch::try_new(
+                out.clone(),
+                vec![b.column(0).clone(), Arc::new(text)],
+            )?)
+        });
+        let rows = Rows {
+            schema: schema.clone(),
+            batches,
+            map: Some(map.clone()),
+        };
+        store
+            .write_rows(&catalog, "t", rows, WriteMode::Overwrite, "run")
+            .await
+            .unwrap();
+        let read = |table: &str| {
+            let mut files: Vec<_> = std::fs::read_dir(dir.path().join(table))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+                .collect();
+            files.sort();
+            files
+                .into_iter()
+                .flat_map(|f| {
+                    ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f).unwrap())
+                        .unwrap()
+                        .build()
+                        .unwrap()
+                        .map(|b| b.unwrap())
+                })
+                .collect::<Vec<_>>()
+        };
+        let written = read("t");
+        let a: Vec<i64> = written
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(a, values, "rows in their order");
+        let b = written[0].column(1).as_string::<i32>();
+        assert_eq!(b.value(0), format!("x{}", values[0]));
+        assert_eq!(written[0].schema().field(1).name(), "b");
+
+        let rows = Rows {
+            schema: schema.clone(),
+            batches: Vec::new(),
+            map: Some(map),
+        };
+        store
+            .write_rows(&catalog, "empty", rows, WriteMode::Overwrite, "run")
+            .await
+            .unwrap();
+        let table = store.delta_latest("empty").await.unwrap();
+        let fields: Vec<String> = table
+            .snapshot()
+            .unwrap()
+            .schema()
+            .fields()
+            .map(|f| f.name().to_string())
+            .collect();
+        assert_eq!(fields, ["a", "b"]);
+        assert!(read("empty").iter().all(|b| b.num_rows() == 0));
+    }
 }

@@ -74,6 +74,17 @@ impl NewTable {
         })
     }
 
+    /// The frame's distinct rows, sorted by all columns in schema order (ascending, NULLs
+    /// first): `engine::sorted_distinct`.
+    pub async fn sorted_distinct(ctx: &SessionContext, name: &str, df: DataFrame) -> Result<Self> {
+        let (schema, batches) = engine::sorted_distinct(ctx, df).await?;
+        Ok(Self {
+            name: name.to_string(),
+            schema,
+            batches,
+        })
+    }
+
     pub fn rows(&self) -> u64 {
         self.batches.iter().map(|b| b.num_rows() as u64).sum()
     }
