@@ -212,11 +212,13 @@ fn link_row_naming_an_unknown_account() {
         env.query("select account_dn, group_dn from ad_member_of order by account_dn"),
         [["CN=a", "CN=g1"], ["CN=b", "CN=g2"]]
     );
-    let rejected = env.query("select table_name, line, reason from rejected_rows");
+    let rejected = env.query("select table_name, line, reason, raw from rejected_rows");
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert_eq!(rejected[0][0], "ad_member_of");
     assert_eq!(rejected[0][1], "3");
     assert!(rejected[0][2].contains("CN=ghost"), "{rejected:?}");
+    // The row as written, read again from the export after the parse.
+    assert_eq!(rejected[0][3], "CN=ghost,CN=g1");
 }
 
 #[test]
