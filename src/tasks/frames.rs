@@ -65,24 +65,22 @@ pub struct NewTable {
 }
 
 impl NewTable {
-    pub async fn from_frame(name: &str, df: DataFrame) -> Result<Self> {
-        let (schema, batches) = collect(df).await?;
-        Ok(Self {
+    fn new(name: &str, (schema, batches): (SchemaRef, Vec<RecordBatch>)) -> Self {
+        Self {
             name: name.to_string(),
             schema,
             batches,
-        })
+        }
+    }
+
+    pub async fn from_frame(name: &str, df: DataFrame) -> Result<Self> {
+        Ok(Self::new(name, collect(df).await?))
     }
 
     /// The frame's distinct rows, sorted by all columns in schema order (ascending, NULLs
     /// first): `engine::sorted_distinct`.
     pub async fn sorted_distinct(ctx: &SessionContext, name: &str, df: DataFrame) -> Result<Self> {
-        let (schema, batches) = engine::sorted_distinct(ctx, df).await?;
-        Ok(Self {
-            name: name.to_string(),
-            schema,
-            batches,
-        })
+        Ok(Self::new(name, engine::sorted_distinct(ctx, df).await?))
     }
 
     pub fn rows(&self) -> u64 {
