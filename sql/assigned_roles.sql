@@ -42,4 +42,3 @@ GROUP BY owner_key, role
 UNION ALL
 SELECT owner_key, role, 'pre_existing', CAST(NULL AS VARCHAR), CAST(NULL AS DATE), CAST(NULL AS DATE)
 FROM (SELECT DISTINCT owner_key, role FROM pre_existing_roles) p
-ORDER BY owner_key, role, origin

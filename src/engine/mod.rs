@@ -20,7 +20,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 pub use hits::true_positions_udf;
 pub use row_values::row_values_udf;
 pub use scrub::{contains_needle, replace_needles, scrub_udf};
-pub use sorted::sorted_distinct;
+pub use sorted::{collect_in_order, sorted_distinct, splice};
 pub use value_hash::value_hash_udf;
 
 static RUNTIME: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::RuntimeEnv>> =
@@ -186,6 +186,25 @@ pub fn cast_batch(
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
+/// `batches` with `schema` (by position when only nullability or metadata differ, else cast
+/// by name).
+pub fn align(
+    batches: &[RecordBatch],
+    schema: &SchemaRef,
+) -> datafusion::error::Result<Vec<RecordBatch>> {
+    batches
+        .iter()
+        .map(|b| {
+            if b.schema() == *schema {
+                Ok(b.clone())
+            } else {
+                RecordBatch::try_new(schema.clone(), b.columns().to_vec())
+                    .or_else(|_| cast_batch(b, schema))
+            }
+        })
+        .collect()
+}
+
 /// Batches as one `MemTable` source for a session. The schema is made all-nullable and every
 /// batch is aligned to it (plans may infer NOT NULL or carry metadata a batch lacks).
 pub fn mem_table(
@@ -216,13 +235,7 @@ pub fn mem_table_partitions(
         .into_iter()
         .map(|batches| {
             let mut sliced = Vec::with_capacity(batches.len());
-            for b in batches {
-                let b = if b.schema() == schema {
-                    b
-                } else {
-                    RecordBatch::try_new(schema.clone(), b.columns().to_vec())
-                        .or_else(|_| cast_batch(&b, &schema))?
-                };
+            for b in align(&batches, &schema)? {
                 // Whole-file batches are sliced (zero-copy): DataFusion repartitions by moving
                 // whole batches, so one batch of a 13M-row export would keep a single core busy.
                 let n = b.num_rows();

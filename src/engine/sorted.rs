@@ -9,11 +9,12 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, DictionaryArray, RecordBatch, UInt64Array,
+    Array, ArrayRef, BooleanArray, DictionaryArray, RecordBatch, UInt64Array, make_comparator,
 };
 use datafusion::arrow::compute::kernels::{boolean, cmp, numeric, zip::zip};
 use datafusion::arrow::compute::{
-    cast, concat, filter, filter_record_batch, is_not_null, rank, sort_to_indices, take,
+    SortOptions, cast, concat, concat_batches, filter, filter_record_batch, is_not_null, rank,
+    sort_to_indices, take,
 };
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, UInt32Type};
 use datafusion::common::{DataFusionError, Result};
@@ -101,6 +102,124 @@ pub async fn sorted_distinct(
         }
     }
     Ok((schema, out))
+}
+
+/// `kept` and `new`, both sorted by the `order` columns (ascending, NULLs first) and disjoint,
+/// merged in that order: the kept rows stay in their batches (zero-copy slices) and the new
+/// rows are placed between them, found by binary search. A dirty task replaces a few owners'
+/// rows of a table of millions: a sort-preserving merge would compare every row. `None` when
+/// `kept` turns out not to be sorted where one batch meets the next.
+pub fn splice(
+    schema: &SchemaRef,
+    kept: &[RecordBatch],
+    new: &[RecordBatch],
+    order: &[&str],
+) -> Result<Option<Vec<RecordBatch>>> {
+    let new = concat_batches(schema, &super::align(new, schema)?)?;
+    let kept = super::align(kept, schema)?;
+    let columns = order
+        .iter()
+        .map(|c| schema.index_of(c))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    // Row i of `a` against row j of `b`, on the order columns in turn.
+    let comparator = |a: &RecordBatch, b: &RecordBatch| -> Result<_> {
+        let options = SortOptions {
+            descending: false,
+            nulls_first: true,
+        };
+        let columns = columns
+            .iter()
+            .map(|&c| make_comparator(a.column(c), b.column(c), options))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(move |i: usize, j: usize| {
+            columns
+                .iter()
+                .map(|f| f(i, j))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+    };
+    let mut out = Vec::with_capacity(kept.len() + 1);
+    let mut next = 0; // the first new row not placed yet
+    let mut previous: Option<RecordBatch> = None;
+    for batch in kept.into_iter().filter(|b| b.num_rows() > 0) {
+        let n = batch.num_rows();
+        if let Some(p) = &previous
+            && comparator(p, &batch)?(p.num_rows() - 1, 0).is_gt()
+        {
+            return Ok(None);
+        }
+        if next < new.num_rows() {
+            let cmp = comparator(&batch, &new)?;
+            let mut start = 0;
+            while next < new.num_rows() {
+                // The kept rows up to the new row `next` (kept first on a tie).
+                let at = start + partition_point(n - start, |k| cmp(start + k, next).is_le());
+                if at == n {
+                    break;
+                }
+                if at > start {
+                    out.push(batch.slice(start, at - start));
+                }
+                // The new rows before the kept row `at`.
+                let end =
+                    next + partition_point(new.num_rows() - next, |m| cmp(at, next + m).is_gt());
+                out.push(new.slice(next, end - next));
+                (start, next) = (at, end);
+            }
+            if start < n {
+                out.push(batch.slice(start, n - start));
+            }
+        } else {
+            out.push(batch.clone());
+        }
+        previous = Some(batch);
+    }
+    if next < new.num_rows() {
+        out.push(new.slice(next, new.num_rows() - next));
+    }
+    Ok(Some(out))
+}
+
+/// The number of leading indices in `0..len` for which `pred` holds (`pred` holds for a
+/// prefix).
+fn partition_point(len: usize, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+/// The rows of `df` in the order its plan yields them on a single partition: a projection, a
+/// filter or the probe side of a hash join (`RightSemi`, `RightAnti`) keeps the order in which
+/// the scanned table is stored. With several partitions the rows of the partitions would
+/// interleave.
+pub async fn collect_in_order(
+    ctx: &SessionContext,
+    df: DataFrame,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let mut config = ctx.copied_config();
+    config.options_mut().execution.target_partitions = 1;
+    // The state shares the session's catalogs: building it must not register a new (empty)
+    // default catalog over them.
+    config
+        .options_mut()
+        .catalog
+        .create_default_catalog_and_schema = false;
+    let state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
+        .with_config(config)
+        .build();
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let batches = DataFrame::new(state, df.into_unoptimized_plan())
+        .collect()
+        .await?;
+    Ok((schema, batches))
 }
 
 /// [`sort_unique`] on a blocking thread.
@@ -419,5 +538,76 @@ mod tests {
             vec![Some("a"), Some("a"), Some("z"), None, Some("q")],
         );
         assert_eq!(out, vec![expected]);
+    }
+
+    /// Rows as (a, b) text pairs, for comparing outputs.
+    fn pairs(batches: &[RecordBatch]) -> Vec<(Option<String>, String)> {
+        let mut out = Vec::new();
+        for b in batches {
+            let a = datafusion::arrow::array::as_string_array(b.column(0));
+            let c = datafusion::arrow::array::as_string_array(b.column(1));
+            for i in 0..b.num_rows() {
+                out.push((
+                    a.is_valid(i).then(|| a.value(i).to_string()),
+                    c.value(i).to_string(),
+                ));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn splice_places_new_rows_between_the_kept_ones() {
+        let schema = batch(&[]).schema();
+        let kept = vec![
+            batch(&[(None, "a"), (Some("b"), "b"), (Some("d"), "a")]),
+            batch(&[]),
+            batch(&[(Some("d"), "c"), (Some("f"), "a")]),
+        ];
+        // Before all, inside the first batch, where two batches meet, and after all.
+        let new = vec![
+            batch(&[(None, "0"), (Some("c"), "z"), (Some("d"), "b")]),
+            batch(&[(Some("g"), "a"), (Some("h"), "a")]),
+        ];
+        let out = splice(&schema, &kept, &new, &["a", "b"]).unwrap().unwrap();
+        let mut expected = pairs(&kept);
+        expected.extend(pairs(&new));
+        expected.sort();
+        assert_eq!(pairs(&out), expected);
+        // No new rows: the kept batches as they are; no kept rows: the new ones.
+        let out = splice(&schema, &kept, &[], &["a", "b"]).unwrap().unwrap();
+        assert_eq!(pairs(&out), pairs(&kept));
+        let out = splice(&schema, &[], &new, &["a", "b"]).unwrap().unwrap();
+        assert_eq!(pairs(&out), pairs(&new));
+    }
+
+    #[test]
+    fn splice_refuses_kept_rows_out_of_order_between_batches() {
+        let schema = batch(&[]).schema();
+        let kept = vec![batch(&[(Some("b"), "a")]), batch(&[(Some("a"), "a")])];
+        let new = vec![batch(&[(Some("c"), "a")])];
+        assert!(splice(&schema, &kept, &new, &["a", "b"]).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn collect_in_order_keeps_a_stored_order() {
+        // One in-memory partition of many batches: a plain collect reads it in two
+        // partitions and interleaves them.
+        let rows: Vec<(Option<String>, String)> = (0..20_000)
+            .map(|i| (Some(format!("{i:06}")), "x".to_string()))
+            .collect();
+        let batches: Vec<RecordBatch> = rows
+            .chunks(1_000)
+            .map(|c| {
+                let c: Vec<(Option<&str>, &str)> =
+                    c.iter().map(|(a, b)| (a.as_deref(), b.as_str())).collect();
+                batch(&c)
+            })
+            .collect();
+        let ctx = crate::engine::context();
+        let table = crate::engine::mem_table(batches[0].schema(), batches).unwrap();
+        let df = ctx.read_table(table).unwrap();
+        let (_, out) = collect_in_order(&ctx, df).await.unwrap();
+        assert_eq!(pairs(&out), rows);
     }
 }

@@ -261,7 +261,15 @@ impl Store {
         };
         let table = self.delta_at(name, version).await?;
         table.update_datafusion_session(&ctx.state())?;
-        let provider = table.table_provider().await.map_err(Error::Engine)?;
+        // With the session, the scan takes its settings: strings read as `Utf8` (the session's
+        // `schema_force_view_types = false`), the type freshly loaded exports have. Without
+        // it, delta-rs reads them as `Utf8View`, and every comparison with loaded data and
+        // every write back casts them.
+        let provider = table
+            .table_provider()
+            .with_session(Arc::new(ctx.state()))
+            .await
+            .map_err(Error::Engine)?;
         Ok(Some(provider))
     }
 

@@ -11,12 +11,13 @@ use datafusion::arrow::array::{BooleanArray, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::*;
 
-use super::frames::{NewTable, commit_tables, quoted, require, session};
+use super::frames::{Known, NewTable, Replacement, commit_tables, frame, quoted, require, session};
 use super::role_model::{empty, rule_hits, union_all, view};
 use super::{RunContext, TaskOutcome, TaskStatus};
 use crate::config::{ConfigExpr, Task};
 use crate::error::{Error, Result};
 
+const TABLE: &str = "classification";
 const CLASSIFICATION_SQL: &str = include_str!("../../sql/classification.sql");
 
 pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
@@ -38,18 +39,18 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     } else {
         None
     };
+    // Dirty: only the accounts in scope, and those whose linked resource type no longer matches
+    // their committed class, are classified again (a class depends on nothing else).
+    let scope = match super::dirty::scope(rc, &ctx, &catalog, task).await? {
+        Some(scope) if catalog.tables.contains_key(TABLE) => Some(scope),
+        _ => None,
+    };
     let mut frames = Vec::new();
-    for target in targets {
+    let mut replaced_keys = Vec::new();
+    for &target in &targets {
         let entity = rc.pipeline.entity(target).expect("invariant: validated");
-        let table = require(&ctx, &catalog, target, "synchronize").await?;
+        let mut table = require(&ctx, &catalog, target, "synchronize").await?;
         let key = cast(quoted(&entity.key), DataType::Utf8);
-        view(
-            &ctx,
-            "cls_accounts",
-            table
-                .clone()
-                .select(vec![key.clone().alias("account_key")])?,
-        )?;
 
         // Linked correlations of resource types on this entity, with their file order.
         let rt_names: Vec<&str> = model
@@ -59,6 +60,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             .map(|rt| rt.name.as_str())
             .collect();
         let orders: Vec<i64> = (0..rt_names.len() as i64).collect();
+        let rt_list = rt_names.clone();
         let rt_order = ctx.read_batch(
             RecordBatch::try_new(
                 Arc::new(Schema::new(vec![
@@ -97,6 +99,56 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             ])?,
         };
         view(&ctx, "cls_linked", linked)?;
+        if let Some(scope) = &scope {
+            let in_scope = scope
+                .accounts
+                .clone()
+                .filter(col("entity").eq(lit(target)))?
+                .select(vec![col("key")])?;
+            let keys = if scope.correlated {
+                in_scope
+            } else {
+                // Without the dirty role model's list of the accounts whose correlation
+                // changed: those whose first linked resource type is not their committed class.
+                let relinked = ctx
+                    .sql(&format!(
+                        "WITH now AS (
+                             SELECT account_key, resource_type FROM (
+                                 SELECT account_key, resource_type,
+                                        row_number() OVER (PARTITION BY account_key ORDER BY rt_order) AS n
+                                 FROM cls_linked) WHERE n = 1),
+                         was AS (
+                             SELECT account_key, class AS resource_type FROM {TABLE}
+                             WHERE entity = '{e}' AND class IN ({names}))
+                         SELECT account_key AS key FROM ((SELECT * FROM now EXCEPT SELECT * FROM was)
+                                                         UNION ALL (SELECT * FROM was EXCEPT SELECT * FROM now))",
+                        e = target.replace('\'', "''"),
+                        names = std::iter::once("NULL".to_string())
+                            .chain(
+                                rt_list
+                                    .iter()
+                                    .map(|n| format!("'{}'", n.replace('\'', "''"))),
+                            )
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ))
+                    .await?;
+                in_scope.union(relinked)?
+            };
+            let keys = keys
+                .distinct()?
+                .select(vec![lit(target).alias("entity"), col("key")])?;
+            let keys = super::role_model::materialize(&ctx, keys).await?;
+            table = super::dirty::restrict(table, quoted(&entity.key), target, &keys)?;
+            replaced_keys.push(keys);
+        }
+        view(
+            &ctx,
+            "cls_accounts",
+            table
+                .clone()
+                .select(vec![key.clone().alias("account_key")])?,
+        )?;
 
         // Classification rules on this entity, by file order.
         let rules: Vec<(usize, &crate::config::Classification)> = model
@@ -154,12 +206,29 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             )])),
         )?,
     };
-    let all = all.sort(vec![
-        col("entity").sort(true, true),
-        col("account_key").sort(true, true),
-    ])?;
-    let summary = all
-        .clone()
+    let order = ["entity", "account_key"];
+    let table = if scope.is_some() {
+        let columns: Vec<Expr> = ["entity", "account_key", "class", "protect"]
+            .iter()
+            .map(|c| col(*c))
+            .collect();
+        let replacement = Replacement {
+            old: ctx.table(TABLE).await?.select(columns.clone())?,
+            keys: union_all(replaced_keys)?.expect("one target at least"),
+            on: vec!["entity", "account_key"],
+            new: all.select(columns)?,
+        };
+        NewTable::replaced(&ctx, TABLE, replacement, &order, false).await?
+    } else {
+        let order = order.iter().map(|c| col(*c).sort(true, true)).collect();
+        NewTable::from_frame(TABLE, all.sort(order)?).await?
+    };
+    // Counted over the new table (the committed one when unchanged).
+    let counted = match table.known {
+        Known::Unchanged { .. } => ctx.table(TABLE).await?,
+        _ => frame(&ctx, &table.schema, &table.batches)?,
+    };
+    let summary = counted
         .aggregate(
             vec![col("class")],
             vec![datafusion::functions_aggregate::expr_fn::count(lit(1)).alias("n")],
@@ -184,7 +253,6 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             }
         }
     }
-    let table = NewTable::from_frame("classification", all).await?;
     let rows = table.rows();
     let written = commit_tables(rc, "task:update_classification", vec![table]).await?;
     Ok(TaskOutcome {

@@ -8,7 +8,7 @@
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::*;
 
-use super::frames::{NewTable, commit_tables, quoted, require, session};
+use super::frames::{NewTable, Replacement, commit_tables, quoted, require, session};
 use super::{RunContext, TaskOutcome, TaskStatus};
 use crate::config::{ResourceType, Task};
 use crate::error::Result;
@@ -27,41 +27,34 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             });
         }
     }
-    let Some(mut all) = all else {
+    let Some(all) = all else {
         return Ok(TaskOutcome::skipped(
             "no resource type has correlation rules",
         ));
     };
-    // Dirty: the recomputed keys replace those of the same rows; the others stay.
-    if let Some(scope) = &scope
-        && catalog.tables.contains_key(TABLE)
-    {
-        let touched = scope
-            .owners
-            .clone()
-            .union(scope.accounts.clone())?
-            .select(vec![col("entity").alias("_e"), col("key").alias("_k")])?;
-        let kept = ctx.table(TABLE).await?.join(
-            touched,
-            JoinType::LeftAnti,
-            &["entity", "key"],
-            &["_e", "_k"],
-            None,
-        )?;
-        let cols: Vec<Expr> = ["resource_type", "side", "entity", "key", "rule", "value"]
-            .iter()
-            .map(|c| col(*c))
-            .collect();
-        all = kept.select(cols.clone())?.union(all.select(cols)?)?;
-    }
-    let all = all.sort(vec![
-        col("resource_type").sort(true, true),
-        col("side").sort(true, true),
-        col("rule").sort(true, true),
-        col("value").sort(true, true),
-        col("key").sort(true, true),
-    ])?;
-    let table = NewTable::from_frame(TABLE, all).await?;
+    let order = ["resource_type", "side", "rule", "value", "key"];
+    let columns: Vec<Expr> = ["resource_type", "side", "entity", "key", "rule", "value"]
+        .iter()
+        .map(|c| col(*c))
+        .collect();
+    let all = all.select(columns.clone())?;
+    // Dirty: the recomputed keys replace those of the same rows; the others stay (read in
+    // their stored order, which is the table's order).
+    let table = match &scope {
+        Some(scope) if catalog.tables.contains_key(TABLE) => {
+            let replacement = Replacement {
+                old: ctx.table(TABLE).await?.select(columns)?,
+                keys: scope.owners.clone().union(scope.accounts.clone())?,
+                on: vec!["entity", "key"],
+                new: all,
+            };
+            NewTable::replaced(&ctx, TABLE, replacement, &order, false).await?
+        }
+        _ => {
+            let order = order.iter().map(|c| col(*c).sort(true, true)).collect();
+            NewTable::from_frame(TABLE, all.sort(order)?).await?
+        }
+    };
     let rows = table.rows();
     let written = commit_tables(rc, "task:compute_correlation_keys", vec![table]).await?;
     Ok(TaskOutcome {

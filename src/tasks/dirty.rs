@@ -35,7 +35,14 @@ pub struct Scope {
     pub owners: DataFrame,
     /// (`entity`, `key`) of accounts.
     pub accounts: DataFrame,
+    /// Whether a dirty role model of this run added the accounts whose correlation it changed
+    /// to `accounts` (a `correlated` row).
+    pub correlated: bool,
 }
+
+/// The kind of the `dirty_scope` row a dirty role model adds once it has added the accounts
+/// whose correlation changed.
+pub const CORRELATED: &str = "correlated";
 
 pub async fn run(rc: &RunContext<'_>, _task: &Task) -> Result<TaskOutcome> {
     let (ctx, catalog) = session(rc).await?;
@@ -278,7 +285,7 @@ pub async fn scope(
         .collect()
         .await?;
     // No row of this run (no set_recently_modified_flag before this task), or `all`: everything.
-    let mut has_marker = false;
+    let (mut has_marker, mut correlated) = (false, false);
     for b in &kinds {
         use datafusion::arrow::array::{Array, StringArray};
         let Some(k) = b.column(0).as_any().downcast_ref::<StringArray>() else {
@@ -288,6 +295,7 @@ pub async fn scope(
             match (!k.is_null(i)).then(|| k.value(i)) {
                 Some("all") => return Ok(None),
                 Some("run") => has_marker = true,
+                Some(CORRELATED) => correlated = true,
                 _ => {}
             }
         }
@@ -304,6 +312,7 @@ pub async fn scope(
     Ok(Some(Scope {
         owners: pick("owner")?,
         accounts: pick("account")?,
+        correlated,
     }))
 }
 

@@ -1,6 +1,7 @@
 //! DataFrame helpers the tasks share: committed tables, collected batches, quoted columns.
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::{filter_record_batch, kernels::boolean::not};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
 use datafusion::prelude::*;
@@ -57,11 +58,43 @@ pub async fn collect(df: DataFrame) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     Ok((schema, batches))
 }
 
+/// The marker column of the rows a [`Replacement`] replaces.
+const REPLACED: &str = "_replaced";
+
 /// A table's next content: name, schema, batches.
 pub struct NewTable {
     pub name: String,
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
+    /// What is already known of the content against the committed table.
+    pub known: Known,
+}
+
+/// What a task already knows of a new table's content against the committed table, so that
+/// the commit does not compare them again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Known {
+    /// Compare before writing.
+    #[default]
+    Unknown,
+    /// Differs: write it.
+    Changed,
+    /// Equal to the committed table, which has `rows` rows; the batches are empty.
+    Unchanged { rows: u64 },
+}
+
+/// A dirty task's new content for a table: the committed rows, which of them the task
+/// recomputed, and the recomputed rows that replace those.
+pub struct Replacement {
+    /// The committed table, as stored: in the order the task sorts it by.
+    pub old: DataFrame,
+    /// The keys of the replaced rows: a committed row is replaced when its columns `on` equal
+    /// one of these rows (column by column).
+    pub keys: DataFrame,
+    /// The key columns of `old`.
+    pub on: Vec<&'static str>,
+    /// The recomputed rows.
+    pub new: DataFrame,
 }
 
 impl NewTable {
@@ -70,7 +103,100 @@ impl NewTable {
             name: name.to_string(),
             schema,
             batches,
+            known: Known::Unknown,
         }
+    }
+
+    /// The committed table `name` with the replacement's rows, in `order`, the order the table
+    /// is stored in. The committed rows are read once, in their stored order; only the
+    /// recomputed rows are sorted (each distinct row once with `distinct`: `order` then names
+    /// every column, as [`engine::sorted_distinct`] sorts) and placed between the kept ones
+    /// ([`engine::splice`]). When the recomputed rows equal the replaced ones (as multisets),
+    /// the table is unchanged. Should the stored rows not be in `order` (a table written by
+    /// another tool), all rows are sorted instead.
+    pub async fn replaced(
+        ctx: &SessionContext,
+        name: &str,
+        r: Replacement,
+        order: &[&str],
+        distinct: bool,
+    ) -> Result<Self> {
+        let sort = || order.iter().map(|c| quoted(c).sort(true, true)).collect();
+        let (schema, new) = if distinct {
+            engine::sorted_distinct(ctx, r.new).await?
+        } else {
+            collect(r.new.sort(sort())?).await?
+        };
+        // Each committed row with whether it is replaced. The keys are the hash table (there
+        // are few), and a hash join keeps the order of the rows it probes.
+        let columns: Vec<Expr> = r
+            .old
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| quoted(f.name()))
+            .chain([col("mark").alias(REPLACED)])
+            .collect();
+        let left: Vec<String> = (0..r.on.len())
+            .map(|i| format!("_replaced_key{i}"))
+            .collect();
+        let keys = r.keys.clone().select(
+            r.keys
+                .schema()
+                .fields()
+                .iter()
+                .zip(&left)
+                .map(|(f, name)| quoted(f.name()).alias(name))
+                .collect::<Vec<_>>(),
+        )?;
+        let left: Vec<&str> = left.iter().map(String::as_str).collect();
+        let marked = keys
+            .join(r.old, JoinType::RightMark, &left, &r.on, None)?
+            .select(columns)?;
+        let (_, stored) = engine::collect_in_order(ctx, marked).await?;
+        let (mut kept, mut removed) = (Vec::new(), Vec::new());
+        for b in stored {
+            let i = b.schema().index_of(REPLACED)?;
+            let mask = datafusion::arrow::array::as_boolean_array(b.column(i)).clone();
+            let mut b = b;
+            b.remove_column(i);
+            removed.push(filter_record_batch(&b, &mask)?);
+            kept.push(filter_record_batch(&b, &not(&mask)?)?);
+        }
+        let rows = |v: &[RecordBatch]| v.iter().map(RecordBatch::num_rows).sum::<usize>();
+        if rows(&removed) == rows(&new) {
+            let removed = frame(ctx, &schema, &removed)?;
+            if frame(ctx, &schema, &new)?.except(removed)?.count().await? == 0 {
+                let rows = (rows(&kept) + rows(&new)) as u64;
+                return Ok(Self {
+                    known: Known::Unchanged { rows },
+                    ..Self::new(name, (schema, Vec::new()))
+                });
+            }
+        }
+        // The kept and the recomputed rows are disjoint (they belong to different owners), so
+        // there are no repeats across them.
+        let batches = match engine::splice(&schema, &kept, &new, order)? {
+            Some(spliced) => spliced,
+            None => {
+                kept.extend(new);
+                let all = frame(ctx, &schema, &kept)?;
+                if distinct {
+                    engine::sorted_distinct(ctx, all).await?.1
+                } else {
+                    all.sort(sort())?.collect().await?
+                }
+            }
+        };
+        Ok(Self {
+            known: Known::Changed,
+            ..Self::new(name, (schema, batches))
+        })
+    }
+
+    /// The frame's rows in the order its plan yields them ([`engine::collect_in_order`]).
+    pub async fn in_order(ctx: &SessionContext, name: &str, df: DataFrame) -> Result<Self> {
+        Ok(Self::new(name, engine::collect_in_order(ctx, df).await?))
     }
 
     pub async fn from_frame(name: &str, df: DataFrame) -> Result<Self> {
@@ -84,7 +210,10 @@ impl NewTable {
     }
 
     pub fn rows(&self) -> u64 {
-        self.batches.iter().map(|b| b.num_rows() as u64).sum()
+        match self.known {
+            Known::Unchanged { rows } => rows,
+            _ => self.batches.iter().map(|b| b.num_rows() as u64).sum(),
+        }
     }
 }
 
@@ -96,7 +225,11 @@ pub async fn commit_tables(
     tables: Vec<NewTable>,
 ) -> Result<u64> {
     if rc.dry_run {
-        for t in tables {
+        // An unchanged table stays as committed.
+        for t in tables
+            .into_iter()
+            .filter(|t| !matches!(t.known, Known::Unchanged { .. }))
+        {
             rc.stage_dry_run(t);
         }
         return Ok(0);
@@ -115,7 +248,12 @@ pub async fn commit_tables(
     // The tables are checked and written concurrently (each write encodes on its own task);
     // none is visible before the catalog commit below.
     let writes = tables.into_iter().map(|t| async move {
-        if unchanged(rc, catalog, &t).await? {
+        let same = match t.known {
+            Known::Unchanged { .. } => true,
+            Known::Changed => false,
+            Known::Unknown => unchanged(rc, catalog, &t).await?,
+        };
+        if same {
             return Ok(None);
         }
         let rows = t.rows();

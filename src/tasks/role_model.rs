@@ -22,7 +22,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::*;
 
 use super::correlation_keys::{self, selected};
-use super::frames::{NewTable, commit_tables, quoted, require, session};
+use super::frames::{NewTable, Replacement, commit_tables, quoted, require, session};
 use super::{RunContext, TaskOutcome, TaskStatus};
 use crate::config::{ConfigExpr, ResourceType, Task};
 use crate::engine;
@@ -82,17 +82,21 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let (assigned_roles, manual_warnings) =
         assigned_roles(rc, &ctx, &catalog, dirty.as_ref()).await?;
     warnings.extend(manual_warnings);
-    let assigned_roles = match &dirty {
+    // Sorted here, before the larger tables below are computed, rather than beside them.
+    let role_order = ["owner_key", "role", "origin"];
+    let assigned_roles = materialize(
+        &ctx,
+        assigned_roles.sort(
+            role_order
+                .iter()
+                .map(|c| col(*c).sort(true, true))
+                .collect(),
+        )?,
+    )
+    .await?;
+    let roles = match &dirty {
         Some(d) if catalog.tables.contains_key("assigned_roles") => {
-            let keys = d.clone().select(vec![col("key").alias("_k")])?.distinct()?;
-            let kept = keys.join(
-                ctx.table("assigned_roles").await?,
-                JoinType::RightAnti,
-                &["_k"],
-                &["owner_key"],
-                None,
-            )?;
-            let cols: Vec<Expr> = [
+            let columns: Vec<Expr> = [
                 "owner_key",
                 "role",
                 "origin",
@@ -103,18 +107,18 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             .iter()
             .map(|c| col(*c))
             .collect();
-            kept.select(cols.clone())?
-                .union(assigned_roles.select(cols)?)?
-                .sort(vec![
-                    col("owner_key").sort(true, true),
-                    col("role").sort(true, true),
-                    col("origin").sort(true, true),
-                ])?
+            Merged::Replaced(Box::new(Replacement {
+                old: ctx.table("assigned_roles").await?.select(columns.clone())?,
+                keys: d.clone().select(vec![col("key")])?.distinct()?,
+                on: vec!["owner_key"],
+                new: assigned_roles.clone().select(columns)?,
+            }))
         }
-        _ => assigned_roles,
+        _ => Merged::Sorted(assigned_roles.clone()),
     };
-    let assigned_roles = materialize(&ctx, assigned_roles).await?;
-    view(&ctx, "assigned_roles", assigned_roles.clone())?;
+    // In dirty mode the view holds the recomputed owners' roles only: every query below is
+    // restricted to those owners.
+    view(&ctx, "assigned_roles", assigned_roles)?;
 
     // 3. Assigned resources, desired scalars and links.
     let mut resources = Vec::new();
@@ -149,26 +153,28 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 col("account_key").sort(true, true),
             ])?,
         ),
-        NewTable::from_frame("assigned_roles", assigned_roles),
-        NewTable::from_frame(
+        roles.table(&ctx, "assigned_roles", &role_order, false),
+        resources.table(
+            &ctx,
             "assigned_resources",
-            resources.sort(vec![
-                col("resource_type").sort(true, true),
-                col("owner_key").sort(true, true),
-            ])?,
+            &["resource_type", "owner_key"],
+            false,
         ),
-        NewTable::from_frame(
+        scalars.table(
+            &ctx,
             "assigned_scalars",
-            scalars.sort(vec![
-                col("resource_type").sort(true, true),
-                col("owner_key").sort(true, true),
-                col("attribute").sort(true, true),
-            ])?,
+            &["resource_type", "owner_key", "attribute"],
+            false,
         ),
         // Repeats are dropped here, over all resource types at once (the merged parts are
         // disjoint by resource type and owner), by the rank sort: cheaper than a DISTINCT per
         // type followed by a sort of ~13M rows at 1M identities.
-        NewTable::sorted_distinct(&ctx, "assigned_links", links),
+        links.table(
+            &ctx,
+            "assigned_links",
+            &["resource_type", "owner_key", "link", "value"],
+            true,
+        ),
     )?;
     let (roles_count, assigned) = (roles.rows(), resources.rows());
     let mut tables = vec![correlations, roles, resources, scalars, links];
@@ -213,6 +219,14 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 )?;
             }
         }
+        // Says that the accounts above are in (classification relies on it).
+        extra = extra.union(ctx.read_batch(text_batch(&[
+            ("run_id", vec![rc.run_id.as_str()]),
+            ("as_of", vec![rc.as_of.to_string().as_str()]),
+            ("kind", vec![super::dirty::CORRELATED]),
+            ("entity", vec![""]),
+            ("key", vec![""]),
+        ])?)?)?;
         let all = ctx
             .table(super::dirty::TABLE)
             .await?
@@ -369,6 +383,38 @@ async fn merge_other_types(
     Ok(old.union(new)?)
 }
 
+/// A role-model table's next content: whole (complete mode), or the committed table with the
+/// recomputed owners' rows replaced (dirty mode).
+enum Merged {
+    Whole(DataFrame),
+    /// Whole, and already in the table's order.
+    Sorted(DataFrame),
+    Replaced(Box<Replacement>),
+}
+
+impl Merged {
+    /// The table, sorted by `order` (each distinct row once with `distinct`, `order` then
+    /// naming every column in schema order).
+    async fn table(
+        self,
+        ctx: &SessionContext,
+        name: &str,
+        order: &[&str],
+        distinct: bool,
+    ) -> Result<NewTable> {
+        match self {
+            // One partition: a collected in-memory table is split in two and interleaved.
+            Merged::Sorted(df) => NewTable::in_order(ctx, name, df).await,
+            Merged::Whole(df) if distinct => NewTable::sorted_distinct(ctx, name, df).await,
+            Merged::Whole(df) => {
+                let order = order.iter().map(|c| col(*c).sort(true, true)).collect();
+                NewTable::from_frame(name, df.sort(order)?).await
+            }
+            Merged::Replaced(r) => NewTable::replaced(ctx, name, *r, order, distinct).await,
+        }
+    }
+}
+
 /// Like [`merge_other_types`], and with a dirty owner set the rows of other owners of the same
 /// resource types stay too: only the recomputed owners' rows are replaced.
 async fn merge_scoped(
@@ -378,38 +424,34 @@ async fn merge_scoped(
     new: DataFrame,
     rts: &[&ResourceType],
     dirty: Option<&DataFrame>,
-) -> Result<DataFrame> {
+) -> Result<Merged> {
     let Some(d) = dirty else {
-        return merge_other_types(ctx, catalog, table, new, rts).await;
+        return Ok(Merged::Whole(
+            merge_other_types(ctx, catalog, table, new, rts).await?,
+        ));
     };
     if !catalog.tables.contains_key(table) {
-        return Ok(new);
+        return Ok(Merged::Whole(new));
     }
-    let mut replaced = Vec::new();
+    let mut keys = Vec::new();
     for rt in rts {
-        replaced.push(
+        keys.push(
             d.clone()
                 .filter(col("entity").eq(lit(rt.owner.as_str())))?
-                .select(vec![
-                    lit(rt.name.as_str()).alias("_rt"),
-                    col("key").alias("_k"),
-                ])?,
+                .select(vec![lit(rt.name.as_str()).alias("_rt"), col("key")])?,
         );
     }
     let schema = Arc::new(new.schema().as_arrow().clone());
     let old = super::frames::committed(ctx, catalog, table, &schema).await?;
-    // The replaced owners are the hash table: there are far fewer of them than rows.
-    let kept = match union_all(replaced)? {
-        Some(r) => r.join(
-            old,
-            JoinType::RightAnti,
-            &["_rt", "_k"],
-            &["resource_type", "owner_key"],
-            None,
-        )?,
-        None => old,
+    let Some(keys) = union_all(keys)? else {
+        return Ok(Merged::Whole(old.union(new)?));
     };
-    Ok(kept.union(new)?)
+    Ok(Merged::Replaced(Box::new(Replacement {
+        old,
+        keys,
+        on: vec!["resource_type", "owner_key"],
+        new,
+    })))
 }
 
 /// The owners a dirty role model recomputes: the changed owners, the owners (before and after)

@@ -264,6 +264,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                         name: p.name.clone(),
                         schema: schema.clone(),
                         batches: batches.clone(),
+                        known: Default::default(),
                     });
                 }
             }

@@ -452,3 +452,83 @@ fn incremental_runs_equal_a_complete_recomputation() {
         std::fs::remove_dir_all(&copy).unwrap();
     }
 }
+
+/// A dirty classification after a role model that is not dirty (so no list of the accounts
+/// whose correlation changed): an account relinked by its owner's change alone (the account
+/// itself untouched) is classified again, as a complete recomputation would.
+#[test]
+fn dirty_classification_follows_accounts_relinked_by_a_plain_role_model() {
+    let env = Env::new();
+    let plain = pipeline().replace(
+        "[[job]]\nname = \"recompute\"",
+        r#"[[job]]
+name = "plain_roles"
+[[job.task]]
+name = "sync_hr"
+type = "synchronize"
+connector = "hr"
+mode = "incremental"
+[[job.task]]
+name = "flag"
+type = "set_recently_modified_flag"
+[[job.task]]
+name = "keys"
+type = "compute_correlation_keys"
+dirty = true
+[[job.task]]
+name = "roles"
+type = "compute_role_model"
+[[job.task]]
+name = "classify"
+type = "update_classification"
+dirty = true
+[[job.task]]
+name = "orders"
+type = "generate_provisioning_orders"
+[[job]]
+name = "recompute""#,
+    );
+    assert!(plain.contains("plain_roles"));
+    env.write_pipeline(&plain);
+    env.write(
+        "exports/hr/persons.csv",
+        "command,id,dept,status,mail\ninsert,P01,IT,active,a@x.com\ninsert,P02,IT,active,b@x.com\n",
+    );
+    let mut accounts = BTreeMap::new();
+    let account = |owner: &str, email: &str| Account {
+        owner_id: owner.into(),
+        email: email.into(),
+        dept: "IT".into(),
+        enabled: true,
+    };
+    accounts.insert("u01".to_string(), account("P01", "a@x.com"));
+    // Nobody's yet: an orphan.
+    accounts.insert("u09".to_string(), account("", "c@x.com"));
+    write_app(&env, &accounts, &BTreeMap::new());
+    env.run("incremental", &[], &[]).expect_code(0);
+    let class =
+        |env: &Env| env.scalar("select class from classification where account_key = 'u09'");
+    assert_eq!(class(&env), "orphan");
+
+    // P02 takes u09's mail: u09 now correlates with P02, though u09 itself did not change.
+    env.write(
+        "exports/hr/persons.csv",
+        "command,id,dept,status,mail\nupdate,P02,IT,active,c@x.com\n",
+    );
+    let out = env.run("plain_roles", &[], &[]);
+    out.expect_code(0);
+    let run = run_id_of(&out);
+    assert_eq!(
+        env.query(&format!(
+            "select kind from dirty_scope where run_id = '{run}' and kind in ('all', 'run', 'correlated')"
+        )),
+        [["run"]],
+        "a dirty scope without the role model's list: {}",
+        out.stdout
+    );
+    assert_eq!(
+        env.scalar("select status from correlations where account_key = 'u09'"),
+        "linked"
+    );
+    assert_eq!(class(&env), "app_user");
+}
