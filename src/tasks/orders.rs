@@ -337,7 +337,9 @@ async fn orders_of(
         in_scope = Some((scope_owners, scope_accounts));
     }
     // In dirty mode every per-owner and per-account input is cut to the scope before the
-    // diffs join them (otherwise each join still reads the whole link tables).
+    // diffs join them (otherwise each join still reads the whole link tables), and collected
+    // once: every piece of the orders query reads them again.
+    let dirty = in_scope.is_some();
     let of_owners = |df: DataFrame| -> Result<DataFrame> {
         Ok(match &in_scope {
             Some((owners, _)) => df.semi_on("owner_key", owners.clone())?,
@@ -353,9 +355,14 @@ async fn orders_of(
     view(
         ctx,
         "o_assigned",
-        assigned.select(vec![col("owner_key"), col("account_key"), col("state")])?,
+        scoped(
+            ctx,
+            dirty,
+            assigned.select(vec![col("owner_key"), col("account_key"), col("state")])?,
+        )
+        .await?,
     )?;
-    view(ctx, "o_linked", linked.clone())?;
+    view(ctx, "o_linked", scoped(ctx, dirty, linked.clone()).await?)?;
 
     let target = require(ctx, catalog, &rt.target, "synchronize").await?;
     let account_key = cast(quoted(&target_entity.key), DataType::Utf8);
@@ -389,23 +396,33 @@ async fn orders_of(
     view(
         ctx,
         "o_accounts",
-        accounts
-            .join(classes, JoinType::Left, &["account_key"], &["_ck"], None)?
-            .join(statuses, JoinType::Left, &["account_key"], &["_sk"], None)?
-            .select(vec![
-                col("account_key"),
-                col("class"),
-                coalesce_bool(col("protect")).alias("protect"),
-                col("status"),
-            ])?,
+        scoped(
+            ctx,
+            dirty,
+            accounts
+                .join(classes, JoinType::Left, &["account_key"], &["_ck"], None)?
+                .join(statuses, JoinType::Left, &["account_key"], &["_sk"], None)?
+                .select(vec![
+                    col("account_key"),
+                    col("class"),
+                    coalesce_bool(col("protect")).alias("protect"),
+                    col("status"),
+                ])?,
+        )
+        .await?,
     )?;
     view(
         ctx,
         "o_desired_scalars",
-        of_owners(
-            of_rt(require(ctx, catalog, "assigned_scalars", "compute_role_model").await?)?
-                .select(vec![col("owner_key"), col("attribute"), col("value")])?,
-        )?,
+        scoped(
+            ctx,
+            dirty,
+            of_owners(
+                of_rt(require(ctx, catalog, "assigned_scalars", "compute_role_model").await?)?
+                    .select(vec![col("owner_key"), col("attribute"), col("value")])?,
+            )?,
+        )
+        .await?,
     )?;
     // Values update_identities computed for accounts under anonymization (status 3 or 4):
     // they win over the role model's, which knows only the owner's real data until the
@@ -449,10 +466,15 @@ async fn orders_of(
     view(
         ctx,
         "o_desired_links",
-        of_owners(
-            of_rt(require(ctx, catalog, "assigned_links", "compute_role_model").await?)?
-                .select(vec![col("owner_key"), col("link"), col("value")])?,
-        )?,
+        scoped(
+            ctx,
+            dirty,
+            of_owners(
+                of_rt(require(ctx, catalog, "assigned_links", "compute_role_model").await?)?
+                    .select(vec![col("owner_key"), col("link"), col("value")])?,
+            )?,
+        )
+        .await?,
     )?;
 
     // Current values of the scalar and disable columns, as text of the column type.
@@ -473,11 +495,16 @@ async fn orders_of(
     view(
         ctx,
         "o_current_scalars",
-        or_empty_utf8(
+        scoped(
             ctx,
-            union_all(current)?,
-            &["account_key", "attribute", "value"],
-        )?,
+            dirty,
+            or_empty_utf8(
+                ctx,
+                union_all(current)?,
+                &["account_key", "attribute", "value"],
+            )?,
+        )
+        .await?,
     )?;
 
     // Current link values of the resource type's links.
@@ -498,11 +525,16 @@ async fn orders_of(
     view(
         ctx,
         "o_current_links",
-        or_empty_utf8(
+        scoped(
             ctx,
-            union_all(current_links)?,
-            &["account_key", "link", "value"],
-        )?,
+            dirty,
+            or_empty_utf8(
+                ctx,
+                union_all(current_links)?,
+                &["account_key", "link", "value"],
+            )?,
+        )
+        .await?,
     )?;
 
     // Disable values: expressions over the owner (NULL columns when the owner is gone).
@@ -547,11 +579,16 @@ async fn orders_of(
     view(
         ctx,
         "o_disable",
-        or_empty_utf8(
+        scoped(
             ctx,
-            union_all(disable)?,
-            &["account_key", "attribute", "value"],
-        )?,
+            dirty,
+            or_empty_utf8(
+                ctx,
+                union_all(disable)?,
+                &["account_key", "attribute", "value"],
+            )?,
+        )
+        .await?,
     )?;
 
     // Configuration: managed values, link modes, create_only, policy.
@@ -686,6 +723,15 @@ fn order_pieces() -> impl Iterator<Item = &'static str> {
         .lines()
         .filter_map(|l| l.strip_suffix(" AS ("))
         .filter(|name| name.starts_with("part_"))
+}
+
+/// `df` collected when `dirty` (cut to the scope, it is small), else as it is.
+async fn scoped(ctx: &SessionContext, dirty: bool, df: DataFrame) -> Result<DataFrame> {
+    if dirty {
+        super::role_model::materialize(ctx, df).await
+    } else {
+        Ok(df)
+    }
 }
 
 fn coalesce_bool(e: Expr) -> Expr {
