@@ -197,9 +197,9 @@ fn partition_point(len: usize, pred: impl Fn(usize) -> bool) -> usize {
 }
 
 /// The rows of `df` in the order its plan yields them on a single partition: a projection, a
-/// filter or the probe side of a hash join (`RightSemi`, `RightAnti`) keeps the order in which
-/// the scanned table is stored. With several partitions the rows of the partitions would
-/// interleave.
+/// filter or the probe side of a hash join (`RightSemi`, `RightAnti`, `RightMark`) keeps the
+/// order in which the scanned table is stored. With several partitions (even for one
+/// in-memory table, which DataFusion splits) the rows of the partitions would interleave.
 pub async fn collect_in_order(
     ctx: &SessionContext,
     df: DataFrame,

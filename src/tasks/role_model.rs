@@ -218,15 +218,16 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                         ])?,
                 )?;
             }
+            // A marker: the accounts whose correlation changed are in the scope (a dirty
+            // classification relies on it).
+            extra = extra.union(ctx.read_batch(text_batch(&[
+                ("run_id", vec![rc.run_id.as_str()]),
+                ("as_of", vec![rc.as_of.to_string().as_str()]),
+                ("kind", vec![super::dirty::CORRELATED]),
+                ("entity", vec![""]),
+                ("key", vec![""]),
+            ])?)?)?;
         }
-        // Says that the accounts above are in (classification relies on it).
-        extra = extra.union(ctx.read_batch(text_batch(&[
-            ("run_id", vec![rc.run_id.as_str()]),
-            ("as_of", vec![rc.as_of.to_string().as_str()]),
-            ("kind", vec![super::dirty::CORRELATED]),
-            ("entity", vec![""]),
-            ("key", vec![""]),
-        ])?)?)?;
         let all = ctx
             .table(super::dirty::TABLE)
             .await?
