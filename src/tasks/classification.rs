@@ -19,6 +19,19 @@ use crate::error::{Error, Result};
 
 const TABLE: &str = "classification";
 const CLASSIFICATION_SQL: &str = include_str!("../../sql/classification.sql");
+/// The accounts whose first linked resource type (`cls_linked`, `cls_rt_order`) is not their
+/// committed class (`cls_committed`): one entity's, as `key`.
+const RELINKED_SQL: &str = "
+    WITH now AS (
+        SELECT account_key, resource_type FROM (
+            SELECT account_key, resource_type,
+                   row_number() OVER (PARTITION BY account_key ORDER BY rt_order) AS n
+            FROM cls_linked) WHERE n = 1),
+    was AS (
+        SELECT account_key, class AS resource_type FROM cls_committed
+        WHERE class IN (SELECT _rt FROM cls_rt_order))
+    SELECT account_key AS key FROM ((SELECT * FROM now EXCEPT SELECT * FROM was)
+                                    UNION ALL (SELECT * FROM was EXCEPT SELECT * FROM now))";
 
 pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let (ctx, catalog) = session(rc).await?;
@@ -60,7 +73,6 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             .map(|rt| rt.name.as_str())
             .collect();
         let orders: Vec<i64> = (0..rt_names.len() as i64).collect();
-        let rt_list = rt_names.clone();
         let rt_order = ctx.read_batch(
             RecordBatch::try_new(
                 Arc::new(Schema::new(vec![
@@ -76,6 +88,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             )
             .map_err(|e| Error::Engine(e.into()))?,
         )?;
+        view(&ctx, "cls_rt_order", rt_order.clone())?;
         let linked = match &correlations {
             Some(c) => c
                 .clone()
@@ -110,29 +123,14 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             } else {
                 // Without the dirty role model's list of the accounts whose correlation
                 // changed: those whose first linked resource type is not their committed class.
-                let relinked = ctx
-                    .sql(&format!(
-                        "WITH now AS (
-                             SELECT account_key, resource_type FROM (
-                                 SELECT account_key, resource_type,
-                                        row_number() OVER (PARTITION BY account_key ORDER BY rt_order) AS n
-                                 FROM cls_linked) WHERE n = 1),
-                         was AS (
-                             SELECT account_key, class AS resource_type FROM {TABLE}
-                             WHERE entity = '{e}' AND class IN ({names}))
-                         SELECT account_key AS key FROM ((SELECT * FROM now EXCEPT SELECT * FROM was)
-                                                         UNION ALL (SELECT * FROM was EXCEPT SELECT * FROM now))",
-                        e = target.replace('\'', "''"),
-                        names = std::iter::once("NULL".to_string())
-                            .chain(
-                                rt_list
-                                    .iter()
-                                    .map(|n| format!("'{}'", n.replace('\'', "''"))),
-                            )
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    ))
-                    .await?;
+                view(
+                    &ctx,
+                    "cls_committed",
+                    ctx.table(TABLE)
+                        .await?
+                        .filter(col("entity").eq(lit(target)))?,
+                )?;
+                let relinked = ctx.sql(RELINKED_SQL).await?;
                 in_scope.union(relinked)?
             };
             let keys = keys
