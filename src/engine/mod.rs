@@ -15,12 +15,12 @@ use datafusion::arrow::array::{RecordBatch, new_null_array};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 
 pub use hits::true_positions_udf;
 pub use row_values::row_values_udf;
 pub use scrub::{contains_needle, replace_needles, scrub_udf};
-pub use sorted::{collect_in_order, sorted_distinct, splice};
+pub use sorted::{collect_in_order, decoded_schema, sorted_distinct, splice};
 pub use value_hash::value_hash_udf;
 
 static RUNTIME: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::RuntimeEnv>> =
@@ -156,6 +156,26 @@ pub fn context() -> SessionContext {
     ctx.register_udf(row_values_udf());
     ctx.register_udf(value_hash_udf());
     ctx
+}
+
+/// `df` with its hash joins built on the side the plan names (the left one). DataFusion swaps
+/// a join's sides when statistics make the build side look larger, and estimates a union of
+/// joins over small configuration tables as small: `assigned_links`' semi join on the 1M
+/// assigned owners (the side to build) was swapped to build a hash table over the 13M granted
+/// links instead (1.3 GB at the role model's peak).
+pub fn as_written(df: DataFrame) -> DataFrame {
+    let (state, plan) = df.into_parts();
+    let mut config = state.config().clone();
+    config.options_mut().optimizer.join_reordering = false;
+    // The state keeps the session's catalogs: no new (empty) default catalog over them.
+    config
+        .options_mut()
+        .catalog
+        .create_default_catalog_and_schema = false;
+    let state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
+        .with_config(config)
+        .build();
+    DataFrame::new(state, plan)
 }
 
 /// A session whose `current_date` is `as_of` (the run's `--as-of` date).

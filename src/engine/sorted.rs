@@ -3,13 +3,14 @@
 //! a hash table as large as its input, and the rows are sorted anyway. A DataFusion sort of 13M
 //! string pairs holds the input, each sorted batch, the row-format keys of its merge and the
 //! output at once (4.4 GB at 1M identities). [`sort_unique`] ranks each column once (equal
-//! values share a rank), orders the rows by their packed ranks and gathers the columns once:
-//! the strings are held twice at most (input and output).
+//! values share a rank), orders the rows by their packed ranks and gathers the columns once,
+//! dictionary-encoded: each distinct string is held once beside the input.
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, DictionaryArray, RecordBatch, UInt64Array, make_comparator,
+    new_empty_array,
 };
 use datafusion::arrow::compute::kernels::{boolean, cmp, numeric, zip::zip};
 use datafusion::arrow::compute::{
@@ -31,6 +32,10 @@ use futures::StreamExt;
 /// for one run's reservation to be granted; each run is sorted in memory, one after the
 /// other, and DataFusion's sort-preserving merge of the runs streams the rows in order, with
 /// the repeats across runs dropped as they pass ([`Dedupe`]).
+///
+/// Sorted in memory, the string columns come dictionary-encoded and the returned schema says
+/// so ([`decoded_schema`] gives the plain one; `tasks::frames::frame` and the store's writer
+/// decode such batches a batch at a time). From the runs, the rows are plain.
 pub async fn sorted_distinct(
     ctx: &SessionContext,
     df: DataFrame,
@@ -44,12 +49,40 @@ pub async fn sorted_distinct(
             .map(|f| f.as_ref().clone().with_nullable(true))
             .collect::<Vec<_>>(),
     ));
-    let batches = df
-        .collect()
-        .await?
-        .iter()
-        .map(|b| super::cast_batch(b, &schema))
-        .collect::<Result<Vec<_>>>()?;
+    // The rows are encoded as they arrive, each column's memory reserved as it grows. Should
+    // the pool refuse, the rows so far are decoded and the rest collected as they come.
+    let encoded = encoded_schema(&schema);
+    let gathering =
+        MemoryConsumer::new("sort_unique_gather").register(&ctx.runtime_env().memory_pool);
+    let mut gathered = Gathered::new(&encoded);
+    let mut refused: Option<Vec<RecordBatch>> = None;
+    let mut stream = df.execute_stream().await?;
+    while let Some(b) = stream.next().await {
+        let b = super::cast_batch(&b?, &schema)?;
+        match refused.as_mut() {
+            Some(batches) => batches.push(b),
+            None => {
+                let grown = gathered.push(&b)?;
+                if gathering.try_grow(grown).is_err() {
+                    let so_far = std::mem::replace(&mut gathered, Gathered::new(&encoded));
+                    refused = Some(so_far.decode(&encoded, &schema)?);
+                    gathering.free();
+                }
+            }
+        }
+    }
+    drop(stream);
+    let Some(batches) = refused else {
+        let out = tokio::task::spawn_blocking(move || {
+            let columns = gathered.finish()?;
+            let out = sort_columns(&encoded, columns, super::SLICE_ROWS)?;
+            Ok::<_, DataFusionError>((encoded, out))
+        })
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))??;
+        drop(gathering);
+        return Ok(out);
+    };
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let mut bytes = 0;
     for b in &batches {
@@ -65,10 +98,7 @@ pub async fn sorted_distinct(
     }
     let runs = runs.min(batches.len());
     if runs <= 1 {
-        return Ok((
-            Arc::clone(&schema),
-            sort_blocking(Arc::clone(&schema), batches).await?,
-        ));
+        return sort_blocking(Arc::clone(&schema), batches, true).await;
     }
     let per_run = rows.div_ceil(runs);
     let mut groups: Vec<Vec<RecordBatch>> = vec![Vec::new()];
@@ -83,7 +113,7 @@ pub async fn sorted_distinct(
     }
     let mut sorted_runs = Vec::with_capacity(groups.len());
     for g in groups {
-        sorted_runs.push(sort_blocking(Arc::clone(&schema), g).await?);
+        sorted_runs.push(sort_blocking(Arc::clone(&schema), g, false).await?.1);
     }
     drop(reservation);
     let order: Vec<SortExpr> = schema
@@ -222,22 +252,84 @@ pub async fn collect_in_order(
     Ok((schema, batches))
 }
 
-/// [`sort_unique`] on a blocking thread.
-async fn sort_blocking(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-    tokio::task::spawn_blocking(move || sort_unique(&schema, batches, super::SLICE_ROWS))
-        .await
-        .map_err(|e| DataFusionError::External(Box::new(e)))?
+/// [`sort_unique_encoded`] on a blocking thread; with `encoded` false, the batches are
+/// decoded to `schema`.
+async fn sort_blocking(
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    encoded: bool,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    tokio::task::spawn_blocking(move || {
+        let (stored, out) = sort_unique_encoded(&schema, batches, super::SLICE_ROWS)?;
+        if encoded {
+            return Ok((stored, out));
+        }
+        let out = out
+            .iter()
+            .map(|b| super::cast_batch(b, &schema))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((schema, out))
+    })
+    .await
+    .map_err(|e| DataFusionError::External(Box::new(e)))?
 }
 
-/// The rows of `batches`, sorted on all columns in order (ascending, NULLs first, strings by
-/// their bytes: DataFusion's `ORDER BY` of the same columns), each distinct row once, in
-/// batches of at most `batch_rows` rows.
+/// [`sort_unique_encoded`], decoded to `schema`.
+#[cfg(test)]
 fn sort_unique(
     schema: &SchemaRef,
     batches: Vec<RecordBatch>,
     batch_rows: usize,
 ) -> Result<Vec<RecordBatch>> {
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let (_, out) = sort_unique_encoded(schema, batches, batch_rows)?;
+    out.iter().map(|b| super::cast_batch(b, schema)).collect()
+}
+
+/// The rows of `batches`, sorted on all columns in order (ascending, NULLs first, strings by
+/// their bytes: DataFusion's `ORDER BY` of the same columns), each distinct row once, in
+/// batches of at most `batch_rows` rows, with the schema of those batches: string columns
+/// come dictionary-encoded ([`encoded_schema`]), each distinct value held once. The 13.6M
+/// membership pairs of 1M identities are 1.3 GB of text but 1.15M distinct values; gathered
+/// and output as text they were held three times over at the peak.
+fn sort_unique_encoded(
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+    batch_rows: usize,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let encoded_schema = encoded_schema(schema);
+    // Each column gathered whole, side by side.
+    let columns = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..schema.fields().len())
+            .map(|j| {
+                let batches = &batches;
+                let ty = encoded_schema.field(j).data_type().clone();
+                s.spawn(move || {
+                    let mut g = Gathering::new(&ty);
+                    for b in batches {
+                        g.push(b.column(j))?;
+                    }
+                    g.finish()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a gather thread does not panic"))
+            .collect::<Result<Vec<ArrayRef>>>()
+    })?;
+    drop(batches);
+    let out = sort_columns(&encoded_schema, columns, batch_rows)?;
+    Ok((encoded_schema, out))
+}
+
+/// The rows of `columns` (of `encoded_schema`, as [`Gathered`] builds them) sorted on all
+/// columns and each distinct row once, in batches of at most `batch_rows` rows.
+fn sort_columns(
+    encoded_schema: &SchemaRef,
+    columns: Vec<ArrayRef>,
+    batch_rows: usize,
+) -> Result<Vec<RecordBatch>> {
+    let rows = columns.first().map_or(0, |c| c.len());
     if rows == 0 {
         return Ok(Vec::new());
     }
@@ -247,18 +339,7 @@ fn sort_unique(
             u32::MAX
         )));
     }
-    let columns = (0..schema.fields().len())
-        .map(|j| {
-            concat(
-                &batches
-                    .iter()
-                    .map(|b| b.column(j).as_ref())
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
-    drop(batches);
-    // The ranks of all columns are computed side by side (a string sort each).
+    // The ranks of all columns side by side (a sort of each column's distinct values).
     let ranks = std::thread::scope(|s| {
         let handles: Vec<_> = columns
             .iter()
@@ -310,9 +391,147 @@ fn sort_unique(
                 .iter()
                 .map(|c| take(c.as_ref(), &part, None))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
-            Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+            Ok(RecordBatch::try_new(Arc::clone(encoded_schema), columns)?)
         })
         .collect()
+}
+
+/// `schema` with its string columns as dictionaries of `u32` keys, as [`sort_unique_encoded`]
+/// returns them; [`decoded_schema`] is the reverse.
+pub fn encoded_schema(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let ty = match f.data_type() {
+                    DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => {
+                        DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8))
+                    }
+                    other => other.clone(),
+                };
+                f.as_ref().clone().with_data_type(ty)
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// `schema` with each dictionary column as its values' type.
+pub fn decoded_schema(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Dictionary(_, v) => f.as_ref().clone().with_data_type(v.as_ref().clone()),
+                _ => f.as_ref().clone(),
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Rows gathered column by column as they arrive, for [`sort_columns`]: strings into
+/// dictionaries (each distinct value stored once), anything else as arrays to concatenate.
+struct Gathered {
+    columns: Vec<Gathering>,
+}
+
+impl Gathered {
+    fn new(encoded: &SchemaRef) -> Self {
+        Self {
+            columns: encoded
+                .fields()
+                .iter()
+                .map(|f| Gathering::new(f.data_type()))
+                .collect(),
+        }
+    }
+
+    /// Appends the batch's rows; returns about how many bytes they add to the gathered columns
+    /// and to the sort of them (keys, ranks, order: [`sort_columns`]).
+    fn push(&mut self, batch: &RecordBatch) -> Result<usize> {
+        let mut grown = batch.num_rows() * (16 * self.columns.len() + 24);
+        for (g, c) in self.columns.iter_mut().zip(batch.columns()) {
+            grown += g.push(c)?;
+        }
+        Ok(grown)
+    }
+
+    fn finish(self) -> Result<Vec<ArrayRef>> {
+        self.columns.into_iter().map(Gathering::finish).collect()
+    }
+
+    /// The rows gathered so far, decoded to `schema`, in slices of [`super::SLICE_ROWS`].
+    fn decode(self, encoded: &SchemaRef, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+        let all = RecordBatch::try_new(Arc::clone(encoded), self.finish()?)?;
+        let n = all.num_rows();
+        (0..n.div_ceil(super::SLICE_ROWS))
+            .map(|k| {
+                let at = k * super::SLICE_ROWS;
+                super::cast_batch(&all.slice(at, super::SLICE_ROWS.min(n - at)), schema)
+            })
+            .collect()
+    }
+}
+
+/// One column of [`Gathered`].
+enum Gathering {
+    Text {
+        builder: Box<datafusion::arrow::array::StringDictionaryBuilder<UInt32Type>>,
+        distinct: usize,
+    },
+    Other(DataType, Vec<ArrayRef>),
+}
+
+impl Gathering {
+    fn new(ty: &DataType) -> Self {
+        match ty {
+            DataType::Dictionary(k, v) if **k == DataType::UInt32 && **v == DataType::Utf8 => {
+                Self::Text {
+                    builder: Default::default(),
+                    distinct: 0,
+                }
+            }
+            other => Self::Other(other.clone(), Vec::new()),
+        }
+    }
+
+    /// Appends a column's values; returns the bytes of the values it stored.
+    fn push(&mut self, column: &ArrayRef) -> Result<usize> {
+        match self {
+            Self::Text { builder, distinct } => {
+                let text = match column.data_type() {
+                    DataType::Utf8 => Arc::clone(column),
+                    _ => cast(column, &DataType::Utf8)?,
+                };
+                let mut bytes = 0;
+                for v in datafusion::arrow::array::as_string_array(&text) {
+                    match v {
+                        Some(v) => {
+                            if builder.append(v)? as usize == *distinct {
+                                *distinct += 1;
+                                bytes += v.len() + 16;
+                            }
+                        }
+                        None => builder.append_null(),
+                    }
+                }
+                Ok(bytes)
+            }
+            Self::Other(_, parts) => {
+                parts.push(Arc::clone(column));
+                Ok(column.to_data().get_slice_memory_size()?)
+            }
+        }
+    }
+
+    fn finish(self) -> Result<ArrayRef> {
+        Ok(match self {
+            Self::Text { mut builder, .. } => Arc::new(builder.finish()),
+            Self::Other(ty, parts) if parts.is_empty() => new_empty_array(&ty),
+            Self::Other(_, parts) => concat(&parts.iter().map(|c| c.as_ref()).collect::<Vec<_>>())?,
+        })
+    }
 }
 
 /// Each value's rank in its column: 0 for NULL, 1.. for the distinct values in order. The
@@ -327,10 +546,12 @@ fn column_rank(column: &ArrayRef) -> Result<UInt64Array> {
         DataType::Dictionary(_, v) => v.as_ref().clone(),
         other => other.clone(),
     };
-    let encoded = cast(
-        &plain,
-        &DataType::Dictionary(Box::new(DataType::UInt32), Box::new(value_type)),
-    )?;
+    let dictionary = DataType::Dictionary(Box::new(DataType::UInt32), Box::new(value_type));
+    let encoded = if *plain.data_type() == dictionary {
+        plain
+    } else {
+        cast(&plain, &dictionary)?
+    };
     let encoded = encoded
         .as_any()
         .downcast_ref::<DictionaryArray<UInt32Type>>()
@@ -503,9 +724,94 @@ mod tests {
                 .read_table(super::super::mem_table(schema.clone(), input.clone()).unwrap())
                 .unwrap();
             let (_, out) = sorted_distinct(&ctx, df).await.unwrap();
+            // In memory the strings come dictionary-encoded; from the runs (the short pool
+            // refused the gathering part-way), plain.
+            let encoded = matches!(out[0].column(1).data_type(), DataType::Dictionary(_, _));
+            assert_eq!(encoded, limit == usize::MAX / 4, "pool of {limit} bytes");
+            let out: Vec<RecordBatch> = out
+                .iter()
+                .map(|b| super::super::cast_batch(b, &schema).unwrap())
+                .collect();
             let all = datafusion::arrow::compute::concat_batches(&schema, &out).unwrap();
             assert_eq!(all.columns(), expected.columns(), "pool of {limit} bytes");
         }
+    }
+
+    /// Sorted in memory, the strings come as dictionaries; a frame over them with the plain
+    /// schema reads them back as text, and the store writes them as text.
+    #[tokio::test]
+    async fn encoded_rows_read_and_write_as_text() {
+        let input = vec![
+            batch(&[(Some("b"), "y"), (None, "x"), (Some("a"), "y")]),
+            batch(&[(Some("b"), "y"), (Some("a"), "x")]),
+        ];
+        let schema = input[0].schema();
+        let ctx = crate::engine::context();
+        let df = ctx
+            .read_table(super::super::mem_table(schema.clone(), input).unwrap())
+            .unwrap();
+        let (encoded, out) = sorted_distinct(&ctx, df).await.unwrap();
+        assert!(matches!(
+            encoded.field(0).data_type(),
+            DataType::Dictionary(_, _)
+        ));
+        let plain = decoded_schema(&encoded);
+        assert_eq!(plain.field(0).data_type(), &DataType::Utf8);
+        let expected = vec![
+            (None, "x".to_string()),
+            (Some("a".to_string()), "x".to_string()),
+            (Some("a".to_string()), "y".to_string()),
+            (Some("b".to_string()), "y".to_string()),
+        ];
+        let read = crate::tasks::frames::frame(&ctx, &plain, &out)
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(read[0].schema().field(1).data_type(), &DataType::Utf8);
+        assert_eq!(pairs(&read), expected);
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path().to_str().unwrap()).unwrap();
+        let catalog = store.catalog().await.unwrap();
+        store
+            .write_table(
+                &catalog,
+                "t",
+                plain.clone(),
+                out,
+                crate::store::WriteMode::Overwrite,
+                "run",
+            )
+            .await
+            .unwrap();
+        let table = store.delta_latest("t").await.unwrap();
+        let ctx = crate::engine::context();
+        let provider = table.table_provider().await.unwrap();
+        assert!(
+            provider
+                .schema()
+                .fields()
+                .iter()
+                .all(|f| !matches!(f.data_type(), DataType::Dictionary(_, _))),
+            "stored as text"
+        );
+        let written = ctx
+            .read_table(provider)
+            .unwrap()
+            .sort(vec![
+                ident("a").sort(true, true),
+                ident("b").sort(true, true),
+            ])
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let written: Vec<RecordBatch> = written
+            .iter()
+            .map(|b| super::super::cast_batch(b, &plain).unwrap())
+            .collect();
+        assert_eq!(pairs(&written), expected);
     }
 
     #[test]

@@ -192,7 +192,8 @@ impl Store {
 
 /// Delta tables here are all-nullable: a NOT NULL flag that DataFusion infers for one run's
 /// data must not make the next run's append fail. View types (which a Parquet scan may
-/// produce) are stored as their plain forms, so a table keeps one schema.
+/// produce) and dictionaries (`engine::sorted_distinct`'s) are stored as their plain forms, so
+/// a table keeps one schema.
 pub(crate) fn nullable(schema: &SchemaRef) -> SchemaRef {
     use datafusion::arrow::datatypes::DataType;
     Arc::new(Schema::new(
@@ -201,6 +202,10 @@ pub(crate) fn nullable(schema: &SchemaRef) -> SchemaRef {
             .iter()
             .map(|f| {
                 let ty = match f.data_type() {
+                    DataType::Dictionary(_, v) => match v.as_ref() {
+                        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+                        v => v.clone(),
+                    },
                     DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
                     DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
                     other => other.clone(),

@@ -42,13 +42,27 @@ pub async fn committed(
     Ok(df.select(exprs)?)
 }
 
-/// A frame over collected batches that keeps its schema when there are none.
+/// A frame over collected batches that keeps its schema when there are none. Batches whose
+/// string columns are dictionary-encoded ([`engine::sorted_distinct`]'s) are decoded to
+/// `schema` as they are scanned, a batch at a time.
 pub fn frame(
     ctx: &SessionContext,
     schema: &SchemaRef,
     batches: &[RecordBatch],
 ) -> Result<DataFrame> {
-    Ok(ctx.read_table(engine::mem_table(schema.clone(), batches.to_vec())?)?)
+    let stored = batches.first().map(RecordBatch::schema);
+    match stored {
+        Some(stored) if engine::decoded_schema(&stored) != stored => {
+            let df = ctx.read_table(engine::mem_table(stored, batches.to_vec())?)?;
+            let columns: Vec<Expr> = schema
+                .fields()
+                .iter()
+                .map(|f| cast(quoted(f.name()), f.data_type().clone()).alias(f.name()))
+                .collect();
+            Ok(df.select(columns)?)
+        }
+        _ => Ok(ctx.read_table(engine::mem_table(schema.clone(), batches.to_vec())?)?),
+    }
 }
 
 /// Runs a DataFrame and returns its schema with the batches (the schema survives no rows).
@@ -123,7 +137,14 @@ impl NewTable {
     ) -> Result<Self> {
         let sort = || order.iter().map(|c| quoted(c).sort(true, true)).collect();
         let (schema, new) = if distinct {
-            engine::sorted_distinct(ctx, r.new).await?
+            // Decoded: the kept rows, read from the store, are plain text.
+            let (encoded, new) = engine::sorted_distinct(ctx, r.new).await?;
+            let schema = engine::decoded_schema(&encoded);
+            let new = new
+                .iter()
+                .map(|b| engine::cast_batch(b, &schema))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            (schema, new)
         } else {
             collect(r.new.sort(sort())?).await?
         };
@@ -206,7 +227,8 @@ impl NewTable {
     /// The frame's distinct rows, sorted by all columns in schema order (ascending, NULLs
     /// first): `engine::sorted_distinct`.
     pub async fn sorted_distinct(ctx: &SessionContext, name: &str, df: DataFrame) -> Result<Self> {
-        Ok(Self::new(name, engine::sorted_distinct(ctx, df).await?))
+        let (encoded, batches) = engine::sorted_distinct(ctx, df).await?;
+        Ok(Self::new(name, (engine::decoded_schema(&encoded), batches)))
     }
 
     pub fn rows(&self) -> u64 {
@@ -329,7 +351,7 @@ pub async fn session(rc: &super::RunContext<'_>) -> Result<(SessionContext, Cata
         let _ = ctx.deregister_table(name.as_str())?;
         ctx.register_table(
             name.as_str(),
-            engine::mem_table(t.schema.clone(), t.batches.clone())?,
+            frame(&ctx, &t.schema, &t.batches)?.into_view(),
         )?;
         catalog.tables.insert(name.clone(), u64::MAX);
     }

@@ -142,7 +142,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let d = dirty.as_ref();
     let resources = merge_scoped(&ctx, &catalog, "assigned_resources", resources, &rts, d).await?;
     let scalars = merge_scoped(&ctx, &catalog, "assigned_scalars", scalars, &rts, d).await?;
-    let links = merge_scoped(&ctx, &catalog, "assigned_links", links, &rts, d).await?;
+    let links = merge_scoped(&ctx, &catalog, "assigned_links", links, &rts, d)
+        .await?
+        .with_joins_as_written();
 
     // The five tables are independent queries: run together, they keep both cores busy.
     let (correlations, roles, resources, scalars, links) = futures::try_join!(
@@ -394,6 +396,18 @@ enum Merged {
 }
 
 impl Merged {
+    /// The same rows, their joins built on the sides the plans name ([`engine::as_written`]).
+    fn with_joins_as_written(self) -> Self {
+        match self {
+            Merged::Whole(df) => Merged::Whole(engine::as_written(df)),
+            Merged::Sorted(df) => Merged::Sorted(engine::as_written(df)),
+            Merged::Replaced(mut r) => {
+                r.new = engine::as_written(r.new);
+                Merged::Replaced(r)
+            }
+        }
+    }
+
     /// The table, sorted by `order` (each distinct row once with `distinct`, `order` then
     /// naming every column in schema order).
     async fn table(

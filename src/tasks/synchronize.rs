@@ -887,7 +887,9 @@ async fn plan_link(
         )?
     };
     // Sorted, each pair once.
-    let (desired_schema, desired_batches) = engine::sorted_distinct(ctx, desired).await?;
+    let (encoded, desired_batches) = engine::sorted_distinct(ctx, desired).await?;
+    // The pairs stay dictionary-encoded until they are written; frames decode them as read.
+    let desired_schema = engine::decoded_schema(&encoded);
     let desired = frame(ctx, &desired_schema, &desired_batches)?;
 
     // A pair has no values: it is inserted or deleted, found by anti-joins on the pair (on a
