@@ -298,28 +298,31 @@ fn sort_unique_encoded(
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let encoded_schema = encoded_schema(schema);
     // Each column gathered whole, side by side.
-    let columns = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..schema.fields().len())
-            .map(|j| {
-                let batches = &batches;
-                let ty = encoded_schema.field(j).data_type().clone();
-                s.spawn(move || {
-                    let mut g = Gathering::new(&ty);
-                    for b in batches {
-                        g.push(b.column(j))?;
-                    }
-                    g.finish()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a gather thread does not panic"))
-            .collect::<Result<Vec<ArrayRef>>>()
+    let columns = side_by_side(encoded_schema.fields().iter().enumerate(), |(j, field)| {
+        let mut g = Gathering::new(field.data_type());
+        for b in &batches {
+            g.push(b.column(j))?;
+        }
+        g.finish()
     })?;
     drop(batches);
     let out = sort_columns(&encoded_schema, columns, batch_rows)?;
     Ok((encoded_schema, out))
+}
+
+/// `f` of each item, each on a thread of its own.
+fn side_by_side<T: Send, R: Send>(
+    items: impl Iterator<Item = T>,
+    f: impl Fn(T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = items.map(|item| s.spawn(move || f(item))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a worker thread does not panic"))
+            .collect()
+    })
 }
 
 /// The rows of `columns` (of `encoded_schema`, as [`Gathered`] builds them) sorted on all
@@ -340,16 +343,7 @@ fn sort_columns(
         )));
     }
     // The ranks of all columns side by side (a sort of each column's distinct values).
-    let ranks = std::thread::scope(|s| {
-        let handles: Vec<_> = columns
-            .iter()
-            .map(|c| s.spawn(move || column_rank(c)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a rank thread does not panic"))
-            .collect::<Result<Vec<UInt64Array>>>()
-    })?;
+    let ranks = side_by_side(columns.iter(), column_rank)?;
     // The rank of a row among rows: each column's rank packed after the rank of the columns
     // before it (ranks are at most the row count, below 2^32); a packed key is ranked again
     // before the next column is packed after it.
@@ -399,32 +393,32 @@ fn sort_columns(
 /// `schema` with its string columns as dictionaries of `u32` keys, as [`sort_unique_encoded`]
 /// returns them; [`decoded_schema`] is the reverse.
 pub fn encoded_schema(schema: &SchemaRef) -> SchemaRef {
-    Arc::new(Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| {
-                let ty = match f.data_type() {
-                    DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => {
-                        DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8))
-                    }
-                    other => other.clone(),
-                };
-                f.as_ref().clone().with_data_type(ty)
-            })
-            .collect::<Vec<_>>(),
-    ))
+    retyped(schema, |ty| match ty {
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => Some(DataType::Dictionary(
+            Box::new(DataType::UInt32),
+            Box::new(DataType::Utf8),
+        )),
+        _ => None,
+    })
 }
 
 /// `schema` with each dictionary column as its values' type.
 pub fn decoded_schema(schema: &SchemaRef) -> SchemaRef {
+    retyped(schema, |ty| match ty {
+        DataType::Dictionary(_, v) => Some(v.as_ref().clone()),
+        _ => None,
+    })
+}
+
+/// `schema` with the types `f` changes (`None`: unchanged).
+fn retyped(schema: &SchemaRef, f: impl Fn(&DataType) -> Option<DataType>) -> SchemaRef {
     Arc::new(Schema::new(
         schema
             .fields()
             .iter()
-            .map(|f| match f.data_type() {
-                DataType::Dictionary(_, v) => f.as_ref().clone().with_data_type(v.as_ref().clone()),
-                _ => f.as_ref().clone(),
+            .map(|field| match f(field.data_type()) {
+                Some(ty) => field.as_ref().clone().with_data_type(ty),
+                None => field.as_ref().clone(),
             })
             .collect::<Vec<_>>(),
     ))

@@ -83,26 +83,13 @@ impl Loaded {
             self.starts[k].1,
             record_end(&self.starts, k, self.read_as.0),
         );
-        match self.read_range(start, end) {
-            Ok(text) => raw_text(&text),
+        match read_ranges(&self.file, self.read_as, &[(start, end)]) {
+            Ok(mut texts) => raw_text(&texts.pop().unwrap_or_default()),
             Err(e) => {
                 tracing::warn!(file = %self.file.display(), line, error = %e, "raw text of a rejected row not available");
                 String::new()
             }
         }
-    }
-
-    fn read_range(&self, start: usize, end: usize) -> std::io::Result<Vec<u8>> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = std::fs::File::open(&self.file)?;
-        let meta = f.metadata()?;
-        if (meta.len() as usize, meta.modified().ok()) != self.read_as {
-            return Err(std::io::Error::other("the file changed after it was read"));
-        }
-        f.seek(SeekFrom::Start(start as u64))?;
-        let mut text = vec![0; end - start];
-        f.read_exact(&mut text)?;
-        Ok(text)
     }
 }
 
@@ -467,7 +454,10 @@ fn read_in_chunks(
             .iter()
             .map(|&(a, b)| source[a.min(source.len())..b.min(source.len())].to_vec())
             .collect(),
-        None => read_ranges(file, read_as, &ranges),
+        None => read_ranges(file, read_as, &ranges).unwrap_or_else(|e| {
+            tracing::warn!(file = %file.display(), error = %e, "raw text of rejected rows not available");
+            vec![Vec::new(); ranges.len()]
+        }),
     };
     let mut rejected = Vec::new();
     for ((&i, reason), record) in reasons.iter().zip(&texts) {
@@ -641,37 +631,31 @@ fn parse_blocks(
     }
 }
 
-/// The text of each byte range of `file`, read again if the file still has the length and
-/// modification time it was read with (else empty, with a warning in the log).
+/// The text of each byte range of `file`, read again; an error when the file no longer has
+/// the length and modification time it was read with.
 fn read_ranges(
     file: &Path,
     read_as: (usize, Option<std::time::SystemTime>),
     ranges: &[(usize, usize)],
-) -> Vec<Vec<u8>> {
+) -> std::io::Result<Vec<Vec<u8>>> {
+    use std::io::{Read, Seek, SeekFrom};
     if ranges.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
-    let read = || -> std::io::Result<Vec<Vec<u8>>> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = std::fs::File::open(file)?;
-        let meta = f.metadata()?;
-        if (meta.len() as usize, meta.modified().ok()) != read_as {
-            return Err(std::io::Error::other("the file changed after it was read"));
-        }
-        ranges
-            .iter()
-            .map(|&(start, end)| {
-                f.seek(SeekFrom::Start(start as u64))?;
-                let mut text = vec![0; end.saturating_sub(start)];
-                f.read_exact(&mut text)?;
-                Ok(text)
-            })
-            .collect()
-    };
-    read().unwrap_or_else(|e| {
-        tracing::warn!(file = %file.display(), error = %e, "raw text of rejected rows not available");
-        vec![Vec::new(); ranges.len()]
-    })
+    let mut f = std::fs::File::open(file)?;
+    let meta = f.metadata()?;
+    if (meta.len() as usize, meta.modified().ok()) != read_as {
+        return Err(std::io::Error::other("the file changed after it was read"));
+    }
+    ranges
+        .iter()
+        .map(|&(start, end)| {
+            f.seek(SeekFrom::Start(start as u64))?;
+            let mut text = vec![0; end.saturating_sub(start)];
+            f.read_exact(&mut text)?;
+            Ok(text)
+        })
+        .collect()
 }
 
 /// Byte ranges of `data` that can be parsed independently: several when the file is large,

@@ -197,15 +197,11 @@ impl Store {
 pub(crate) fn nullable(schema: &SchemaRef) -> SchemaRef {
     use datafusion::arrow::datatypes::DataType;
     Arc::new(Schema::new(
-        schema
+        crate::engine::decoded_schema(schema)
             .fields()
             .iter()
             .map(|f| {
                 let ty = match f.data_type() {
-                    DataType::Dictionary(_, v) => match v.as_ref() {
-                        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
-                        v => v.clone(),
-                    },
                     DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
                     DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
                     other => other.clone(),
