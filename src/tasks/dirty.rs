@@ -11,9 +11,12 @@
 //! Tasks with `dirty = true` read the scope of the current run and recompute only the rows of
 //! those owners and accounts, merging them into the full tables; without a scope of this run
 //! they process everything. Correlation and classification are not owner-local (an ambiguity
-//! or a duplicate spans several owners), so the role model recomputes correlations over the
-//! whole correlation-key table and widens the scope with every owner whose correlation
-//! changed; the result equals a complete recomputation.
+//! or a duplicate spans several owners), so the role model correlates again every account
+//! whose correlation may have changed: the changed accounts, those sharing a rule value with a
+//! changed owner (in the correlation keys of the watermark run and now), and every account
+//! competing for an owner with those (`role_model::affected_accounts`). Without the watermark
+//! run's keys it correlates every account. It then widens the scope with every owner whose
+//! correlation changed; the result equals a complete recomputation.
 
 use std::sync::Arc;
 
@@ -38,6 +41,9 @@ pub struct Scope {
     /// Whether a dirty role model of this run added the accounts whose correlation it changed
     /// to `accounts` (a `correlated` row).
     pub correlated: bool,
+    /// The run after which the role model and the orders were last up to date (the
+    /// watermark): everything changed since is in the scope. Empty when unknown.
+    pub since: String,
 }
 
 /// The kind of the `dirty_scope` row a dirty role model adds once it has added the accounts
@@ -303,6 +309,13 @@ pub async fn scope(
     if !has_marker {
         return Ok(None);
     }
+    let marker = table
+        .clone()
+        .filter(col("kind").eq(lit("run")))?
+        .select(vec![cast(col("entity"), DataType::Utf8)])?
+        .collect()
+        .await?;
+    let since = first_text(&marker).unwrap_or_default();
     let pick = |kind: &str| -> Result<DataFrame> {
         Ok(table
             .clone()
@@ -313,6 +326,7 @@ pub async fn scope(
         owners: pick("owner")?,
         accounts: pick("account")?,
         correlated,
+        since,
     }))
 }
 

@@ -22,6 +22,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::*;
 
 use super::correlation_keys::{self, selected};
+use super::dirty::SemiOn;
 use super::frames::{NewTable, Replacement, commit_tables, quoted, require, session};
 use super::{RunContext, TaskOutcome, TaskStatus};
 use crate::config::{ConfigExpr, ResourceType, Task};
@@ -42,12 +43,56 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let rts = selected(rc, task);
     let mut warnings: Vec<String> = Vec::new();
 
-    // 1. Correlations.
+    // 1. Correlations. Dirty: only the accounts whose correlation may have changed are
+    // correlated again; the others keep their committed rows.
+    let scope = super::dirty::scope(rc, &ctx, &catalog, task).await?;
+    let before = match &scope {
+        Some(s) if catalog.tables.contains_key("correlations") => {
+            keys_before(rc, &ctx, &catalog, &s.since).await?
+        }
+        _ => None,
+    };
     let mut correlations: Vec<DataFrame> = Vec::new();
+    let mut recorrelated: Vec<(DataFrame, DataFrame)> = Vec::new();
     let mut counts = Vec::new();
+    let mut correlated_again = 0;
     for rt in &rts {
-        let df = correlate(rc, &ctx, &catalog, rt).await?;
+        let affected = match (&scope, &before) {
+            (Some(s), Some(b)) => {
+                let a = materialize(&ctx, affected_accounts(&ctx, rt, s, b.clone()).await?).await?;
+                correlated_again += a.clone().count().await?;
+                Some(a)
+            }
+            _ => None,
+        };
+        let df = correlate(rc, &ctx, &catalog, rt, affected.as_ref()).await?;
         let df = materialize(&ctx, df).await?;
+        let df = match affected {
+            Some(a) => {
+                let kept = super::frames::committed(
+                    &ctx,
+                    &catalog,
+                    "correlations",
+                    &correlations_schema(),
+                )
+                .await?
+                .filter(col("resource_type").eq(lit(rt.name.as_str())))?
+                .join(
+                    a.clone(),
+                    JoinType::LeftAnti,
+                    &["account_key"],
+                    &["k"],
+                    None,
+                )?;
+                let keys = a.select(vec![
+                    lit(rt.name.as_str()).alias("resource_type"),
+                    col("k").alias("account_key"),
+                ])?;
+                recorrelated.push((keys, df.clone()));
+                materialize(&ctx, kept.union(df)?).await?
+            }
+            None => df,
+        };
         let (linked, ambiguous, conflicts) = status_counts(df.clone()).await?;
         if ambiguous > 0 {
             warnings.push(format!(
@@ -71,11 +116,59 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         merge_other_types(&ctx, &catalog, "correlations", correlations, &rts).await?;
     let correlations = materialize(&ctx, correlations).await?;
     view(&ctx, "correlations_new", correlations.clone())?;
+    let recorrelated = if recorrelated.len() == rts.len() && !rts.is_empty() {
+        let (keys, new): (Vec<_>, Vec<_>) = recorrelated.into_iter().unzip();
+        Some((
+            union_all(keys)?.expect("one per resource type"),
+            union_all(new)?.expect("one per resource type"),
+        ))
+    } else {
+        None
+    };
+    // Dirty: the correlation rows that changed, either side (`correlations_changed`). Only
+    // the accounts correlated again can have changed.
+    if scope.is_some() && catalog.tables.contains_key("correlations") {
+        let old = super::frames::committed(&ctx, &catalog, "correlations", &correlations_schema())
+            .await?;
+        let (new, old) = match &recorrelated {
+            Some((keys, new)) => {
+                let keys = keys.clone().select(vec![
+                    col("resource_type").alias("_rt"),
+                    col("account_key").alias("_account"),
+                ])?;
+                let old = old.join(
+                    keys,
+                    JoinType::LeftSemi,
+                    &["resource_type", "account_key"],
+                    &["_rt", "_account"],
+                    None,
+                )?;
+                (new.clone(), old)
+            }
+            None => (correlations.clone(), old),
+        };
+        let changed = new.clone().except(old.clone())?.union(old.except(new)?)?;
+        view(
+            &ctx,
+            "correlations_changed",
+            materialize(&ctx, changed).await?,
+        )?;
+    }
+    let correlations = match recorrelated {
+        Some((keys, new)) => Merged::Replaced(Box::new(Replacement {
+            old: super::frames::committed(&ctx, &catalog, "correlations", &correlations_schema())
+                .await?,
+            keys,
+            on: vec!["resource_type", "account_key"],
+            new,
+        })),
+        None => Merged::Whole(correlations),
+    };
 
     // Dirty: the owners to recompute (None: all of them).
-    let dirty = match super::dirty::scope(rc, &ctx, &catalog, task).await? {
+    let dirty = match &scope {
         None => None,
-        Some(scope) => Some(materialize(&ctx, widen(&ctx, &catalog, &rts, &scope).await?).await?),
+        Some(scope) => Some(materialize(&ctx, widen(&ctx, &catalog, &rts, scope).await?).await?),
     };
 
     // 2. Assigned roles.
@@ -148,12 +241,11 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
 
     // The five tables are independent queries: run together, they keep both cores busy.
     let (correlations, roles, resources, scalars, links) = futures::try_join!(
-        NewTable::from_frame(
+        correlations.table(
+            &ctx,
             "correlations",
-            correlations.sort(vec![
-                col("resource_type").sort(true, true),
-                col("account_key").sort(true, true),
-            ])?,
+            &["resource_type", "account_key"],
+            false,
         ),
         roles.table(&ctx, "assigned_roles", &role_order, false),
         resources.table(
@@ -192,20 +284,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         let mut extra = extra;
         // Accounts whose correlation changed: their orders (orphan, lost) are recomputed too.
         if catalog.tables.contains_key("correlations") {
-            let cols: Vec<Expr> = [
-                "resource_type",
-                "account_key",
-                "owner_key",
-                "rule",
-                "status",
-                "conflict",
-            ]
-            .iter()
-            .map(|c| col(*c))
-            .collect();
-            let new = ctx.table("correlations_new").await?.select(cols.clone())?;
-            let old = ctx.table("correlations").await?.select(cols)?;
-            let changed = new.clone().except(old.clone())?.union(old.except(new)?)?;
+            let changed = ctx.table("correlations_changed").await?;
             for rt in &rts {
                 extra = extra.union(
                     changed
@@ -242,6 +321,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         "{}; {roles_count} role assignment(s); {assigned} assigned resource(s)",
         counts.join(", ")
     );
+    if before.is_some() {
+        message.push_str(&format!("; {correlated_again} account(s) correlated again"));
+    }
     if !warnings.is_empty() {
         message.push_str(&format!(
             "; {} warning(s): {}",
@@ -520,8 +602,7 @@ async fn widen(
                 &["account_key"],
                 None,
             )?)?);
-            frames.push(owners_of(new_rt.clone().except(old_rt.clone())?)?);
-            frames.push(owners_of(old_rt.except(new_rt)?)?);
+            frames.push(owners_of(of_rt(ctx.table("correlations_changed").await?)?)?);
         } else {
             frames.push(owners_of(new_rt)?);
         }
@@ -597,17 +678,176 @@ pub fn rule_hits(
         .select(vec![col("owner_key"), col(name_col)])?)
 }
 
+/// The committed `correlation_keys` as they were when the watermark run `since` ended (the
+/// keys the committed correlations were computed from), registered as `correlation_keys_before`;
+/// `None` when they cannot be read (then every account is correlated again).
+async fn keys_before(
+    rc: &RunContext<'_>,
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    since: &str,
+) -> Result<Option<DataFrame>> {
+    if since.is_empty() {
+        return Ok(None);
+    }
+    let Ok(then) = rc.store.catalog_as_of_run(since).await else {
+        return Ok(None);
+    };
+    // An anonymization may have removed that version (`floors`): nothing to compare with.
+    let Some(&version) = then.tables.get(correlation_keys::TABLE) else {
+        return Ok(None);
+    };
+    if catalog
+        .floors
+        .get(correlation_keys::TABLE)
+        .is_some_and(|&floor| version < floor)
+    {
+        return Ok(None);
+    }
+    let Ok(Some(provider)) = rc.store.provider(ctx, &then, correlation_keys::TABLE).await else {
+        return Ok(None);
+    };
+    let name = "correlation_keys_before";
+    let _ = ctx.deregister_table(name)?;
+    ctx.register_table(name, provider)?;
+    Ok(Some(ctx.table(name).await?))
+}
+
+/// The accounts of one resource type whose correlation may differ from the committed one, as
+/// a frame of `k` (SPEC 11.1–11.4 read backwards):
+/// - the changed accounts;
+/// - the accounts sharing a rule value with a changed owner, before or now (an owner that
+///   gains or loses a value changes what each rule finds for them);
+/// - the accounts committed as linked, suggested or duplicate to a changed owner, and every
+///   ambiguous or conflicting one;
+/// - then every account committed with an owner of those accounts, before or now: an owner
+///   keeps one linked account, so they are ranked again together.
+///
+/// Every other account finds the same owners with the same rules as before, and no account
+/// of another owner competes with it.
+async fn affected_accounts(
+    ctx: &SessionContext,
+    rt: &ResourceType,
+    scope: &super::dirty::Scope,
+    before: DataFrame,
+) -> Result<DataFrame> {
+    let of_rt = |df: DataFrame, side: &str| -> Result<DataFrame> {
+        Ok(df.filter(
+            col("resource_type")
+                .eq(lit(rt.name.as_str()))
+                .and(col("side").eq(lit(side))),
+        )?)
+    };
+    let now = ctx.table(correlation_keys::TABLE).await?;
+    let changed_owners = scope
+        .owners
+        .clone()
+        .filter(col("entity").eq(lit(rt.owner.as_str())))?
+        .select(vec![col("key").alias("k")])?;
+    let owner_values = |keys: DataFrame| -> Result<DataFrame> {
+        of_rt(keys, "owner")?
+            .semi_on("key", changed_owners.clone())?
+            .select(vec![
+                col("rule").alias("_rule"),
+                col("value").alias("_value"),
+            ])
+            .map_err(Into::into)
+    };
+    let values = materialize(
+        ctx,
+        owner_values(now.clone())?
+            .union(owner_values(before)?)?
+            .distinct()?,
+    )
+    .await?;
+    let targets = of_rt(now.clone(), "target")?;
+    let committed = ctx
+        .table("correlations")
+        .await?
+        .filter(col("resource_type").eq(lit(rt.name.as_str())))?;
+    let mut first = vec![
+        scope
+            .accounts
+            .clone()
+            .filter(col("entity").eq(lit(rt.target.as_str())))?
+            .select(vec![col("key").alias("k")])?,
+        values
+            .join(
+                targets.clone(),
+                JoinType::Inner,
+                &["_rule", "_value"],
+                &["rule", "value"],
+                None,
+            )?
+            .select(vec![col("key").alias("k")])?,
+        committed
+            .clone()
+            .semi_on("owner_key", changed_owners)?
+            .select(vec![col("account_key").alias("k")])?,
+        committed
+            .clone()
+            .filter(col("status").eq(lit("ambiguous")).or(col("conflict")))?
+            .select(vec![col("account_key").alias("k")])?,
+    ];
+    let first = materialize(
+        ctx,
+        union_all(std::mem::take(&mut first))?
+            .expect("four")
+            .distinct()?,
+    )
+    .await?;
+    // Their owners, committed and found now (every owner a rule of theirs finds).
+    let owners = committed
+        .clone()
+        .semi_on("account_key", first.clone())?
+        .filter(col("owner_key").is_not_null())?
+        .select(vec![col("owner_key").alias("k")])?
+        .union(
+            targets
+                .semi_on("key", first.clone())?
+                .select(vec![
+                    col("rule").alias("_rule"),
+                    col("value").alias("_value"),
+                ])?
+                .join(
+                    of_rt(now, "owner")?,
+                    JoinType::Inner,
+                    &["_rule", "_value"],
+                    &["rule", "value"],
+                    None,
+                )?
+                .select(vec![col("key").alias("k")])?,
+        )?
+        .distinct()?;
+    let owners = materialize(ctx, owners).await?;
+    Ok(first
+        .union(
+            committed
+                .semi_on("owner_key", owners)?
+                .select(vec![col("account_key").alias("k")])?,
+        )?
+        .distinct()?)
+}
+
 async fn correlate(
     rc: &RunContext<'_>,
     ctx: &SessionContext,
     catalog: &Catalog,
     rt: &ResourceType,
+    affected: Option<&DataFrame>,
 ) -> Result<DataFrame> {
+    // Dirty: only the affected accounts (a frame of `k`), against every owner.
+    let only_affected = |df: DataFrame| -> Result<DataFrame> {
+        match affected {
+            Some(a) => df.semi_on("account_key", a.clone()),
+            None => Ok(df),
+        }
+    };
     let target = require(ctx, catalog, &rt.target, "synchronize").await?;
     view(
         ctx,
         "corr_targets",
-        target.select(vec![key_text(rc, &rt.target).alias("account_key")])?,
+        only_affected(target.select(vec![key_text(rc, &rt.target).alias("account_key")])?)?,
     )?;
     let keys = if rt.correlation.is_empty() {
         empty(ctx, utf8(&["resource_type", "side", "key", "value"]))?.select(vec![
@@ -627,17 +867,15 @@ async fn correlate(
         .await?
         .filter(col("resource_type").eq(lit(rt.name.as_str())))?
     };
-    view(
-        ctx,
-        "corr_target_keys",
-        keys.clone()
-            .filter(col("side").eq(lit("target")))?
-            .select(vec![
-                col("key").alias("account_key"),
-                col("rule"),
-                col("value"),
-            ])?,
-    )?;
+    let target_keys = only_affected(keys.clone().filter(col("side").eq(lit("target")))?.select(
+        vec![col("key").alias("account_key"), col("rule"), col("value")],
+    )?)?;
+    let target_keys = match affected {
+        // Collected, so that the joins know the few rows and build on them.
+        Some(_) => materialize(ctx, target_keys).await?,
+        None => target_keys,
+    };
+    view(ctx, "corr_target_keys", target_keys)?;
     view(
         ctx,
         "corr_owner_keys",
@@ -664,14 +902,16 @@ async fn correlate(
     .map_err(datafusion::error::DataFusionError::from)?;
     view(ctx, "corr_rules", ctx.read_batch(rules)?)?;
     let previous = if catalog.tables.contains_key("correlations") {
-        ctx.table("correlations")
+        let previous = ctx
+            .table("correlations")
             .await?
             .filter(
                 col("resource_type")
                     .eq(lit(rt.name.as_str()))
                     .and(col("status").eq(lit("linked"))),
             )?
-            .select(vec![col("account_key"), col("owner_key"), col("rule")])?
+            .select(vec![col("account_key"), col("owner_key"), col("rule")])?;
+        only_affected(previous)?
     } else {
         empty(ctx, correlations_schema())?.select(vec![
             col("account_key"),
@@ -685,7 +925,29 @@ async fn correlate(
     let result = ctx.sql(CORRELATIONS_SQL).await?;
     let result = materialize(ctx, result).await?;
     view(ctx, "rt_correlations", result.clone())?;
-    let candidates = ctx.sql(CANDIDATES_SQL).await?;
+    let mut candidates = ctx.sql(CANDIDATES_SQL).await?;
+    if let Some(a) = affected {
+        // The candidates of the accounts not correlated again are as committed: each
+        // ambiguous account is affected, so those are the suggested and duplicate ones.
+        candidates = candidates.union(
+            ctx.table("correlations")
+                .await?
+                .filter(
+                    col("resource_type")
+                        .eq(lit(rt.name.as_str()))
+                        .and(col("status").in_list(vec![lit("suggested"), lit("duplicate")], false))
+                        .and(col("owner_key").is_not_null()),
+                )?
+                .join(
+                    a.clone(),
+                    JoinType::LeftAnti,
+                    &["account_key"],
+                    &["k"],
+                    None,
+                )?
+                .select(vec![col("owner_key")])?,
+        )?;
+    }
     let candidates = materialize(ctx, candidates).await?;
     view(ctx, &format!("rt_candidates__{}", rt.name), candidates)?;
     Ok(result.select(vec![

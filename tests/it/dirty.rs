@@ -429,6 +429,21 @@ fn incremental_runs_equal_a_complete_recomputation() {
                 "select kind from dirty_scope where run_id = '{run}' and kind in ('all', 'run')"
             ));
             assert_eq!(kinds, [["run"]], "iteration {iteration}: {}", out.stdout);
+            // Only the accounts whose correlation may have changed are correlated again.
+            let message = env.query(&format!(
+                "select message from task_runs where run_id = '{run}' and task = 'roles'"
+            ));
+            let again: usize = message[0][0]
+                .split("; ")
+                .find_map(|part| part.strip_suffix(" account(s) correlated again"))
+                .unwrap_or_else(|| panic!("iteration {iteration}: {message:?}"))
+                .parse()
+                .unwrap();
+            assert!(
+                again < accounts.len(),
+                "iteration {iteration}: {again} of {} accounts correlated again",
+                accounts.len()
+            );
         }
 
         // The same state, recomputed from scratch on a copy of the store.
