@@ -1,7 +1,9 @@
 //! DataFrame helpers the tasks share: committed tables, collected batches, quoted columns.
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::{filter_record_batch, kernels::boolean::not};
+use datafusion::arrow::compute::{
+    SlicesIterator, filter_record_batch, kernels::boolean::not, prep_null_mask_filter,
+};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
 use datafusion::prelude::*;
@@ -179,10 +181,20 @@ impl NewTable {
         for b in stored {
             let i = b.schema().index_of(REPLACED)?;
             let mask = datafusion::arrow::array::as_boolean_array(b.column(i)).clone();
+            // A NULL mark is not a replaced row.
+            let mask = match datafusion::arrow::array::Array::null_count(&mask) {
+                0 => mask,
+                _ => prep_null_mask_filter(&mask),
+            };
             let mut b = b;
             b.remove_column(i);
             removed.push(filter_record_batch(&b, &mask)?);
-            kept.push(filter_record_batch(&b, &not(&mask)?)?);
+            // The kept rows as zero-copy slices of the batch: few rows are replaced, and
+            // copying the others would cost as much as the read.
+            let keep = not(&mask)?;
+            for (start, end) in SlicesIterator::new(&keep) {
+                kept.push(b.slice(start, end - start));
+            }
         }
         let rows = |v: &[RecordBatch]| v.iter().map(RecordBatch::num_rows).sum::<usize>();
         if rows(&removed) == rows(&new) {
