@@ -765,7 +765,7 @@ async fn affected_accounts(
         .table("correlations")
         .await?
         .filter(col("resource_type").eq(lit(rt.name.as_str())))?;
-    let mut first = vec![
+    let first = vec![
         scope
             .accounts
             .clone()
@@ -789,13 +789,7 @@ async fn affected_accounts(
             .filter(col("status").eq(lit("ambiguous")).or(col("conflict")))?
             .select(vec![col("account_key").alias("k")])?,
     ];
-    let first = materialize(
-        ctx,
-        union_all(std::mem::take(&mut first))?
-            .expect("four")
-            .distinct()?,
-    )
-    .await?;
+    let first = materialize(ctx, union_all(first)?.expect("four").distinct()?).await?;
     // Their owners, committed and found now (every owner a rule of theirs finds).
     let owners = committed
         .clone()
