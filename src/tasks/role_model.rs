@@ -693,14 +693,16 @@ async fn keys_before(
     let Ok(then) = rc.store.catalog_as_of_run(since).await else {
         return Ok(None);
     };
-    // An anonymization may have removed that version (`floors`): nothing to compare with.
+    // An anonymization scrubs the keys after the role model of its run and removes the older
+    // versions (`floors`): from the scrubbed version on (the floor itself included), the keys
+    // the committed correlations came from may be gone. Then there is nothing to compare with.
     let Some(&version) = then.tables.get(correlation_keys::TABLE) else {
         return Ok(None);
     };
     if catalog
         .floors
         .get(correlation_keys::TABLE)
-        .is_some_and(|&floor| version < floor)
+        .is_some_and(|&floor| version <= floor)
     {
         return Ok(None);
     }
