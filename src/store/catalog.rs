@@ -118,6 +118,22 @@ impl Store {
         )))
     }
 
+    /// The state at `time`: the newest catalog committed at or before it (`None` before the
+    /// first commit).
+    pub async fn catalog_at(&self, time: chrono::DateTime<chrono::Utc>) -> Result<Option<Catalog>> {
+        for v in self.catalog_versions().await?.into_iter().rev() {
+            let c = self.read_catalog(v).await?;
+            let at = c
+                .committed_at
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            if at.is_some_and(|at| at <= time) {
+                return Ok(Some(c));
+            }
+        }
+        Ok(None)
+    }
+
     /// Atomically publishes `change` on top of the newest catalog.
     ///
     /// When another process committed in between, the change is re-applied on its state unless

@@ -13,9 +13,9 @@
 //! they process everything. Correlation and classification are not owner-local (an ambiguity
 //! or a duplicate spans several owners), so the role model correlates again every account
 //! whose correlation may have changed: the changed accounts, those sharing a rule value with a
-//! changed owner (in the correlation keys of the watermark run and now), and every account
-//! competing for an owner with those (`role_model::affected_accounts`). Without the watermark
-//! run's keys it correlates every account. It then widens the scope with every owner whose
+//! changed owner (in the correlation keys the watermark run's role model read, and now), and
+//! every account competing for an owner with those (`role_model::affected_accounts`). Without
+//! those keys it correlates every account. It then widens the scope with every owner whose
 //! correlation changed; the result equals a complete recomputation.
 
 use std::sync::Arc;

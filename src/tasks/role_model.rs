@@ -678,34 +678,67 @@ pub fn rule_hits(
         .select(vec![col("owner_key"), col(name_col)])?)
 }
 
-/// The committed `correlation_keys` as they were when the watermark run `since` ended (the
-/// keys the committed correlations were computed from), registered as `correlation_keys_before`;
-/// `None` when they cannot be read (then every account is correlated again).
+/// The `correlation_keys` the committed correlations were computed from: the version the
+/// role model of the watermark run `since` read when it started, registered as
+/// `correlation_keys_before`. `None` (then every account is correlated again) when that cannot
+/// be told or read: no role model start recorded, role models of that run that read different
+/// versions, or a version an anonymization has removed (below the table's floor: it scrubs
+/// the keys after the role model of its run).
 async fn keys_before(
     rc: &RunContext<'_>,
     ctx: &SessionContext,
     catalog: &Catalog,
     since: &str,
 ) -> Result<Option<DataFrame>> {
-    if since.is_empty() {
+    if since.is_empty() || !catalog.tables.contains_key("task_runs") {
         return Ok(None);
     }
-    let Ok(then) = rc.store.catalog_as_of_run(since).await else {
-        return Ok(None);
-    };
-    // An anonymization scrubs the keys after the role model of its run and removes the older
-    // versions (`floors`): from the scrubbed version on (the floor itself included), the keys
-    // the committed correlations came from may be gone. Then there is nothing to compare with.
-    let Some(&version) = then.tables.get(correlation_keys::TABLE) else {
+    let starts = ctx
+        .table("task_runs")
+        .await?
+        .filter(
+            col("run_id")
+                .eq(lit(since))
+                .and(col("type").eq(lit("compute_role_model"))),
+        )?
+        .select(vec![cast(col("started_at"), DataType::Int64).alias("at")])?
+        .collect()
+        .await?;
+    let mut version: Option<u64> = None;
+    for b in &starts {
+        let at = b.column(0).as_any().downcast_ref::<Int64Array>();
+        for i in 0..b.num_rows() {
+            let Some(start) = at
+                .filter(|a| !a.is_null(i))
+                .and_then(|a| chrono::DateTime::from_timestamp_micros(a.value(i)))
+            else {
+                return Ok(None);
+            };
+            let read = match rc.store.catalog_at(start).await? {
+                Some(c) => c.tables.get(correlation_keys::TABLE).copied(),
+                None => None,
+            };
+            match (read, version) {
+                (None, _) => return Ok(None),
+                (Some(r), Some(v)) if r != v => return Ok(None),
+                (Some(r), _) => version = Some(r),
+            }
+        }
+    }
+    let Some(version) = version else {
         return Ok(None);
     };
     if catalog
         .floors
         .get(correlation_keys::TABLE)
-        .is_some_and(|&floor| version <= floor)
+        .is_some_and(|&floor| version < floor)
     {
         return Ok(None);
     }
+    let then = Catalog {
+        tables: [(correlation_keys::TABLE.to_string(), version)].into(),
+        ..Default::default()
+    };
     let Ok(Some(provider)) = rc.store.provider(ctx, &then, correlation_keys::TABLE).await else {
         return Ok(None);
     };

@@ -549,9 +549,10 @@ name = "recompute""#,
 }
 
 /// An anonymization scrubs the personal values in `correlation_keys` after the role model of
-/// its run, and removes the older versions: the keys the committed correlations came from are
-/// gone. The next dirty role model correlates every account instead of the scoped ones, and
-/// its tables equal those of the same job run with no task dirty.
+/// its run, and removes the older versions: the keys the committed correlations came from
+/// (the version that role model read) are gone. The next dirty role model correlates every
+/// account instead of the scoped ones, and its tables equal those of the same job run with no
+/// task dirty.
 #[test]
 fn after_a_scrub_of_the_correlation_keys_every_account_is_correlated_again() {
     let env = Env::new();
