@@ -105,33 +105,40 @@ impl Store {
         }
     }
 
-    /// The state when run `run_id` ended (its `run_end` commit).
-    pub async fn catalog_as_of_run(&self, run_id: &str) -> Result<Catalog> {
+    /// The newest catalog for which `wanted` holds.
+    async fn newest_where(&self, wanted: impl Fn(&Catalog) -> bool) -> Result<Option<Catalog>> {
         for v in self.catalog_versions().await?.into_iter().rev() {
             let c = self.read_catalog(v).await?;
-            if c.run_id.as_deref() == Some(run_id) && c.what.as_deref() == Some("run_end") {
-                return Ok(c);
+            if wanted(&c) {
+                return Ok(Some(c));
             }
         }
-        Err(Error::Usage(format!(
-            "--as-of {run_id}: no finished run with this id in the store (see `igaflow runs`)"
-        )))
+        Ok(None)
+    }
+
+    /// The state when run `run_id` ended (its `run_end` commit).
+    pub async fn catalog_as_of_run(&self, run_id: &str) -> Result<Catalog> {
+        self.newest_where(|c| {
+            c.run_id.as_deref() == Some(run_id) && c.what.as_deref() == Some("run_end")
+        })
+        .await?
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "--as-of {run_id}: no finished run with this id in the store (see `igaflow runs`)"
+            ))
+        })
     }
 
     /// The state at `time`: the newest catalog committed at or before it (`None` before the
     /// first commit).
     pub async fn catalog_at(&self, time: chrono::DateTime<chrono::Utc>) -> Result<Option<Catalog>> {
-        for v in self.catalog_versions().await?.into_iter().rev() {
-            let c = self.read_catalog(v).await?;
-            let at = c
-                .committed_at
+        self.newest_where(|c| {
+            c.committed_at
                 .as_deref()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-            if at.is_some_and(|at| at <= time) {
-                return Ok(Some(c));
-            }
-        }
-        Ok(None)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|at| at <= time)
+        })
+        .await
     }
 
     /// Atomically publishes `change` on top of the newest catalog.

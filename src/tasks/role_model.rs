@@ -52,6 +52,13 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         }
         _ => None,
     };
+    let committed_correlations = match catalog.tables.contains_key("correlations") {
+        true => Some(
+            super::frames::committed(&ctx, &catalog, "correlations", &correlations_schema())
+                .await?,
+        ),
+        false => None,
+    };
     let mut correlations: Vec<DataFrame> = Vec::new();
     let mut recorrelated: Vec<(DataFrame, DataFrame)> = Vec::new();
     let mut counts = Vec::new();
@@ -69,21 +76,8 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         let df = materialize(&ctx, df).await?;
         let df = match affected {
             Some(a) => {
-                let kept = super::frames::committed(
-                    &ctx,
-                    &catalog,
-                    "correlations",
-                    &correlations_schema(),
-                )
-                .await?
-                .filter(col("resource_type").eq(lit(rt.name.as_str())))?
-                .join(
-                    a.clone(),
-                    JoinType::LeftAnti,
-                    &["account_key"],
-                    &["k"],
-                    None,
-                )?;
+                let committed = committed_correlations.clone().expect("checked by `before`");
+                let kept = not_correlated_again(committed, rt, &a)?;
                 let keys = a.select(vec![
                     lit(rt.name.as_str()).alias("resource_type"),
                     col("k").alias("account_key"),
@@ -127,9 +121,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     };
     // Dirty: the correlation rows that changed, either side (`correlations_changed`). Only
     // the accounts correlated again can have changed.
-    if scope.is_some() && catalog.tables.contains_key("correlations") {
-        let old = super::frames::committed(&ctx, &catalog, "correlations", &correlations_schema())
-            .await?;
+    if let (Some(_), Some(old)) = (&scope, committed_correlations.clone()) {
         let (new, old) = match &recorrelated {
             Some((keys, new)) => {
                 let keys = keys.clone().select(vec![
@@ -156,8 +148,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     }
     let correlations = match recorrelated {
         Some((keys, new)) => Merged::Replaced(Box::new(Replacement {
-            old: super::frames::committed(&ctx, &catalog, "correlations", &correlations_schema())
-                .await?,
+            old: committed_correlations.expect("checked by `before`"),
             keys,
             on: vec!["resource_type", "account_key"],
             new,
@@ -748,6 +739,24 @@ async fn keys_before(
     Ok(Some(ctx.table(name).await?))
 }
 
+/// The committed correlations of `rt`'s accounts that are not correlated again (`accounts`, a
+/// frame of `k`).
+fn not_correlated_again(
+    committed: DataFrame,
+    rt: &ResourceType,
+    accounts: &DataFrame,
+) -> Result<DataFrame> {
+    Ok(committed
+        .filter(col("resource_type").eq(lit(rt.name.as_str())))?
+        .join(
+            accounts.clone(),
+            JoinType::LeftAnti,
+            &["account_key"],
+            &["k"],
+            None,
+        )?)
+}
+
 /// The accounts of one resource type whose correlation may differ from the committed one, as
 /// a frame of `k` (SPEC 11.1–11.4 read backwards):
 /// - the changed accounts;
@@ -959,20 +968,11 @@ async fn correlate(
         // The candidates of the accounts not correlated again are as committed: each
         // ambiguous account is affected, so those are the suggested and duplicate ones.
         candidates = candidates.union(
-            ctx.table("correlations")
-                .await?
+            not_correlated_again(ctx.table("correlations").await?, rt, a)?
                 .filter(
-                    col("resource_type")
-                        .eq(lit(rt.name.as_str()))
-                        .and(col("status").in_list(vec![lit("suggested"), lit("duplicate")], false))
+                    col("status")
+                        .in_list(vec![lit("suggested"), lit("duplicate")], false)
                         .and(col("owner_key").is_not_null()),
-                )?
-                .join(
-                    a.clone(),
-                    JoinType::LeftAnti,
-                    &["account_key"],
-                    &["k"],
-                    None,
                 )?
                 .select(vec![col("owner_key")])?,
         )?;
