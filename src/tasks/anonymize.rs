@@ -479,6 +479,13 @@ pub async fn scrub_pending(
         };
         let scrubbed = materialize(&ctx, scrubbed).await?;
         report.rows += scrubbed.clone().filter(col("_sc_changed"))?.count().await? as u64;
+        // NULL and empty values are not correlation keys (SPEC 11.3): a key scrubbed to
+        // nothing goes, as a recomputation from the scrubbed tables would not store it.
+        let scrubbed = if name == super::correlation_keys::TABLE {
+            scrubbed.filter(col("value").is_not_null().and(col("value").not_eq(lit(""))))?
+        } else {
+            scrubbed
+        };
         let (s, b) = collect(scrubbed.select(names)?).await?;
         let v = rc
             .store
