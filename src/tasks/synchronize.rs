@@ -514,7 +514,7 @@ async fn next_history(
     ctx: &SessionContext,
     catalog: &Catalog,
     history_name: &str,
-    key: &dyn Fn() -> Expr,
+    key: &(dyn Fn() -> Expr + Sync),
     sort: Vec<Expr>,
     (state_schema, state_batches): (&SchemaRef, &[RecordBatch]),
     old_state: DataFrame,
