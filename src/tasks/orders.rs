@@ -7,7 +7,7 @@
 //! are output formatting — gives each order an id derived from its content, applies the
 //! provisioning thresholds and merges the orders into `provisioning_orders`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, RecordBatch, StringArray};
@@ -179,6 +179,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         files.push(format!("{connector}.json"));
     }
 
+    let unknown = values_not_in_exports(rc, &ctx, &catalog, &emitted).await?;
     let written = commit_tables(rc, "task:generate_provisioning_orders", vec![table]).await?;
     let mut by_type: BTreeMap<&str, usize> = BTreeMap::new();
     for o in &emitted {
@@ -201,6 +202,14 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             String::new()
         }
     );
+    if !unknown.is_empty() {
+        let warning = format!(
+            "link value(s) not in the exports, emitted anyway: {}",
+            unknown.join("; ")
+        );
+        tracing::warn!("{warning}");
+        message.push_str(&format!("; warning: {warning}"));
+    }
     if !blocked_messages.is_empty() {
         message = format!(
             "provisioning blocked, no order file written for: {}. If the change is intended, re-run with --force. {message}",
@@ -216,8 +225,12 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         });
     }
     Ok(TaskOutcome {
+        // Unchanged orders are `no_changes` even with the warning (the message keeps it), as
+        // in the role model: a persistent data condition must not make every run eventful.
         status: if new_count == 0 && inactive == 0 {
             TaskStatus::NoChanges
+        } else if !unknown.is_empty() {
+            TaskStatus::Warning
         } else {
             TaskStatus::Succeeded
         },
@@ -227,6 +240,67 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         message,
         exit_code: 0,
     })
+}
+
+/// The link values the orders add that are no key of the link's target entity, as
+/// `link: value, …` per link (SPEC 11.14: such a value is still desired and emitted, with a
+/// warning). The orders' distinct values are few; each link's are anti-joined with the keys.
+async fn values_not_in_exports(
+    rc: &RunContext<'_>,
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    orders: &[&Order],
+) -> Result<Vec<String>> {
+    const LISTED: usize = 10;
+    let mut added: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for o in orders {
+        for (link, change) in &o.links {
+            added
+                .entry(link.as_str())
+                .or_default()
+                .extend(change.add.iter().map(String::as_str));
+        }
+    }
+    let mut out = Vec::new();
+    for (link, values) in added {
+        let Some(target) = rc
+            .pipeline
+            .link(link)
+            .and_then(|l| rc.pipeline.entity(&l.to.entity))
+        else {
+            continue;
+        };
+        let values = ctx.read_batch(text_batch(&[("_value", values.into_iter().collect())])?)?;
+        let missing = match catalog.tables.contains_key(&target.name) {
+            true => {
+                let keys = ctx.table(target.name.as_str()).await?.select(vec![
+                    cast(quoted(&target.key), DataType::Utf8).alias("_key"),
+                ])?;
+                values.join(keys, JoinType::LeftAnti, &["_value"], &["_key"], None)?
+            }
+            false => values,
+        };
+        let batches = missing
+            .sort(vec![col("_value").sort(true, true)])?
+            .collect()
+            .await?;
+        let missing: Vec<&str> = batches
+            .iter()
+            .flat_map(|b| {
+                let values = b.column(0).as_any().downcast_ref::<StringArray>();
+                values.into_iter().flat_map(|a| a.iter().flatten())
+            })
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let mut listed = missing[..missing.len().min(LISTED)].join(", ");
+        if missing.len() > LISTED {
+            listed.push_str(&format!(" and {} more", missing.len() - LISTED));
+        }
+        out.push(format!("{link} → {}: {listed}", target.name));
+    }
+    Ok(out)
 }
 
 /// Deleted and disabled orders count as deletions; the base is the linked accounts.

@@ -168,6 +168,65 @@ fn hostile_values_flow_through_unchanged_and_touch_no_other_order() {
     assert_eq!(joiner["attributes"]["email"]["new"], "x' OR '1'='1");
 }
 
+#[test]
+fn a_link_value_not_in_the_exports_is_emitted_with_a_warning() {
+    let env = Env::new();
+    env.write_pipeline(&hostile_pipeline("G_GHOST"));
+    env.write(
+        "exports/hr/persons.csv",
+        "id,name,dept,status,mail\nP1,Ann,Sales,active,ann@x.com\nP2,Bob,IT,active,bob@x.com\n",
+    );
+    env.write(
+        "exports/app/accounts.csv",
+        "login,owner_id,email,dept,enabled\nann,P1,ann@x.com,Sales,true\nbob,P2,bob@x.com,IT,true\n",
+    );
+    env.write("exports/app/groups.csv", "gid\nG_IT\nG_SALES\n");
+    env.write(
+        "exports/app/members.csv",
+        "login,gid\nann,G_SALES\nbob,G_IT\n",
+    );
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(0);
+    let run = run_id_of(&out);
+    let orders = emitted_orders(&env.store(), &run);
+    let ann: Vec<_> = orders
+        .iter()
+        .filter(|o| o["resource_key"] == "ann")
+        .collect();
+    assert_eq!(ann.len(), 1, "{orders:?}");
+    let added = ann[0]["links"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()["add"]
+        .clone();
+    assert!(
+        added.as_array().unwrap().iter().any(|v| v == "G_GHOST"),
+        "still desired and emitted: {orders:?}"
+    );
+    let row = env.query(&format!(
+        "select status, message from task_runs where run_id = '{run}' and task = 'orders'"
+    ));
+    assert_eq!(row[0][0], "warning", "{row:?}");
+    assert!(
+        row[0][1].contains("not in the exports") && row[0][1].contains("G_GHOST"),
+        "{row:?}"
+    );
+
+    // Once the group is exported, the same order carries no warning.
+    env.write("exports/app/groups.csv", "gid\nG_IT\nG_SALES\nG_GHOST\n");
+    std::fs::remove_dir_all(env.store()).unwrap();
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(0);
+    let run = run_id_of(&out);
+    let row = env.query(&format!(
+        "select status, message from task_runs where run_id = '{run}' and task = 'orders'"
+    ));
+    assert_eq!(row[0][0], "succeeded", "{row:?}");
+    assert!(!row[0][1].contains("not in the exports"), "{row:?}");
+}
+
 fn csv_field(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
