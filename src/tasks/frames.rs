@@ -97,6 +97,8 @@ pub enum Known {
     Changed,
     /// Equal to the committed table, which has `rows` rows; the batches are empty.
     Unchanged { rows: u64 },
+    /// Rows to add to the committed table (`recently_modified`): appended, not compared.
+    Added,
 }
 
 /// A dirty task's new content for a table: the committed rows, which of them the task
@@ -150,32 +152,8 @@ impl NewTable {
         } else {
             collect(r.new.sort(sort())?).await?
         };
-        // Each committed row with whether it is replaced. The keys are the hash table (there
-        // are few), and a hash join keeps the order of the rows it probes.
-        let columns: Vec<Expr> = r
-            .old
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| quoted(f.name()))
-            .chain([col("mark").alias(REPLACED)])
-            .collect();
-        let left: Vec<String> = (0..r.on.len())
-            .map(|i| format!("_replaced_key{i}"))
-            .collect();
-        let keys = r.keys.clone().select(
-            r.keys
-                .schema()
-                .fields()
-                .iter()
-                .zip(&left)
-                .map(|(f, name)| quoted(f.name()).alias(name))
-                .collect::<Vec<_>>(),
-        )?;
-        let left: Vec<&str> = left.iter().map(String::as_str).collect();
-        let marked = keys
-            .join(r.old, JoinType::RightMark, &left, &r.on, None)?
-            .select(columns)?;
+        // Each committed row with whether it is replaced (a join with the keys).
+        let marked = replaced_by_join(r.old, r.keys, &r.on)?;
         let (_, stored) = engine::collect_in_order(ctx, marked).await?;
         let (mut kept, mut removed) = (Vec::new(), Vec::new());
         for b in stored {
@@ -251,6 +229,32 @@ impl NewTable {
     }
 }
 
+/// Each committed row with whether it is replaced (`_replaced`), by a join with the keys. The
+/// keys are the hash table (there are few), and a hash join keeps the order of the rows it
+/// probes.
+fn replaced_by_join(old: DataFrame, keys: DataFrame, on: &[&str]) -> Result<DataFrame> {
+    let columns: Vec<Expr> = old
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| quoted(f.name()))
+        .chain([col("mark").alias(REPLACED)])
+        .collect();
+    let left: Vec<String> = (0..on.len()).map(|i| format!("_replaced_key{i}")).collect();
+    let keys = keys.clone().select(
+        keys.schema()
+            .fields()
+            .iter()
+            .zip(&left)
+            .map(|(f, name)| quoted(f.name()).alias(name))
+            .collect::<Vec<_>>(),
+    )?;
+    let left: Vec<&str> = left.iter().map(String::as_str).collect();
+    Ok(keys
+        .join(old, JoinType::RightMark, &left, on, None)?
+        .select(columns)?)
+}
+
 /// Overwrites each table whose content changed and commits them together in one catalog
 /// version (nothing on a dry run). Returns the rows written: 0 when nothing changed.
 pub async fn commit_tables(
@@ -259,10 +263,11 @@ pub async fn commit_tables(
     tables: Vec<NewTable>,
 ) -> Result<u64> {
     if rc.dry_run {
-        // An unchanged table stays as committed.
+        // An unchanged table stays as committed; added rows are not staged (the staged table
+        // would stand for the whole table).
         for t in tables
             .into_iter()
-            .filter(|t| !matches!(t.known, Known::Unchanged { .. }))
+            .filter(|t| !matches!(t.known, Known::Unchanged { .. } | Known::Added))
         {
             rc.stage_dry_run(t);
         }
@@ -285,22 +290,20 @@ pub async fn commit_tables(
         let same = match t.known {
             Known::Unchanged { .. } => true,
             Known::Changed => false,
+            Known::Added => t.rows() == 0,
             Known::Unknown => unchanged(rc, catalog, &t).await?,
         };
         if same {
             return Ok(None);
         }
         let rows = t.rows();
+        let mode = match t.known {
+            Known::Added => crate::store::WriteMode::Append,
+            _ => crate::store::WriteMode::Overwrite,
+        };
         let v = rc
             .store
-            .write_table(
-                catalog,
-                &t.name,
-                t.schema,
-                t.batches,
-                crate::store::WriteMode::Overwrite,
-                &rc.run_id,
-            )
+            .write_table(catalog, &t.name, t.schema, t.batches, mode, &rc.run_id)
             .await?;
         Ok::<_, crate::error::Error>(Some((t.name, v, rows)))
     });

@@ -510,7 +510,7 @@ fn read_changes(ctx: &SessionContext, table: &str, batches: &[RecordBatch]) -> R
 /// `valid_from`, plus a new open row per inserted or updated key and a closed `delete` row per
 /// deleted key. Sorted by key and time.
 #[allow(clippy::too_many_arguments)]
-async fn next_history(
+pub(super) async fn next_history(
     ctx: &SessionContext,
     catalog: &Catalog,
     history_name: &str,

@@ -190,4 +190,32 @@ fn computed_columns_follow_the_as_of_date() {
         env.scalar("select adult from person where employee_id = 'E1'"),
         "true"
     );
+    // A change like any other: the history closes the old version and opens an update, and
+    // the key is recently modified (for dirty tasks); E2 did not change.
+    let run = run_id_of(&next);
+    assert_eq!(
+        env.query(
+            "select employee_id, adult, _change, _valid_to is null, _run_id = '' from person__history order by employee_id, _valid_from"
+        ),
+        [
+            ["E1", "false", "insert", "false", "false"],
+            ["E1", "true", "update", "true", "false"],
+            ["E2", "true", "insert", "true", "false"],
+        ]
+    );
+    assert_eq!(
+        env.scalar("select count(*) from person__history where employee_id = 'E1' and _change = 'update' and _run_id = (select run_id from runs order by started_at desc limit 1)"),
+        "1"
+    );
+    assert_eq!(
+        env.query(&format!(
+            "select entity, key, change from recently_modified where run_id = '{run}'"
+        )),
+        [["person", "E1", "update"]]
+    );
+    // Still computed for the next day: nothing changes, nothing is recorded.
+    let again = env.run("expressions", &["--as-of", "2028-06-16"], &[]);
+    again.expect_code(0);
+    assert!(again.stdout.contains("no_changes"), "{}", again.stdout);
+    assert_eq!(env.scalar("select count(*) from person__history"), "3");
 }
