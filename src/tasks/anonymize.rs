@@ -622,13 +622,53 @@ impl Scrub<'_> {
             .reduce(Expr::or)
             .unwrap_or(lit(false))
             .and(col("_sc_owner").is_not_null());
-        Ok(Some(
-            j.select(
-                out.into_iter()
-                    .chain([changed.alias("_sc_changed")])
-                    .collect::<Vec<_>>(),
-            )?,
-        ))
+        let scrubbed = j.select(
+            out.into_iter()
+                .chain([changed.alias("_sc_changed")])
+                .collect::<Vec<_>>(),
+        )?;
+        Ok(Some(self.recomputed(name, scrubbed)?))
+    }
+
+    /// The owner table and its history with the computed columns of every scrubbed row
+    /// computed again from its anonymized columns, as a synchronization computes them for the
+    /// anonymized incoming rows (a login made of the first name's initial and the last name
+    /// becomes the anonymized one's, not the initial plus the scrubbed name). Other tables as
+    /// they are.
+    fn recomputed(&self, name: &str, df: DataFrame) -> Result<DataFrame> {
+        let e = self.entity;
+        let has_all = e
+            .computed
+            .iter()
+            .all(|c| df.schema().has_column_with_unqualified_name(&c.name));
+        let history = format!("{}__history", e.name);
+        if e.computed.is_empty() || !has_all || (name != e.name && name != history) {
+            return Ok(df);
+        }
+        let names: Vec<Expr> = df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| quoted(f.name()))
+            .collect();
+        let mut df = df;
+        for (i, c) in e.computed.iter().enumerate() {
+            df = df.with_column(&format!("_sc_was{i}"), quoted(&c.name))?;
+        }
+        let mut df = crate::engine::expr::apply_computed(self.ctx, df, e)?;
+        for (i, c) in e.computed.iter().enumerate() {
+            let ty = df
+                .schema()
+                .field_with_unqualified_name(&format!("_sc_was{i}"))?
+                .data_type()
+                .clone();
+            df = df.with_column(
+                &c.name,
+                when(col("_sc_changed"), try_cast(quoted(&c.name), ty))
+                    .otherwise(col(format!("_sc_was{i}")))?,
+            )?;
+        }
+        Ok(df.select(names)?)
     }
 
     /// Rows of the owners holding a personal value in any data file of table `name` (every

@@ -596,6 +596,18 @@ fn after_a_scrub_of_the_correlation_keys_every_account_is_correlated_again() {
         catalog["floors"]["correlation_keys"].is_u64(),
         "no floor on correlation_keys: {catalog}"
     );
+    // The scrubbed owners' computed columns are computed from their anonymized columns, in
+    // the table and in its open history version, as a synchronization would compute them.
+    assert_eq!(
+        env.scalar("select count(*) from anonymized_owners where status = 5"),
+        "2"
+    );
+    for table in ["person", "person__history"] {
+        let stale = env.query(&format!(
+            "select employee_id, login, display_name from {table} where employee_id in (select owner_key from anonymized_owners) and ((login is distinct from lower(substr(first_name, 1, 1) || last_name)) or (display_name is distinct from (first_name || ' ' || last_name)))"
+        ));
+        assert!(stale.is_empty(), "{table}: {stale:?}");
+    }
 
     // Round 1: every account correlated again, and the same tables as without dirty tasks.
     let copy = env.path("plain");
