@@ -106,12 +106,27 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         let (mut rt_orders, base, rt_scope) =
             orders_of(rc, &ctx, &catalog, rt, scope.as_ref()).await?;
         scopes.extend(rt_scope);
-        if let Some(reason) = threshold_reason(rt, &rt_orders, base) {
+        // Orders released before (by --force, or under the thresholds) are not held back again
+        // while they wait for fulfilment: only the others count, and only they are blocked.
+        let mut reason = threshold_reason(rt, rt_orders.iter(), base);
+        let mut released = std::collections::HashSet::new();
+        if reason.is_some() {
+            released = released_orders(&ctx, &catalog, rt).await?;
+            reason = threshold_reason(
+                rt,
+                rt_orders.iter().filter(|o| !released.contains(&o.order_id)),
+                base,
+            );
+        }
+        if let Some(reason) = reason {
             if rc.force || task.force {
                 tracing::warn!(resource_type = %rt.name, "provisioning threshold overridden: {reason}");
             } else {
                 blocked_messages.push(format!("{}: {reason}", rt.name));
-                for o in &mut rt_orders {
+                for o in rt_orders
+                    .iter_mut()
+                    .filter(|o| !released.contains(&o.order_id))
+                {
                     o.blocked = true;
                 }
             }
@@ -304,14 +319,18 @@ async fn values_not_in_exports(
 }
 
 /// Deleted and disabled orders count as deletions; the base is the linked accounts.
-fn threshold_reason(rt: &ResourceType, orders: &[Order], base: u64) -> Option<String> {
+fn threshold_reason<'a>(
+    rt: &ResourceType,
+    orders: impl Iterator<Item = &'a Order> + Clone,
+    base: u64,
+) -> Option<String> {
     let t = &rt.thresholds;
     if base < t.min_rows || base == 0 {
         return None;
     }
     let count = |kinds: &[&str]| {
         orders
-            .iter()
+            .clone()
             .filter(|o| kinds.contains(&o.kind.as_str()))
             .count() as u64
     };
@@ -351,6 +370,36 @@ fn threshold_reason(rt: &ResourceType, orders: &[Order], base: u64) -> Option<St
         ));
     }
     (!reasons.is_empty()).then(|| reasons.join(", "))
+}
+
+/// The ids of the resource type's orders in `provisioning_orders` that were released (any
+/// state but `blocked` and `inactive`).
+async fn released_orders(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    rt: &ResourceType,
+) -> Result<std::collections::HashSet<String>> {
+    let mut ids = std::collections::HashSet::new();
+    if !catalog.tables.contains_key(TABLE) {
+        return Ok(ids);
+    }
+    let batches = ctx
+        .table(TABLE)
+        .await?
+        .filter(
+            col("resource_type")
+                .eq(lit(rt.name.as_str()))
+                .and(col("state").in_list(vec![lit("blocked"), lit("inactive")], true)),
+        )?
+        .select(vec![cast(col("order_id"), DataType::Utf8)])?
+        .collect()
+        .await?;
+    for b in &batches {
+        if let Some(a) = b.column(0).as_any().downcast_ref::<StringArray>() {
+            ids.extend(a.iter().flatten().map(str::to_string));
+        }
+    }
+    Ok(ids)
 }
 
 /// The orders of one resource type and its number of linked accounts.
@@ -1124,8 +1173,9 @@ async fn merge(
              ORDER BY order_id"
         ))
         .await?;
+    // New: pending now and not before (unknown, or blocked until this run released it).
     let new_count = ctx
-        .sql("SELECT n.order_id FROM orders_new n LEFT JOIN orders_old o ON o.order_id = n.order_id WHERE o.order_id IS NULL AND n.state = 'pending'")
+        .sql("SELECT n.order_id FROM orders_new n LEFT JOIN orders_old o ON o.order_id = n.order_id WHERE (o.order_id IS NULL OR o.state = 'blocked') AND n.state = 'pending'")
         .await?
         .count()
         .await?;

@@ -94,6 +94,33 @@ fn a_rule_change_disabling_half_the_accounts_is_blocked_until_forced() {
         env.query("select state, count(*) from provisioning_orders group by state"),
         [["pending", "500"]]
     );
+    // The forced run released them: its orders task reports them.
+    let status = |run: &str| {
+        env.scalar(&format!(
+            "select status from task_runs where run_id = '{run}' and task = 'orders'"
+        ))
+    };
+    assert_eq!(status(&run), "succeeded");
+
+    // Released orders are not held back again while they wait for fulfilment: the next run
+    // (same rule, the accounts not disabled yet) emits them again without --force.
+    let next = env.run("complete", &[], &[]);
+    next.expect_code(0);
+    assert_eq!(emitted_orders(&env.store(), &run_id_of(&next)).len(), 500);
+    assert_eq!(status(&run_id_of(&next)), "no_changes");
+    assert_eq!(
+        env.query("select state, count(*) from provisioning_orders group by state"),
+        [["pending", "500"]]
+    );
+
+    // A further mass change is blocked again, the released orders staying pending.
+    env.write_pipeline(&app_pipeline("dept = 'None'"));
+    let again = env.run("complete", &[], &[]);
+    again.expect_code(3);
+    assert_eq!(
+        env.query("select state, count(*) from provisioning_orders group by state order by state"),
+        [["blocked", "500"], ["pending", "500"]]
+    );
 }
 
 /// A value made to break SQL built by string splicing, and one that is plain.
