@@ -6,8 +6,11 @@
 --   li_owners(owner_key, state, anonymization_status)
 --   li_flags(features, update_when_owner_disabled)  features: the resource type's `update` and
 --       the connector's `update`
--- Result: one row per account in the base filter or to deactivate, with the condition set it
--- met and the actions that follow.
+-- Result: one row per account of an enabled resource type, with whether it is in the base
+-- filter (`update_item`) and the actions that follow. Every action needs the base filter: a
+-- deleted owner's active account is deactivated only when the owner is to be anonymized or
+-- `update_when_owner_disabled` is set (SPEC 9: "Base filter, all of: ..."); otherwise the role
+-- model's `on_lost` treatment is what reaches it.
 WITH a AS (
     SELECT acc.account_key, acc.owner_key, acc.active, acc.deactivated_by,
            o.state, o.anonymization_status AS anon, f.features, f.update_when_owner_disabled
@@ -30,7 +33,10 @@ SELECT account_key, owner_key, state, anon, active,
          AND (c_active OR c_anonymize OR c_disabled OR c_suspended OR c_reactivate)
          AND NOT c_ignored AS update_item,
        features AND c_anonymize AND NOT c_ignored AS anonymize_item,
-       features AND active AND (state = 2 OR state = 3) AS deactivate_item,
+       features
+         AND (c_active OR c_anonymize OR c_disabled OR c_suspended OR c_reactivate)
+         AND NOT c_ignored
+         AND active AND (state = 2 OR state = 3) AS deactivate_item,
        features AND c_reactivate AND NOT c_ignored AS reactivate_item
 FROM sets
 WHERE features
