@@ -307,7 +307,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Schedule { pipeline, store } => {
             let p = Pipeline::load(&pipeline)?;
             let store = Store::open(&pipeline_store_uri(store.as_deref(), &p))?;
-            jobs::schedule(&p, std::sync::Arc::new(store), cli.quiet).await
+            jobs::schedule(&p, &store, cli.quiet).await
         }
         Command::Sql {
             store,

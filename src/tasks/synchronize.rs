@@ -514,7 +514,7 @@ pub(super) async fn next_history(
     ctx: &SessionContext,
     catalog: &Catalog,
     history_name: &str,
-    key: &(dyn Fn() -> Expr + Sync),
+    key: &dyn Fn() -> Expr,
     sort: Vec<Expr>,
     (state_schema, state_batches): (&SchemaRef, &[RecordBatch]),
     old_state: DataFrame,

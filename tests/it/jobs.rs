@@ -359,54 +359,6 @@ fn the_scheduler_runs_on_interval_never_overlaps_survives_failures_and_stops_on_
 }
 
 #[test]
-fn the_scheduler_runs_a_due_job_while_another_job_is_running() {
-    let env = Env::new();
-    env.write("exports/hr/persons.csv", persons_csv(1..=3));
-    let mut text = hr_pipeline("");
-    for (name, seconds) in [("slow", "2.5"), ("quick", "0.1")] {
-        text.push_str(&format!(
-            "\n[[job]]\nname = \"{name}\"\ninterval = \"1s\"\n[[job.task]]\nname = \"work\"\ntype = \"invoke_command\"\ncommand = [\"sleep\", \"{seconds}\"]\n"
-        ));
-    }
-    env.write_pipeline(&text);
-    let store = env.store();
-    let pipeline = env.pipeline();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_igaflow"))
-        .args(["schedule", &pipeline, "--store", &store, "--quiet"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(4000));
-    // SAFETY: sending SIGTERM to our own child process.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "the scheduler exits 0 on SIGTERM");
-    let runs = env.query("select job, cast(started_at as varchar) as s, cast(ended_at as varchar) as e from runs order by s");
-    let of = |job: &str| -> Vec<&Vec<String>> { runs.iter().filter(|r| r[0] == job).collect() };
-    let (slow, quick) = (of("slow"), of("quick"));
-    assert!(!slow.is_empty() && quick.len() >= 2, "{runs:?}");
-    // The quick job kept its interval while the slow one ran: some quick run started inside
-    // the first slow run.
-    let first = slow[0];
-    assert!(
-        quick.iter().any(|q| q[1] > first[1] && q[1] < first[2]),
-        "no quick run started during the slow run: {runs:?}"
-    );
-    // Still never two runs of one job at once.
-    for runs in [slow, quick] {
-        for w in runs.windows(2) {
-            assert!(
-                w[1][1] >= w[0][2],
-                "two runs of one job overlapped: {runs:?}"
-            );
-        }
-    }
-}
-
-#[test]
 fn json_logs_are_one_object_per_event() {
     let env = Env::new();
     env.write("exports/hr/persons.csv", persons_csv(1..=3));
