@@ -359,6 +359,44 @@ fn the_scheduler_runs_on_interval_never_overlaps_survives_failures_and_stops_on_
 }
 
 #[test]
+fn the_scheduler_runs_one_job_at_a_time_and_a_due_job_after_the_running_one() {
+    let env = Env::new();
+    env.write("exports/hr/persons.csv", persons_csv(1..=3));
+    let mut text = hr_pipeline("");
+    for (name, seconds) in [("slow", "2"), ("quick", "0.1")] {
+        text.push_str(&format!(
+            "\n[[job]]\nname = \"{name}\"\ninterval = \"1s\"\n[[job.task]]\nname = \"work\"\ntype = \"invoke_command\"\ncommand = [\"sleep\", \"{seconds}\"]\n"
+        ));
+    }
+    env.write_pipeline(&text);
+    let store = env.store();
+    let pipeline = env.pipeline();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_igaflow"))
+        .args(["schedule", &pipeline, "--store", &store, "--quiet"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    // SAFETY: sending SIGTERM to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "the scheduler exits 0 on SIGTERM");
+    let runs = env.query("select job, status, cast(started_at as varchar) as s, cast(ended_at as varchar) as e from runs order by s");
+    assert!(
+        runs.iter().any(|r| r[0] == "slow") && runs.iter().any(|r| r[0] == "quick"),
+        "{runs:?}"
+    );
+    // Every run recorded and succeeded, and no two runs overlapped, whichever their job.
+    assert!(runs.iter().all(|r| r[1] == "succeeded"), "{runs:?}");
+    for w in runs.windows(2) {
+        assert!(w[1][2] >= w[0][3], "two runs overlapped: {runs:?}");
+    }
+}
+
+#[test]
 fn json_logs_are_one_object_per_event() {
     let env = Env::new();
     env.write("exports/hr/persons.csv", persons_csv(1..=3));
