@@ -1173,9 +1173,10 @@ async fn merge(
              ORDER BY order_id"
         ))
         .await?;
-    // New: pending now and not before (unknown, or blocked until this run released it).
+    // New: pending now and not before (unknown, blocked until this run released it, or no
+    // longer needed until this run needed it again).
     let new_count = ctx
-        .sql("SELECT n.order_id FROM orders_new n LEFT JOIN orders_old o ON o.order_id = n.order_id WHERE (o.order_id IS NULL OR o.state = 'blocked') AND n.state = 'pending'")
+        .sql("SELECT n.order_id FROM orders_new n LEFT JOIN orders_old o ON o.order_id = n.order_id WHERE (o.order_id IS NULL OR o.state IN ('blocked', 'inactive')) AND n.state = 'pending'")
         .await?
         .count()
         .await?;

@@ -254,6 +254,52 @@ fn a_link_value_not_in_the_exports_is_emitted_with_a_warning() {
     assert!(!row[0][1].contains("not in the exports"), "{row:?}");
 }
 
+#[test]
+fn an_order_needed_again_after_it_went_inactive_is_pending_and_new_again() {
+    let env = Env::new();
+    env.write_pipeline(&hostile_pipeline("G_PLAIN"));
+    env.write(
+        "exports/hr/persons.csv",
+        "id,name,dept,status,mail\nP1,Ann,Sales,active,ann@x.com\n",
+    );
+    env.write(
+        "exports/app/accounts.csv",
+        "login,owner_id,email,dept,enabled\nann,P1,ann@x.com,Sales,true\n",
+    );
+    env.write("exports/app/groups.csv", "gid\nG_IT\nG_SALES\nG_PLAIN\n");
+    let without = "login,gid\nann,G_SALES\n";
+    let with = "login,gid\nann,G_SALES\nann,G_PLAIN\n";
+    let message = |out: &Out| {
+        env.scalar(&format!(
+            "select message from task_runs where run_id = '{}' and task = 'orders'",
+            run_id_of(out)
+        ))
+    };
+    let states = || env.query("select state from provisioning_orders order by order_id");
+    // Ann lacks G_PLAIN: one order to add it.
+    env.write("exports/app/members.csv", without);
+    let first = env.run("complete", &[], &[]);
+    first.expect_code(0);
+    assert!(message(&first).contains("1 new"), "{}", message(&first));
+    assert_eq!(states(), [["pending"]]);
+    // Someone added it by hand: the order is no longer needed.
+    env.write("exports/app/members.csv", with);
+    let second = env.run("complete", &[], &[]);
+    second.expect_code(0);
+    assert!(
+        message(&second).contains("1 no longer needed"),
+        "{}",
+        message(&second)
+    );
+    assert_eq!(states(), [["inactive"]]);
+    // Removed again: the same order (same id) is pending again, and new in this run.
+    env.write("exports/app/members.csv", without);
+    let third = env.run("complete", &[], &[]);
+    third.expect_code(0);
+    assert!(message(&third).contains("1 new"), "{}", message(&third));
+    assert_eq!(states(), [["pending"]]);
+}
+
 fn csv_field(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
