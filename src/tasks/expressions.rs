@@ -73,18 +73,12 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 rc.started_at.timestamp_micros(),
             )
             .await?;
-            let batches = match &history.map {
-                Some(m) => history
-                    .batches
-                    .iter()
-                    .map(|b| m(b))
-                    .collect::<std::result::Result<Vec<_>, _>>()?,
-                None => history.batches,
-            };
+            // Mapped rows come only from a first load, which has no history table yet.
+            debug_assert!(history.map.is_none());
             tables.push(NewTable {
                 name: history_name,
                 schema: history.schema,
-                batches,
+                batches: history.batches,
                 known: Known::Changed,
             });
         }

@@ -315,6 +315,39 @@ fn invoke_sql_writes_a_query_result_to_a_file() {
     );
 }
 
+/// `igaflow schedule` on the environment's pipeline and store, in the background.
+fn start_scheduler(env: &Env) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_igaflow"))
+        .args([
+            "schedule",
+            &env.pipeline(),
+            "--store",
+            &env.store(),
+            "--quiet",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM, and the scheduler exits 0.
+fn stop_scheduler(mut child: std::process::Child) {
+    // SAFETY: sending SIGTERM to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "the scheduler exits 0 on SIGTERM");
+}
+
+/// Runs ordered by start (columns 2 and 3: start and end): none starts before the previous ends.
+fn assert_sequential(runs: &[Vec<String>]) {
+    for w in runs.windows(2) {
+        assert!(w[1][2] >= w[0][3], "two runs overlapped: {runs:?}");
+    }
+}
+
 #[test]
 fn the_scheduler_runs_on_interval_never_overlaps_survives_failures_and_stops_on_sigterm() {
     let env = Env::new();
@@ -325,23 +358,11 @@ fn the_scheduler_runs_on_interval_never_overlaps_survives_failures_and_stops_on_
     );
     env.write_pipeline(&text);
     env.write("fail", "");
-    let store = env.store();
-    let pipeline = env.pipeline();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_igaflow"))
-        .args(["schedule", &pipeline, "--store", &store, "--quiet"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = start_scheduler(&env);
     std::thread::sleep(std::time::Duration::from_millis(2500));
     std::fs::remove_file(env.path("fail")).unwrap(); // later runs succeed
     std::thread::sleep(std::time::Duration::from_millis(2500));
-    // SAFETY: sending SIGTERM to our own child process.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "the scheduler exits 0 on SIGTERM");
+    stop_scheduler(child);
     let runs = env.query("select status, trigger, cast(started_at as varchar) as s, cast(ended_at as varchar) as e from runs where job = 'tick' order by s");
     assert!(runs.len() >= 3, "{runs:?}");
     assert!(runs.iter().all(|r| r[1] == "schedule"), "{runs:?}");
@@ -353,9 +374,7 @@ fn the_scheduler_runs_on_interval_never_overlaps_survives_failures_and_stops_on_
         runs.iter().any(|r| r[0] == "succeeded"),
         "it kept going: {runs:?}"
     );
-    for w in runs.windows(2) {
-        assert!(w[1][2] >= w[0][3], "two runs overlapped: {runs:?}");
-    }
+    assert_sequential(&runs);
 }
 
 #[test]
@@ -369,21 +388,9 @@ fn the_scheduler_runs_one_job_at_a_time_and_a_due_job_after_the_running_one() {
         ));
     }
     env.write_pipeline(&text);
-    let store = env.store();
-    let pipeline = env.pipeline();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_igaflow"))
-        .args(["schedule", &pipeline, "--store", &store, "--quiet"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = start_scheduler(&env);
     std::thread::sleep(std::time::Duration::from_millis(3500));
-    // SAFETY: sending SIGTERM to our own child process.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "the scheduler exits 0 on SIGTERM");
+    stop_scheduler(child);
     let runs = env.query("select job, status, cast(started_at as varchar) as s, cast(ended_at as varchar) as e from runs order by s");
     assert!(
         runs.iter().any(|r| r[0] == "slow") && runs.iter().any(|r| r[0] == "quick"),
@@ -391,9 +398,7 @@ fn the_scheduler_runs_one_job_at_a_time_and_a_due_job_after_the_running_one() {
     );
     // Every run recorded and succeeded, and no two runs overlapped, whichever their job.
     assert!(runs.iter().all(|r| r[1] == "succeeded"), "{runs:?}");
-    for w in runs.windows(2) {
-        assert!(w[1][2] >= w[0][3], "two runs overlapped: {runs:?}");
-    }
+    assert_sequential(&runs);
 }
 
 #[test]

@@ -41,6 +41,14 @@ fn write_company(env: &Env, n: usize) {
     env.write("exports/app/members.csv", members);
 }
 
+/// The orders task's status and message in run `run`.
+fn orders_task(env: &Env, run: &str) -> (String, String) {
+    let row = env.query(&format!(
+        "select status, message from task_runs where run_id = '{run}' and task = 'orders'"
+    ));
+    (row[0][0].clone(), row[0][1].clone())
+}
+
 fn orders_dir(env: &Env, run_id: &str) -> std::path::PathBuf {
     env.path("store/_orders").join(run_id)
 }
@@ -64,9 +72,7 @@ fn a_rule_change_disabling_half_the_accounts_is_blocked_until_forced() {
     blocked.expect_code(3);
     let run = run_id_of(&blocked);
     assert!(blocked.stdout.contains("blocked"), "{}", blocked.stdout);
-    let message = env.scalar(&format!(
-        "select message from task_runs where run_id = '{run}' and task = 'orders'"
-    ));
+    let (_, message) = orders_task(&env, &run);
     assert!(
         message.contains("500 of 1000") && message.contains("50.0%") && message.contains("--force"),
         "{message}"
@@ -95,11 +101,7 @@ fn a_rule_change_disabling_half_the_accounts_is_blocked_until_forced() {
         [["pending", "500"]]
     );
     // The forced run released them: its orders task reports them.
-    let status = |run: &str| {
-        env.scalar(&format!(
-            "select status from task_runs where run_id = '{run}' and task = 'orders'"
-        ))
-    };
+    let status = |run: &str| orders_task(&env, run).0;
     assert_eq!(status(&run), "succeeded");
 
     // Released orders are not held back again while they wait for fulfilment: the next run
@@ -232,13 +234,11 @@ fn a_link_value_not_in_the_exports_is_emitted_with_a_warning() {
         added.as_array().unwrap().iter().any(|v| v == "G_GHOST"),
         "still desired and emitted: {orders:?}"
     );
-    let row = env.query(&format!(
-        "select status, message from task_runs where run_id = '{run}' and task = 'orders'"
-    ));
-    assert_eq!(row[0][0], "warning", "{row:?}");
+    let (status, message) = orders_task(&env, &run);
+    assert_eq!(status, "warning", "{message}");
     assert!(
-        row[0][1].contains("not in the exports") && row[0][1].contains("G_GHOST"),
-        "{row:?}"
+        message.contains("not in the exports") && message.contains("G_GHOST"),
+        "{message}"
     );
 
     // Once the group is exported, the same order carries no warning.
@@ -247,11 +247,9 @@ fn a_link_value_not_in_the_exports_is_emitted_with_a_warning() {
     let out = env.run("complete", &[], &[]);
     out.expect_code(0);
     let run = run_id_of(&out);
-    let row = env.query(&format!(
-        "select status, message from task_runs where run_id = '{run}' and task = 'orders'"
-    ));
-    assert_eq!(row[0][0], "succeeded", "{row:?}");
-    assert!(!row[0][1].contains("not in the exports"), "{row:?}");
+    let (status, message) = orders_task(&env, &run);
+    assert_eq!(status, "succeeded", "{message}");
+    assert!(!message.contains("not in the exports"), "{message}");
 }
 
 #[test]
@@ -269,12 +267,7 @@ fn an_order_needed_again_after_it_went_inactive_is_pending_and_new_again() {
     env.write("exports/app/groups.csv", "gid\nG_IT\nG_SALES\nG_PLAIN\n");
     let without = "login,gid\nann,G_SALES\n";
     let with = "login,gid\nann,G_SALES\nann,G_PLAIN\n";
-    let message = |out: &Out| {
-        env.scalar(&format!(
-            "select message from task_runs where run_id = '{}' and task = 'orders'",
-            run_id_of(out)
-        ))
-    };
+    let message = |out: &Out| orders_task(&env, &run_id_of(out)).1;
     let states = || env.query("select state from provisioning_orders order by order_id");
     // Ann lacks G_PLAIN: one order to add it.
     env.write("exports/app/members.csv", without);
