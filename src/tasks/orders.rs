@@ -258,7 +258,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
 }
 
 /// The link values the orders add that are no key of the link's target entity, as
-/// `link: value, …` per link (SPEC 11.14: such a value is still desired and emitted, with a
+/// `link → entity: value, …` per link (SPEC 11.14: such a value is still desired and emitted, with a
 /// warning). The orders' distinct values are few; each link's are anti-joined with the keys.
 async fn values_not_in_exports(
     rc: &RunContext<'_>,
