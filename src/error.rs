@@ -64,6 +64,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Another process committed a table this one was about to replace, after this one read
+    /// it; nothing of this commit is visible. The task runs again on the new state.
+    #[error("{0}")]
+    Conflict(String),
+
     /// A job finished with a failed task (the message lists them).
     #[error("{0}")]
     TaskFailed(String),

@@ -90,9 +90,27 @@ pub async fn record(
         ],
     )
     .map_err(err)?;
+    // Two runs (of different jobs, in two processes) can end at the same moment: the one whose
+    // catalog commit loses appends its records again on top of the other's.
+    let mut conflicts = 0;
+    loop {
+        match append(store, &r.run_id, &runs, &tasks).await {
+            Err(Error::Conflict(_)) if conflicts < crate::tasks::CONFLICT_RETRIES => conflicts += 1,
+            other => return other,
+        }
+    }
+}
+
+/// Appends one run's `runs` and `task_runs` rows in one catalog commit marked `run_end`.
+async fn append(
+    store: &Store,
+    run_id: &str,
+    runs: &RecordBatch,
+    tasks: &RecordBatch,
+) -> Result<()> {
     let catalog = store.catalog().await?;
     let mut change = CatalogChange {
-        run_id: r.run_id.clone(),
+        run_id: run_id.to_string(),
         what: "run_end".into(),
         ..Default::default()
     };
@@ -101,9 +119,9 @@ pub async fn record(
             &catalog,
             "runs",
             runs.schema(),
-            vec![runs],
+            vec![runs.clone()],
             WriteMode::Append,
-            &r.run_id,
+            run_id,
         )
         .await?;
     change.tables.insert("runs".into(), v);
@@ -112,12 +130,13 @@ pub async fn record(
             &catalog,
             "task_runs",
             tasks.schema(),
-            vec![tasks],
+            vec![tasks.clone()],
             WriteMode::Append,
-            &r.run_id,
+            run_id,
         )
         .await?;
     change.tables.insert("task_runs".into(), v);
+    crate::tasks::pausepoint("commit.run_end").await;
     store.commit(&catalog, change).await?;
     Ok(())
 }

@@ -189,8 +189,8 @@ impl Store {
                         .keys()
                         .any(|t| latest.tables.get(t) != base.tables.get(t));
                     if clash {
-                        return Err(Error::store(format!(
-                            "another process committed to the same tables while this run was writing ({}); nothing of this run is visible — re-run it",
+                        return Err(Error::Conflict(format!(
+                            "store: another process committed to the same tables while this run was writing ({}); nothing of this commit is visible — re-run it",
                             change.what
                         )));
                     }

@@ -56,7 +56,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         }
     };
     let rows = table.rows();
-    let written = commit_tables(rc, "task:compute_correlation_keys", vec![table]).await?;
+    let written = commit_tables(rc, &catalog, "task:compute_correlation_keys", vec![table]).await?;
     Ok(TaskOutcome {
         status: if written == 0 && !rc.dry_run {
             TaskStatus::NoChanges

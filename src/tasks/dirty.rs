@@ -206,7 +206,7 @@ pub async fn run(rc: &RunContext<'_>, _task: &Task) -> Result<TaskOutcome> {
     )
     .await?;
     let n = table.rows().saturating_sub(1);
-    commit_tables(rc, "task:set_recently_modified_flag", vec![table]).await?;
+    commit_tables(rc, &catalog, "task:set_recently_modified_flag", vec![table]).await?;
     let message = match &all_reason {
         Some(r) => format!("everything is dirty: {r}"),
         None => format!(

@@ -118,7 +118,13 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             exit_code: 0,
         });
     }
-    let written = commit_tables(rc, "task:update_entity_property_expressions", tables).await?;
+    let written = commit_tables(
+        rc,
+        &catalog,
+        "task:update_entity_property_expressions",
+        tables,
+    )
+    .await?;
     Ok(TaskOutcome {
         status: TaskStatus::Succeeded,
         rows_read: 0,

@@ -257,8 +257,15 @@ fn replaced_by_join(old: DataFrame, keys: DataFrame, on: &[&str]) -> Result<Data
 
 /// Overwrites each table whose content changed and commits them together in one catalog
 /// version (nothing on a dry run). Returns the rows written: 0 when nothing changed.
+///
+/// `read` is the catalog the task computed from. A table it replaces must still be at the
+/// version it read: when another process (another job on the same store) committed it
+/// meanwhile, replacing it would lose that commit, so the task fails with
+/// [`Error::Conflict`] and [`super::run_task`] runs it again on the new state. Appended
+/// tables ([`Known::Added`]) do not conflict.
 pub async fn commit_tables(
     rc: &super::RunContext<'_>,
+    read: &Catalog,
     what: &str,
     tables: Vec<NewTable>,
 ) -> Result<u64> {
@@ -276,6 +283,7 @@ pub async fn commit_tables(
     if tables.is_empty() {
         return Ok(0);
     }
+    super::pausepoint(&format!("commit.{what}")).await;
     let _commits = rc.store.lock_commits().await;
     let latest = rc.store.catalog().await?;
     let catalog = &latest;
@@ -295,6 +303,12 @@ pub async fn commit_tables(
         };
         if same {
             return Ok(None);
+        }
+        if t.known != Known::Added && catalog.tables.get(&t.name) != read.tables.get(&t.name) {
+            return Err(crate::error::Error::Conflict(format!(
+                "store: table `{}` was committed by another run while this task computed it ({what}); nothing of this task is visible — re-run it",
+                t.name
+            )));
         }
         let rows = t.rows();
         let mode = match t.known {

@@ -319,7 +319,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         let old_events = committed(&ctx, &catalog, "identity_events", &events_schema).await?;
         tables.push(NewTable::from_frame("identity_events", old_events.union(new_events)?).await?);
     }
-    let written = commit_tables(rc, "task:update_identities", tables).await?;
+    let written = commit_tables(rc, &catalog, "task:update_identities", tables).await?;
     let mut message = format!(
         "{}; {changed_values} changed value(s), {event_count} event(s)",
         if counts.is_empty() {

@@ -115,7 +115,31 @@ impl RunContext<'_> {
 /// the same state. The next task tries hash joins again: a plan of sort-merge joins holds each
 /// finished sort's rows for its merge without spilling them, so a task whose hash joins fit
 /// (orders, run in pieces) can fail with sort-merge joins.
+///
+/// A task whose commit conflicts with another process's ([`Error::Conflict`]: another job on
+/// the same store committed a table the task replaces) runs again on the new state, up to
+/// [`CONFLICT_RETRIES`] times; its first attempt committed nothing.
 pub async fn run_task(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
+    let mut conflicts = 0;
+    loop {
+        match attempt(rc, task).await {
+            Err(Error::Conflict(message)) if conflicts < CONFLICT_RETRIES => {
+                conflicts += 1;
+                tracing::warn!(
+                    task = %task.name,
+                    error = %message,
+                    "another run committed the tables this task writes; running it again on the new state"
+                );
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How many times a task runs again after its commit conflicted with another process's.
+pub const CONFLICT_RETRIES: usize = 3;
+
+async fn attempt(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     match dispatch(rc, task).await {
         Err(e) if is_out_of_memory(&e) && !crate::engine::spill_friendly() => {
             tracing::warn!(
@@ -153,6 +177,29 @@ async fn dispatch(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         other => Err(Error::TaskFailed(format!(
             "task type `{other}` is not available in this release of igaflow"
         ))),
+    }
+}
+
+/// Waits at this point when the environment names it (`IGAFLOW_PAUSE`): creates
+/// `<IGAFLOW_PAUSE_DIR>/reached` and returns once `<IGAFLOW_PAUSE_DIR>/go` exists.
+///
+/// Concurrency tests hold a run here while another process commits to the same store.
+pub async fn pausepoint(name: &str) {
+    let (Ok(wanted), Ok(dir)) = (
+        std::env::var("IGAFLOW_PAUSE"),
+        std::env::var("IGAFLOW_PAUSE_DIR"),
+    ) else {
+        return;
+    };
+    if wanted != name {
+        return;
+    }
+    let dir = std::path::Path::new(&dir);
+    if std::fs::write(dir.join("reached"), name).is_err() {
+        return;
+    }
+    while !dir.join("go").exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

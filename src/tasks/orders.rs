@@ -195,7 +195,13 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     }
 
     let unknown = values_not_in_exports(rc, &ctx, &catalog, &emitted).await?;
-    let written = commit_tables(rc, "task:generate_provisioning_orders", vec![table]).await?;
+    let written = commit_tables(
+        rc,
+        &catalog,
+        "task:generate_provisioning_orders",
+        vec![table],
+    )
+    .await?;
     let mut by_type: BTreeMap<&str, usize> = BTreeMap::new();
     for o in &emitted {
         *by_type.entry(o.change_type.as_str()).or_default() += 1;

@@ -109,7 +109,13 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         col("value").sort(true, true),
     ])?;
     let table = NewTable::from_frame(PRE_EXISTING, all).await?;
-    let written = commit_tables(rc, "task:save_pre_existing_access_rights", vec![table]).await?;
+    let written = commit_tables(
+        rc,
+        &catalog,
+        "task:save_pre_existing_access_rights",
+        vec![table],
+    )
+    .await?;
     // The role model again, now with the saved rights.
     let model = super::role_model::run(rc, task).await?;
     Ok(TaskOutcome {

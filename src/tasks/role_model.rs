@@ -307,7 +307,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             .distinct()?;
         tables.push(NewTable::from_frame(super::dirty::TABLE, all).await?);
     }
-    let written = commit_tables(rc, "task:compute_role_model", tables).await?;
+    let written = commit_tables(rc, &catalog, "task:compute_role_model", tables).await?;
     let mut message = format!(
         "{}; {roles_count} role assignment(s); {assigned} assigned resource(s)",
         counts.join(", ")

@@ -279,8 +279,8 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     for p in &plans {
         for t in [p.name.clone(), format!("{}__history", p.name)] {
             if latest.tables.get(&t) != catalog.tables.get(&t) {
-                return Err(Error::store(format!(
-                    "table `{t}` was committed by another run while this one computed (connector `{connector}`); nothing of this run is visible — re-run it"
+                return Err(Error::Conflict(format!(
+                    "store: table `{t}` was committed by another run while this one computed (connector `{connector}`); nothing of this task is visible — re-run it"
                 )));
             }
         }

@@ -5,6 +5,7 @@ mod common;
 mod anonymize;
 mod bad_input;
 mod cases;
+mod concurrent;
 mod crash;
 mod dirty;
 mod generate;
