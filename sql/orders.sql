@@ -9,6 +9,8 @@
 --   o_identity_updates(account_key, attribute, value) values of accounts under anonymization
 --                                                    (update_identities, status 3 or 4); they
 --                                                    win over desired
+--   o_deactivated(account_key)                      accounts update_identities holds
+--                                                    deactivated; their disable values win
 --   o_current_scalars(account_key, attribute, value) the target's current values, same text form
 --   o_desired_links(owner_key, link, value)
 --   o_link_candidates(owner_key, account_key)       kept pairs whose links may differ
@@ -57,8 +59,22 @@ to_delete AS (
     UNION ALL
     SELECT account_key, owner_key FROM orphan, o_policy WHERE o_policy.orphans = 'delete'
 ),
+held_disabled AS (
+    -- The disable values of accounts update_identities holds deactivated.
+    SELECT x.account_key, x.attribute, x.value
+    FROM o_disable x JOIN o_deactivated d ON d.account_key = x.account_key
+),
 identity AS (
-    SELECT account_key, attribute, value FROM o_identity_updates
+    -- Values that win over the role model's desired ones: those of deactivated accounts, then
+    -- those of accounts under anonymization.
+    SELECT account_key, attribute, value FROM held_disabled
+    UNION ALL
+    SELECT u.account_key, u.attribute, u.value
+    FROM o_identity_updates u
+    WHERE NOT EXISTS (
+        SELECT 1 FROM held_disabled h
+        WHERE h.account_key = u.account_key AND h.attribute = u.attribute
+    )
 ),
 desired AS (
     SELECT k.owner_key, k.account_key, d.attribute, d.value
@@ -89,6 +105,11 @@ identity_diff AS (
     LEFT JOIN o_current_scalars c ON c.account_key = i.account_key AND c.attribute = i.attribute
     WHERE k.account_key IS NULL AND co.attribute IS NULL AND (i.value IS DISTINCT FROM c.value)
       AND i.account_key NOT IN (SELECT account_key FROM to_delete)
+      -- An attribute the role model's own disable order sets is there once.
+      AND NOT EXISTS (
+        SELECT 1 FROM to_disable t JOIN o_disable x ON x.account_key = t.account_key
+        WHERE t.account_key = i.account_key AND x.attribute = i.attribute
+      )
 ),
 -- The link diffs cover only the pairs whose link fingerprints differ (o_link_candidates, see
 -- link_candidates.sql), and are anti-joins (NOT EXISTS): a LEFT JOIN filtered on IS NULL

@@ -4,6 +4,15 @@
 pub mod output;
 pub mod progress;
 
+/// `println!` that never panics: standard output closed early (`igaflow run … | head`) loses
+/// the rest of the report, not the process's exit code.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
@@ -266,7 +275,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Validate { pipeline } => {
             let p = Pipeline::load(&pipeline)?;
-            println!(
+            say!(
                 "{}: ok — {} connector(s), {} entit{}, {} link(s), {} job(s)",
                 p.file.display(),
                 p.connectors.len(),
@@ -360,7 +369,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             out_dir,
         } => {
             let g = crate::generate::generate(identities, seed, &out_dir)?;
-            println!(
+            say!(
                 "generated {} persons, {} AD accounts, {} groups, {} memberships, {} ERP users, {} roles in {}\nrun: igaflow run {} --job complete",
                 g.persons,
                 g.accounts,
@@ -382,7 +391,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             if batches.iter().map(|b| b.num_rows()).sum::<usize>() == 0 {
                 match run_id {
                     Some(id) => return Err(Error::Usage(format!("no run `{id}` in this store"))),
-                    None => println!("no runs yet"),
+                    None => say!("no runs yet"),
                 }
                 return Ok(exit::OK);
             }
@@ -397,7 +406,7 @@ fn print_report(r: &jobs::RunReport, quiet: bool) {
     if quiet {
         return;
     }
-    println!("run {} · job {} · {}", r.run_id, r.job, r.status);
+    say!("run {} · job {} · {}", r.run_id, r.job, r.status);
     let name_w = r
         .tasks
         .iter()
@@ -405,16 +414,20 @@ fn print_report(r: &jobs::RunReport, quiet: bool) {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    say!(
         "{:<name_w$}  {:<10}  {:>8}  {:>10}  {:>9}  message",
-        "task", "status", "seconds", "rows read", "changes"
+        "task",
+        "status",
+        "seconds",
+        "rows read",
+        "changes"
     );
     for t in &r.tasks {
         let mut msg = t.outcome.message.replace('\n', " ");
         if msg.chars().count() > 160 {
             msg = msg.chars().take(157).collect::<String>() + "…";
         }
-        println!(
+        say!(
             "{:<name_w$}  {:<10}  {:>8.2}  {:>10}  {:>9}  {}",
             t.name,
             t.outcome.status.name(),

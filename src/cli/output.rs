@@ -71,9 +71,11 @@ pub fn write(
             .map_err(|e| Error::io(format!("cannot write {}", path.display()), e)),
         None => {
             let mut out = std::io::stdout().lock();
-            out.write_all(&buf)
-                .and_then(|_| out.flush())
-                .map_err(|e| Error::io("cannot write to standard output", e))
+            match out.write_all(&buf).and_then(|_| out.flush()) {
+                // The reader stopped early (`| head`): what it read is what it wanted.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                other => other.map_err(|e| Error::io("cannot write to standard output", e)),
+            }
         }
     }
 }

@@ -33,6 +33,57 @@ pub fn apply_computed(
     Ok(df)
 }
 
+/// Explains a failed evaluation of `entity`'s computed columns over `declared` (its declared
+/// columns): the first computed column whose evaluation fails on its own becomes a
+/// configuration error at its line in `pipeline` (exit 2), with the engine's message, which
+/// names the offending value. Any other failure (out of memory, I/O) comes back unchanged.
+pub async fn computed_failure(
+    ctx: &SessionContext,
+    pipeline: &std::path::Path,
+    declared: DataFrame,
+    entity: &Entity,
+    error: crate::error::Error,
+) -> crate::error::Error {
+    let crate::error::Error::Engine(cause) = &error else {
+        return error;
+    };
+    if cause.to_string().contains("Resources exhausted") {
+        return error;
+    }
+    let mut df = declared;
+    for c in &entity.computed {
+        let Ok(next) = ctx
+            .parse_sql_expr(&c.expr, df.schema())
+            .and_then(|expr| df.clone().with_column(&c.name, expr))
+        else {
+            return error;
+        };
+        let probe = next
+            .clone()
+            .select(vec![datafusion::prelude::ident(&c.name)])
+            .map(|p| p.collect());
+        let failed = match probe {
+            Ok(run) => run.await.err(),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failed {
+            return crate::error::Error::config(
+                pipeline,
+                c.line,
+                format!(
+                    "computed column `{}` = \"{}\" of entity `{}` fails on the exported data: {}. Fix the expression (for example with try_cast, or a CASE that leaves such values out) or the export",
+                    c.name,
+                    c.expr,
+                    entity.name,
+                    e.strip_backtrace()
+                ),
+            );
+        }
+        df = next;
+    }
+    error
+}
+
 /// Plans every computed expression of `entity` against its declared columns; returns
 /// `(line, message)` for each one that does not plan.
 pub fn check_computed(entity: &Entity) -> Vec<(usize, String)> {

@@ -267,16 +267,36 @@ fn read_in_chunks(
         return Err(input(
             file,
             format!(
-                "line 1: declared column{} {} missing from the header (header has: {})",
-                if missing.len() == 1 { " is" } else { "s are" },
+                "line 1: declared column{} {} {} missing from the header (header has: {})",
+                if missing.len() == 1 { "" } else { "s" },
                 missing
                     .iter()
                     .map(|m| format!("`{m}`"))
                     .collect::<Vec<_>>()
                     .join(", "),
+                if missing.len() == 1 { "is" } else { "are" },
                 header.join(", ")
             ),
         ));
+    }
+    // A declared column named twice: which field holds its values is a guess.
+    for n in &wanted {
+        let fields: Vec<String> = header
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h == n)
+            .map(|(i, _)| (i + 1).to_string())
+            .collect();
+        if fields.len() > 1 {
+            return Err(input(
+                file,
+                format!(
+                    "line 1: declared column `{n}` appears {} times in the header (fields {}); rename or remove the extra one",
+                    fields.len(),
+                    fields.join(" and ")
+                ),
+            ));
+        }
     }
     let indices: Vec<usize> = wanted
         .iter()

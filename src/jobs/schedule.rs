@@ -6,6 +6,7 @@
 //! run after that run ends (a second signal abandons it: the store stays as the last commit
 //! left it, by design). Exit code 0.
 
+use std::io::Write as _;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -117,7 +118,9 @@ pub async fn schedule(pipeline: &Pipeline, store: &Store, quiet: bool) -> Result
             Some(Ok(report)) => {
                 tracing::info!(job = %job.name, run_id = %report.run_id, status = %report.status, "scheduled run ended");
                 if !quiet {
-                    println!(
+                    // A closed standard output must not stop the scheduler.
+                    let _ = writeln!(
+                        std::io::stdout(),
                         "{} run {} · job {} · {}",
                         Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                         report.run_id,

@@ -50,7 +50,15 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             .join(old, JoinType::Inner, &["_ck"], &["_k"], None)?
             .filter(col("_old").not_eq(col("_new")))?
             .select(vec![col("_ck"), lit("update").alias("_cc")])?;
-        let changes = materialize(&ctx, changes).await?;
+        let changes = match materialize(&ctx, changes).await {
+            Ok(changes) => changes,
+            Err(failed) => {
+                let declared: Vec<Expr> = e.columns.iter().map(|c| quoted(&c.name)).collect();
+                let declared = current.clone().select(declared)?;
+                let file = &rc.pipeline.file;
+                return Err(engine::expr::computed_failure(&ctx, file, declared, e, failed).await);
+            }
+        };
         let changed = changes.clone().count().await? as u64;
         if changed == 0 {
             continue;

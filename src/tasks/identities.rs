@@ -331,7 +331,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     // Fast track: the changed accounts' orders in this run (the orders task of the resource
     // types with a lifecycle, as the job's own orders task would emit them).
     let mut exit_code = 0;
-    if lifecycle.fast_track && changed_values > 0 {
+    if lifecycle.fast_track && changed_values + event_count > 0 {
         let mut fast = task.clone();
         fast.name = format!("{}:fast_track", task.name);
         fast.kind = "generate_provisioning_orders".into();

@@ -8,6 +8,7 @@
 //! provisioning thresholds and merges the orders into `provisioning_orders`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write as _;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, RecordBatch, StringArray};
@@ -185,7 +186,12 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         let json_bytes =
             serde_json::to_vec_pretty(&doc).map_err(|e| Error::store(e.to_string()))?;
         if rc.dry_run {
-            println!("{}", String::from_utf8_lossy(&json_bytes));
+            // Printed for the user; a reader that stopped early does not fail the run.
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                String::from_utf8_lossy(&json_bytes)
+            );
             continue;
         }
         let parquet_bytes = parquet_of(&rc.run_id, connector, &these)?;
@@ -356,14 +362,15 @@ fn threshold_reason<'a>(
         && deleted > max
     {
         reasons.push(format!(
-            "{deleted} accounts deleted or disabled (> max_deleted {max})"
+            "{deleted} of {base} linked accounts deleted or disabled ({:.1}%, > max_deleted {max})",
+            pct(deleted)
         ));
     }
     if let Some(max) = t.max_added_percent
         && pct(added) > max
     {
         reasons.push(format!(
-            "{added} accounts added ({:.1}% > max_added_percent {max})",
+            "{added} accounts added for {base} linked ({:.1}% > max_added_percent {max})",
             pct(added)
         ));
     }
@@ -371,7 +378,7 @@ fn threshold_reason<'a>(
         && pct(modified) > max
     {
         reasons.push(format!(
-            "{modified} accounts modified ({:.1}% > max_modified_percent {max})",
+            "{modified} of {base} linked accounts modified ({:.1}% > max_modified_percent {max})",
             pct(modified)
         ));
     }
@@ -591,6 +598,29 @@ async fn orders_of(
         ctx,
         "o_identity_updates",
         or_empty_utf8(ctx, identity, &["account_key", "attribute", "value"])?,
+    )?;
+    // Accounts update_identities holds deactivated (owner suspended, or deleted in its base
+    // filter): their `disable` values win over the role model's desired ones.
+    let deactivated = if catalog.tables.contains_key("identity_states") {
+        Some(
+            ctx.table("identity_states")
+                .await?
+                .filter(
+                    col("resource_type")
+                        .eq(lit(rt.name.as_str()))
+                        .and(col("active").is_false()),
+                )?
+                .select(vec![
+                    cast(col("account_key"), DataType::Utf8).alias("account_key"),
+                ])?,
+        )
+    } else {
+        None
+    };
+    view(
+        ctx,
+        "o_deactivated",
+        or_empty_utf8(ctx, deactivated, &["account_key"])?,
     )?;
     view(
         ctx,

@@ -331,6 +331,79 @@ fn push_rejected(
     }));
 }
 
+impl Prepared {
+    /// Under quarantine, the keys of a complete export's rejected lines of `table` (as
+    /// written). Such a key is still exported, only this version of its row is bad: its stored
+    /// row is held as it is, not deleted, and the run ends `warning` with the line in
+    /// `rejected_rows`.
+    pub fn held_keys(&self, table: &str) -> Vec<String> {
+        if self.mode != SyncMode::Complete {
+            return Vec::new();
+        }
+        let mut keys: Vec<String> = self
+            .rejected
+            .iter()
+            .filter(|r| r.table == table)
+            .filter_map(|r| r.key.clone())
+            .filter(|k| !k.is_empty())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+}
+
+/// The stored rows of `current` whose key (`key`, as text) is one of `held` and not one of
+/// `staged`'s, with `staged`'s columns (those it lacks are NULL): the rows a complete export's
+/// rejected lines hold ([`Prepared::held_keys`]).
+pub fn held_rows(
+    ctx: &SessionContext,
+    current: DataFrame,
+    staged: DataFrame,
+    key: &dyn Fn() -> Expr,
+    held: &[String],
+) -> Result<DataFrame> {
+    let held = ctx.read_batch(RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "_held",
+            DataType::Utf8,
+            false,
+        )])),
+        vec![Arc::new(StringArray::from_iter_values(held))],
+    )?)?;
+    let staged_keys = staged.clone().select(vec![key().alias("_staged")])?;
+    let have = current.schema().clone();
+    let columns: Vec<Expr> = staged
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            let value = if have.has_column_with_unqualified_name(f.name()) {
+                col(format!("\"{}\"", f.name()))
+            } else {
+                lit(datafusion::common::ScalarValue::Null)
+            };
+            cast(value, f.data_type().clone()).alias(f.name())
+        })
+        .collect();
+    Ok(held
+        .join(
+            current.with_column("_held_key", key())?,
+            JoinType::RightSemi,
+            &["_held"],
+            &["_held_key"],
+            None,
+        )?
+        .join(
+            staged_keys,
+            JoinType::LeftAnti,
+            &["_held_key"],
+            &["_staged"],
+            None,
+        )?
+        .select(columns)?)
+}
+
 /// Registers `new_keys__<entity>(_key)`: the entity's keys after this synchronization.
 pub async fn register_new_keys(
     ctx: &SessionContext,
@@ -353,8 +426,20 @@ pub async fn register_new_keys(
         let schema = Arc::new(Schema::new(vec![Field::new("_key", DataType::Utf8, true)]));
         Ok(ctx.read_batch(RecordBatch::new_empty(schema))?)
     };
+    let held = prepared.held_keys(&e.name);
     let keys = match (staged, mode) {
         (None, _) => current.map_or_else(empty, Ok)?,
+        (Some(s), SyncMode::Complete) if !held.is_empty() && current.is_some() => {
+            let key = || cast(col(format!("\"{}\"", e.key)), DataType::Utf8);
+            let stored = ctx.read_table(
+                rc.store
+                    .provider(ctx, catalog, &e.name)
+                    .await?
+                    .expect("invariant: current is some"),
+            )?;
+            let kept = held_rows(ctx, stored, s.clone(), &key, &held)?;
+            s.union(kept)?.select(vec![key_text()])?
+        }
         (Some(s), SyncMode::Complete | SyncMode::Initial) => s.select(vec![key_text()])?,
         (Some(s), SyncMode::Incremental) => {
             let deleted = s

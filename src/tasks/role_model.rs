@@ -211,16 +211,12 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     for rt in &rts {
         let res = assigned_resources(rc, &ctx, &catalog, rt, dirty.as_ref()).await?;
         let res = materialize(&ctx, res).await?;
-        scalars.push(desired_scalars(rc, &ctx, rt, res.clone()).await?);
+        let (desired, spread) = desired_scalars(rc, &ctx, rt, res.clone(), &mut warnings).await?;
+        scalars.push(desired);
         links.push(desired_links(rc, &ctx, &catalog, rt, res.clone()).await?);
-        resources.push(res.select(vec![
-            lit(rt.name.as_str()).alias("resource_type"),
-            col("owner_key"),
-            col("account_key"),
-            col("state"),
-        ])?);
+        resources.push(with_scalar_columns(rc, rt, res, spread)?);
     }
-    let resources = or_empty(&ctx, union_all(resources)?, resources_schema())?;
+    let resources = or_empty(&ctx, union_all(resources)?, resources_schema(rc))?;
     let scalars = or_empty(&ctx, union_all(scalars)?, scalars_schema())?;
     let links = or_empty(&ctx, union_all(links)?, links_schema())?;
     let d = dirty.as_ref();
@@ -430,8 +426,80 @@ fn correlations_schema() -> Arc<Schema> {
         Field::new("conflict", DataType::Boolean, true),
     ]))
 }
-fn resources_schema() -> Arc<Schema> {
-    utf8(&["resource_type", "owner_key", "account_key", "state"])
+/// The columns of `assigned_resources`: the resource type, the owner, the correlated account,
+/// the state, then one column per scalar name of the pipeline's resource types (in
+/// configuration order, each name once) holding the desired value as text of the target
+/// column's type, NULL for a resource type without that scalar.
+const RESOURCE_COLUMNS: [&str; 4] = ["resource_type", "owner_key", "account_key", "state"];
+
+fn scalar_columns<'a>(rc: &RunContext<'a>) -> Vec<&'a str> {
+    let mut names: Vec<&str> = Vec::new();
+    for rt in &rc.pipeline.model.resource_types {
+        for (name, _) in &rt.scalars {
+            if !RESOURCE_COLUMNS.contains(&name.as_str()) && !names.contains(&name.as_str()) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+fn resources_schema(rc: &RunContext<'_>) -> Arc<Schema> {
+    let mut names = RESOURCE_COLUMNS.to_vec();
+    names.extend(scalar_columns(rc));
+    utf8(&names)
+}
+
+/// The column of a scalar's value in the spread frame of [`desired_scalars`] (apart from the
+/// names of `assigned_resources`' own columns, which a scalar may take too).
+fn spread_name(scalar: &str) -> String {
+    format!("_spread_{scalar}")
+}
+
+/// One resource type's `assigned_resources` rows: `res` with the desired scalar values
+/// (`spread`: `_spread_owner`, then one column per scalar of the resource type) in the
+/// pipeline's scalar columns.
+fn with_scalar_columns(
+    rc: &RunContext<'_>,
+    rt: &ResourceType,
+    res: DataFrame,
+    spread: Option<DataFrame>,
+) -> Result<DataFrame> {
+    let fixed = vec![
+        lit(rt.name.as_str()).alias("resource_type"),
+        col("owner_key"),
+        col("account_key"),
+        col("state"),
+    ];
+    let names = scalar_columns(rc);
+    let mine: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| rt.scalars.iter().any(|(name, _)| name == *n))
+        .collect();
+    let null = || cast(lit(datafusion::common::ScalarValue::Null), DataType::Utf8);
+    let Some(spread) = spread.filter(|_| !mine.is_empty()) else {
+        let mut columns = fixed;
+        columns.extend(names.iter().map(|n| null().alias(*n)));
+        return Ok(res.select(columns)?);
+    };
+    let mut columns = fixed;
+    columns.extend(names.iter().map(|n| {
+        if mine.contains(n) {
+            ident(spread_name(n)).alias(*n)
+        } else {
+            null().alias(*n)
+        }
+    }));
+    Ok(res
+        .join(
+            spread,
+            JoinType::Left,
+            &["owner_key"],
+            &["_spread_owner"],
+            None,
+        )?
+        .select(columns)?)
 }
 fn scalars_schema() -> Arc<Schema> {
     utf8(&["resource_type", "owner_key", "attribute", "value"])
@@ -1294,15 +1362,18 @@ pub fn target_type(rc: &RunContext<'_>, rt: &ResourceType, column: &str) -> Data
         .unwrap_or(DataType::Utf8)
 }
 
-/// Desired scalar values of assigned owners, cast to the target column type, as text.
+/// Desired scalar values of assigned owners, cast to the target column type, as text: one row
+/// per (owner, attribute), and one row per owner with a column per attribute (`_spread_owner`
+/// first) for `assigned_resources`.
 async fn desired_scalars(
     rc: &RunContext<'_>,
     ctx: &SessionContext,
     rt: &ResourceType,
     assigned: DataFrame,
-) -> Result<DataFrame> {
+    warnings: &mut Vec<String>,
+) -> Result<(DataFrame, Option<DataFrame>)> {
     if rt.scalars.is_empty() {
-        return empty(ctx, scalars_schema());
+        return Ok((empty(ctx, scalars_schema())?, None));
     }
     let owner = ctx
         .table(rt.owner.as_str())
@@ -1316,16 +1387,73 @@ async fn desired_scalars(
             None,
         )?;
     let mut frames = Vec::new();
+    let mut spread = vec![col("_owner_key").alias("_spread_owner")];
     for (column, expr) in &rt.scalars {
         let value = ctx.parse_sql_expr(&expr.text, owner.schema())?;
-        frames.push(owner.clone().select(vec![
+        let ty = target_type(rc, rt, column);
+        spread.push(
+            cast(try_cast(value.clone(), ty.clone()), DataType::Utf8).alias(spread_name(column)),
+        );
+        let typed = try_cast(value.clone(), ty.clone());
+        let mut desired = owner.clone();
+        if ty != DataType::Utf8 {
+            // A value that does not cast to the target column's type is left out (the
+            // account's value is kept) and reported, rather than desired as NULL: an order
+            // must not clear an attribute because an expression met an unexpected value.
+            let failed = value.clone().is_not_null().and(typed.clone().is_null());
+            let found = owner
+                .clone()
+                .filter(failed.clone())?
+                .aggregate(
+                    vec![],
+                    vec![
+                        datafusion::functions_aggregate::count::count(lit(1)).alias("n"),
+                        datafusion::functions_aggregate::min_max::min(concat(vec![
+                            col("_owner_key"),
+                            lit(": '"),
+                            cast(value.clone(), DataType::Utf8),
+                            lit("'"),
+                        ]))
+                        .alias("example"),
+                    ],
+                )?
+                .collect()
+                .await?;
+            let n = found.first().map_or(0, |b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                    .map_or(0, |a| a.value(0))
+            });
+            if n > 0 {
+                let example = found[0]
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::StringArray>()
+                    .map(|a| a.value(0).to_string())
+                    .unwrap_or_default();
+                warnings.push(format!(
+                    "{}: {n} desired value(s) of `{column}` are not a valid {} (e.g. owner {example}); left out, the accounts keep their value",
+                    rt.name,
+                    rc.pipeline
+                        .entity(&rt.target)
+                        .and_then(|e| e.columns.iter().find(|c| &c.name == column))
+                        .map_or("value", |c| c.ty.name())
+                ));
+            }
+            desired = desired.filter(failed.not())?;
+        }
+        frames.push(desired.select(vec![
             lit(rt.name.as_str()).alias("resource_type"),
             col("_owner_key").alias("owner_key"),
             lit(column.as_str()).alias("attribute"),
-            cast(try_cast(value, target_type(rc, rt, column)), DataType::Utf8).alias("value"),
+            cast(typed, DataType::Utf8).alias("value"),
         ])?);
     }
-    Ok(union_all(frames)?.expect("at least one scalar"))
+    Ok((
+        union_all(frames)?.expect("at least one scalar"),
+        Some(owner.select(spread)?),
+    ))
 }
 
 /// Desired link values of assigned owners: by role, by rule, unconditional, and pre-existing.

@@ -52,6 +52,9 @@ struct TablePlan {
     new_history: Option<Rows>,
     /// (`key`, `change`) rows for `recently_modified`; `None` when nothing changed.
     modified: Option<DataFrame>,
+    /// Why the table is written although no row changed: it did not exist yet (an empty
+    /// export's first synchronization), or its columns are not the configured ones any more.
+    reshaped: Option<&'static str>,
 }
 
 impl TablePlan {
@@ -66,8 +69,8 @@ impl TablePlan {
         }
         if mode == SyncMode::Complete && self.staged_rows == Some(0) && self.base_rows > 0 {
             return Some(format!(
-                "{}: the export is empty but the table has {} rows",
-                self.name, self.base_rows
+                "{}: the export is empty but the table has {} rows (all {} rows, 100.0%, would be deleted)",
+                self.name, self.base_rows, self.base_rows
             ));
         }
         let t = &self.thresholds;
@@ -110,8 +113,10 @@ impl TablePlan {
                 && n > m
             {
                 return Some(format!(
-                    "{}: {n} of {} rows would be {what}, above max_{what} = {m}",
-                    self.name, self.base_rows
+                    "{}: {n} of {} rows ({:.1}%) would be {what}, above max_{what} = {m}",
+                    self.name,
+                    self.base_rows,
+                    pct(n)
                 ));
             }
         }
@@ -166,7 +171,8 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         let staged = prepared
             .entity(&e.name)
             .expect("invariant: prepared every entity");
-        plans.push(plan_entity(&ctx, rc, &catalog, e, staged, mode, valid_from).await?);
+        let held = prepared.held_keys(&e.name);
+        plans.push(plan_entity(&ctx, rc, &catalog, e, staged, &held, mode, valid_from).await?);
     }
     // Keys after this synchronization, for links of any connector that reference these entities.
     for e in &rc.pipeline.entities {
@@ -239,9 +245,11 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         return Err(Error::Blocked(message));
     }
 
+    // Tables written although no row changed (created empty, or with new columns).
+    let reshaped = plans.iter().any(|p| p.reshaped.is_some());
     let status = if !warnings.is_empty() || rejected > 0 {
         TaskStatus::Warning
-    } else if changes == 0 {
+    } else if changes == 0 && !reshaped {
         TaskStatus::NoChanges
     } else {
         TaskStatus::Succeeded
@@ -254,8 +262,11 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         message: summary,
         exit_code: 0,
     };
-    let unblock = catalog.blocked.contains_key(connector) && mode != SyncMode::Incremental;
-    if rc.dry_run || (changes == 0 && rejected == 0 && !unblock) {
+    // A complete run that passes its thresholds, or any forced run (an incremental one gets
+    // here while blocked only when forced), clears the block.
+    let unblock =
+        catalog.blocked.contains_key(connector) && (mode != SyncMode::Incremental || force);
+    if rc.dry_run || (changes == 0 && rejected == 0 && !unblock && !reshaped) {
         if rc.dry_run {
             outcome.message = format!("dry run, nothing committed: {}", outcome.message);
             for p in &plans {
@@ -373,13 +384,81 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     Ok(outcome)
 }
 
+const TABLE_CREATED: &str = "table created";
+const COLUMNS_CHANGED: &str = "columns changed";
+
+/// The stored table `name` with the `configured` columns: each stored column cast to its
+/// configured type (a value that does not cast is NULL), a column it lacks NULL.
+async fn stored_as(ctx: &SessionContext, name: &str, configured: &SchemaRef) -> Result<DataFrame> {
+    let stored = ctx.table(name).await?;
+    let have = stored.schema().clone();
+    let columns: Vec<Expr> = configured
+        .fields()
+        .iter()
+        .map(|f| {
+            let value = if have.has_column_with_unqualified_name(f.name()) {
+                try_cast(quoted(f.name()), f.data_type().clone())
+            } else {
+                cast(lit(ScalarValue::Null), f.data_type().clone())
+            };
+            value.alias(f.name())
+        })
+        .collect();
+    Ok(stored.select(columns)?)
+}
+
+/// Why an unchanged table must be written anyway: it (or its history) does not exist yet, or
+/// its stored columns are not `configured` (names in order and types; a column added to or
+/// removed from `pipeline.toml`, or a changed type). `None` when it is as configured.
+async fn reshaped(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    name: &str,
+    configured: &Schema,
+) -> Result<Option<&'static str>> {
+    if !catalog.tables.contains_key(name)
+        || !catalog.tables.contains_key(&format!("{name}__history"))
+    {
+        return Ok(Some(TABLE_CREATED));
+    }
+    let stored = ctx.table(name).await?;
+    let stored = stored.schema().as_arrow();
+    let same = stored.fields().len() == configured.fields().len()
+        && stored
+            .fields()
+            .iter()
+            .zip(configured.fields())
+            .all(|(s, c)| s.name() == c.name() && same_type(s.data_type(), c.data_type()));
+    Ok((!same).then_some(COLUMNS_CHANGED))
+}
+
+/// Whether a stored column's type is the configured one, whatever the string or dictionary
+/// representation the scan chose.
+fn same_type(stored: &DataType, configured: &DataType) -> bool {
+    fn plain(t: &DataType) -> DataType {
+        match t {
+            DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+            DataType::Dictionary(_, v) => plain(v),
+            DataType::Timestamp(unit, tz) => {
+                DataType::Timestamp(*unit, tz.as_ref().map(|_| "UTC".into()))
+            }
+            other => other.clone(),
+        }
+    }
+    plain(stored) == plain(configured)
+}
+
 fn summarize(plans: &[TablePlan], rejected: u64, warnings: &[String]) -> String {
     let mut parts: Vec<String> = plans
         .iter()
         .map(|p| {
             format!(
-                "{}: {} inserted, {} updated, {} deleted",
-                p.name, p.inserted, p.updated, p.deleted
+                "{}: {} inserted, {} updated, {} deleted{}",
+                p.name,
+                p.inserted,
+                p.updated,
+                p.deleted,
+                p.reshaped.map(|r| format!(" ({r})")).unwrap_or_default()
             )
         })
         .collect();
@@ -638,6 +717,7 @@ async fn plan_entity(
     catalog: &Catalog,
     e: &Entity,
     staged_table: &PreparedTable,
+    held: &[String],
     mode: SyncMode,
     valid_from: i64,
 ) -> Result<TablePlan> {
@@ -659,6 +739,13 @@ async fn plan_entity(
     let staged = staged_table.frame(ctx)?;
     let current = committed(ctx, catalog, &e.name, &declared).await?;
     let base_rows = current.clone().count().await? as u64;
+    let staged = if held.is_empty() || base_rows == 0 {
+        staged
+    } else {
+        let kept =
+            prepare_synchronization::held_rows(ctx, current.clone(), staged.clone(), &key, held)?;
+        staged.union(kept)?
+    };
     let incremental = mode == SyncMode::Incremental;
     let sql = if incremental {
         INCREMENTAL_SQL
@@ -699,14 +786,28 @@ async fn plan_entity(
         new_state: None,
         new_history: None,
         modified: None,
+        reshaped: None,
     };
+    // With no row changed, a table whose columns changed in pipeline.toml keeps its rows'
+    // values, cast to the configured types (a new column is NULL): computed values follow a
+    // changed expression when update_entity_property_expressions runs, which records the
+    // change in the history as it does for any other expression change.
+    let mut kept_as_stored = None;
     if changes.total() == 0 {
-        return Ok(plan);
+        let configured = apply_computed(ctx, staged.clone().select(decl_cols.clone())?, e)?;
+        let configured = Arc::new(configured.schema().as_arrow().clone());
+        plan.reshaped = reshaped(ctx, catalog, &e.name, &configured).await?;
+        match plan.reshaped {
+            None => return Ok(plan),
+            Some(COLUMNS_CHANGED) => kept_as_stored = Some(configured),
+            Some(_) => {}
+        }
+    } else {
+        plan.modified = Some(
+            rows.clone()
+                .select(vec![col("_ck").alias("key"), col("_cc").alias("change")])?,
+        );
     }
-    plan.modified = Some(
-        rows.clone()
-            .select(vec![col("_ck").alias("key"), col("_cc").alias("change")])?,
-    );
 
     let new_declared = if incremental {
         let ch = rows.clone();
@@ -735,10 +836,21 @@ async fn plan_entity(
     } else {
         staged.clone().select(decl_cols.clone())?
     };
-    let new_state =
-        apply_computed(ctx, new_declared, e)?.sort(vec![quoted(&e.key).sort(true, true)])?;
+    let new_state = match &kept_as_stored {
+        Some(configured) => stored_as(ctx, &e.name, configured).await?,
+        None => apply_computed(ctx, new_declared.clone(), e)?,
+    }
+    .sort(vec![quoted(&e.key).sort(true, true)])?;
     let state_schema = Arc::new(new_state.schema().as_arrow().clone());
-    let state_batches = new_state.clone().collect().await?;
+    let state_batches = match new_state.clone().collect().await {
+        Ok(batches) => batches,
+        Err(failed) => {
+            let file = &rc.pipeline.file;
+            return Err(
+                engine::expr::computed_failure(ctx, file, new_declared, e, failed.into()).await,
+            );
+        }
+    };
     let old_full = committed(ctx, catalog, &e.name, &state_schema).await?;
     let history = next_history(
         ctx,
@@ -930,20 +1042,25 @@ async fn plan_link(
         new_state: None,
         new_history: None,
         modified: None,
+        reshaped: None,
     };
-    if inserted + deleted == 0 {
-        return Ok(plan);
-    }
     let tagged = |df: DataFrame, change: &str, key: Expr| -> Result<DataFrame> {
         Ok(df.select(vec![key, lit(change).alias("_cc")])?)
     };
-    // recently_modified names the `from` key of each changed pair.
-    plan.modified = Some(
-        tagged(added.clone(), "insert", quoted(f).alias("key"))?
-            .union(tagged(removed.clone(), "delete", quoted(f).alias("key"))?)?
-            .select(vec![col("key"), col("_cc").alias("change")])?
-            .distinct()?,
-    );
+    if inserted + deleted == 0 {
+        plan.reshaped = reshaped(ctx, catalog, &l.name, &schema).await?;
+        if plan.reshaped.is_none() {
+            return Ok(plan);
+        }
+    } else {
+        // recently_modified names the `from` key of each changed pair.
+        plan.modified = Some(
+            tagged(added.clone(), "insert", quoted(f).alias("key"))?
+                .union(tagged(removed.clone(), "delete", quoted(f).alias("key"))?)?
+                .select(vec![col("key"), col("_cc").alias("change")])?
+                .distinct()?,
+        );
+    }
     let rows = tagged(added, "insert", key().alias("_ck"))?.union(tagged(
         removed,
         "delete",

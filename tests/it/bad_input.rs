@@ -88,6 +88,24 @@ fn file_level_problems_exit_2_with_file_and_line() {
         out.stderr
     );
 
+    // A declared column named twice in the header.
+    let env = hr_env("");
+    env.write(
+        "exports/hr/persons.csv",
+        "employee_id,name,birth_date,level,note,level\nE00001,One,1980-01-01,1,,2\n",
+    );
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("persons.csv")
+            && out.stderr.contains("line 1")
+            && out
+                .stderr
+                .contains("`level` appears 2 times in the header (fields 4 and 6)"),
+        "{}",
+        out.stderr
+    );
+
     // A missing file.
     let env = hr_env("");
     std::fs::create_dir_all(env.path("exports/hr")).unwrap();
@@ -229,4 +247,95 @@ fn duplicated_link_rows_collapse_to_one_pair() {
     );
     env.run("complete", &[], &[]).expect_code(0);
     assert_eq!(env.scalar("select count(*) from ad_member_of"), "2");
+}
+
+#[test]
+fn under_quarantine_a_rejected_line_holds_its_keys_stored_row() {
+    // A person whose line is bad today is still in the export: the stored row stays.
+    let env = hr_env("csv = { on_bad_row = \"quarantine\" }");
+    env.write(
+        "exports/hr/persons.csv",
+        format!("{HR_HEADER}{GOOD1}E00002,Two,1980-01-02,2,\n{GOOD4}"),
+    );
+    env.run("complete", &[], &[]).expect_code(0);
+    env.write(
+        "exports/hr/persons.csv",
+        format!("{HR_HEADER}{GOOD1}E00002,Deux,1980-01-02,two,\n{GOOD4}"),
+    );
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("0 deleted"), "{}", out.stdout);
+    assert_eq!(
+        env.query("select employee_id, name, level from person order by employee_id"),
+        [
+            ["E00001", "One", "1"],
+            ["E00002", "Two", "2"],
+            ["E00004", "Four", "4"]
+        ]
+    );
+    assert_eq!(
+        env.scalar("select count(*) from person__history where _change = 'delete'"),
+        "0"
+    );
+    assert_eq!(
+        env.scalar("select count(*) from rejected_rows where raw = 'E00002,Deux,1980-01-02,two,'"),
+        "1"
+    );
+    // Once the line is good again, it is an ordinary update.
+    env.write(
+        "exports/hr/persons.csv",
+        format!("{HR_HEADER}{GOOD1}E00002,Deux,1980-01-02,2,\n{GOOD4}"),
+    );
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(0);
+    assert!(
+        out.stdout.contains("1 updated, 0 deleted"),
+        "{}",
+        out.stdout
+    );
+
+    // An account whose line is bad keeps its row and its memberships, which name it.
+    let env = ad_env(
+        "csv = { on_bad_row = \"quarantine\" }",
+        "account_dn,group_dn\nCN=a,CN=g1\nCN=b,CN=g2\n",
+    );
+    let text = std::fs::read_to_string(env.path("pipeline/pipeline.toml")).unwrap();
+    env.write_pipeline(&text.replace(
+        "columns = { dn = \"string\", sam = \"string\" }",
+        "columns = { dn = \"string\", sam = \"string\", uac = \"int\" }\ncsv = { on_bad_row = \"quarantine\" }",
+    ));
+    env.write(
+        "exports/ad/accounts.csv",
+        "dn,sam,uac\nCN=a,a,512\nCN=b,b,512\n",
+    );
+    env.run("complete", &[], &[]).expect_code(0);
+    env.write(
+        "exports/ad/accounts.csv",
+        "dn,sam,uac\nCN=a,a,512\nCN=b,b,51x\n",
+    );
+    env.run("complete", &[], &[]).expect_code(0);
+    assert_eq!(
+        env.query("select dn, uac from ad_account order by dn"),
+        [["CN=a", "512"], ["CN=b", "512"]]
+    );
+    assert_eq!(
+        env.query("select account_dn, group_dn from ad_member_of order by account_dn"),
+        [["CN=a", "CN=g1"], ["CN=b", "CN=g2"]]
+    );
+    assert_eq!(
+        env.query("select table_name, raw from rejected_rows"),
+        [["ad_account", "CN=b,b,51x"]]
+    );
+}
+
+#[test]
+fn an_empty_link_export_creates_the_link_tables() {
+    let env = ad_env("", "account_dn,group_dn\n");
+    env.run("complete", &[], &[]).expect_code(0);
+    assert_eq!(env.scalar("select count(*) from ad_member_of"), "0");
+    assert_eq!(
+        env.scalar("select count(*) from ad_member_of__history"),
+        "0"
+    );
+    assert_eq!(env.scalar("select count(*) from ad_account"), "2");
 }

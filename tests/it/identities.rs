@@ -232,3 +232,50 @@ fn fast_track_emits_the_changed_accounts_orders_in_the_same_run() {
     let run = run_id_of(&out);
     assert!(env.path(&format!("store/_orders/{run}/app.json")).exists());
 }
+
+#[test]
+fn deactivated_accounts_get_the_disable_values_in_a_modified_order() {
+    let env = Env::new();
+    env.write_pipeline(&pipeline_with(true, true).replace(
+        "create_only = [\"login\"]",
+        "create_only = [\"login\"]\ndisable = { uac = \"514\" }",
+    ));
+    env.write("exports/hr/persons.csv", PERSONS);
+    env.write("exports/app/accounts.csv", ACCOUNTS);
+    let out = env.run("j", &[], &[]);
+    out.expect_code(0);
+    // a03 (suspended owner) and a06 (deleted owner, to anonymize) were deactivated: their
+    // orders carry the disable values, a06's beside its anonymized values.
+    let modified = "select account_key, attributes from provisioning_orders \
+                    where change_type = 'Modified' order by account_key";
+    assert_eq!(
+        env.query(modified),
+        [
+            ["a02", r#"{"first":{"old":"Bob","new":"Bobby"}}"#],
+            ["a03", r#"{"uac":{"old":512,"new":514}}"#],
+            [
+                "a06",
+                r#"{"first":{"old":"Frank","new":"ANONYMIZED"},"uac":{"old":512,"new":514}}"#
+            ],
+            ["a11", r#"{"first":{"old":"Xena","new":null}}"#],
+        ]
+    );
+    // Once the target has applied it, a03 stays deactivated: no order.
+    env.write(
+        "exports/app/accounts.csv",
+        ACCOUNTS.replace("a03,P03,512,", "a03,P03,514,"),
+    );
+    let out = env.run("j", &[], &[]);
+    out.expect_code(0);
+    let run = run_id_of(&out);
+    assert_eq!(
+        env.scalar(&format!(
+            "select count(*) from provisioning_orders where last_run_id = '{run}' and account_key = 'a03'"
+        )),
+        "0"
+    );
+    assert_eq!(
+        env.scalar("select cast(active as varchar) from identity_states where account_key = 'a03'"),
+        "false"
+    );
+}

@@ -491,3 +491,97 @@ fn spill_friendly_plans_give_the_same_orders() {
     assert!(normal.len() > 50, "{}", normal.len());
     assert_eq!(ids(Some("sort-merge")), normal);
 }
+
+#[test]
+fn a_desired_value_that_does_not_cast_is_left_out_with_a_warning() {
+    // `enabled` is a bool column: IT's desired 'maybe' is not a bool.
+    let env = Env::new();
+    env.write_pipeline(&app_pipeline("status = 'active'").replace(
+        "enabled = \"true\"",
+        "enabled = \"CASE WHEN dept = 'IT' THEN 'maybe' ELSE 'false' END\"",
+    ));
+    write_company(&env, 4);
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(0);
+    let run = run_id_of(&out);
+    // Sales accounts are disabled as desired; IT accounts keep their value: no order clears it.
+    let orders = emitted_orders(&env.store(), &run);
+    let mut touched: Vec<String> = orders
+        .iter()
+        .map(|o| {
+            assert_eq!(
+                o["attributes"]["enabled"]["new"], false,
+                "only valid values are desired: {o}"
+            );
+            o["resource_key"].as_str().unwrap().to_string()
+        })
+        .collect();
+    touched.sort();
+    assert_eq!(touched, ["user0000", "user0002"], "{orders:?}");
+    let roles = env.query(&format!(
+        "select status, message from task_runs where run_id = '{run}' and task = 'roles'"
+    ));
+    assert_eq!(roles[0][0], "warning", "{roles:?}");
+    assert!(
+        roles[0][1].contains("2 desired value(s) of `enabled` are not a valid bool")
+            && roles[0][1].contains("P0001: 'maybe'"),
+        "{roles:?}"
+    );
+    assert_eq!(
+        env.scalar("select count(*) from assigned_scalars where attribute = 'enabled'"),
+        "2"
+    );
+}
+
+#[test]
+fn assigned_resources_hold_the_desired_scalar_values() {
+    let env = Env::new();
+    env.write_pipeline(&app_pipeline("status = 'active'"));
+    write_company(&env, 2);
+    env.run("complete", &[], &[]).expect_code(0);
+    let (header, rows) = query_with_header(
+        &env.store(),
+        "select * from assigned_resources order by owner_key",
+    );
+    assert_eq!(
+        header,
+        [
+            "resource_type",
+            "owner_key",
+            "account_key",
+            "state",
+            "login",
+            "email",
+            "dept",
+            "enabled",
+            "owner_id"
+        ]
+    );
+    assert_eq!(
+        rows,
+        [
+            [
+                "app_user",
+                "P0000",
+                "user0000",
+                "assigned",
+                "user0000",
+                "u0000@x.com",
+                "Sales",
+                "true",
+                "P0000"
+            ],
+            [
+                "app_user",
+                "P0001",
+                "user0001",
+                "assigned",
+                "user0001",
+                "u0001@x.com",
+                "IT",
+                "true",
+                "P0001"
+            ],
+        ]
+    );
+}

@@ -153,3 +153,52 @@ fn runs_lists_past_runs_and_as_of_reads_old_state() {
     then.expect_code(0);
     assert_eq!(then.stdout, "count(*)\n200\n");
 }
+
+/// Runs igaflow with its standard output closed before it writes (a reader such as `head`
+/// that stopped early); returns the exit code and standard error.
+fn with_closed_stdout(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_igaflow"));
+    cmd.args(args)
+        .env_remove("IGAFLOW_STORE")
+        .env_remove("IGAFLOW_FAILPOINT")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("the igaflow binary runs");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_reader_that_stops_early_is_no_error() {
+    let env = Env::new();
+    env.write_pipeline(&contoso_pipeline_text());
+    let (pipeline, store) = (env.pipeline(), env.store());
+    // The run's report, a dry run's orders and a query's rows go to a closed pipe.
+    for args in [
+        vec![
+            "run",
+            &pipeline,
+            "--job",
+            "complete",
+            "--store",
+            &store,
+            "--dry-run",
+        ],
+        vec!["run", &pipeline, "--job", "complete", "--store", &store],
+        vec!["sql", "--store", &store, "select * from correlation_keys"],
+        vec!["runs", "--store", &store],
+    ] {
+        let (code, stderr) = with_closed_stdout(&args, &[("CONTOSO_DAY", "day1")]);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    assert_eq!(env.scalar("select count(*) from runs"), "1");
+}

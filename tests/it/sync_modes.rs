@@ -219,3 +219,134 @@ fn computed_columns_follow_the_as_of_date() {
     assert!(again.stdout.contains("no_changes"), "{}", again.stdout);
     assert_eq!(env.scalar("select count(*) from person__history"), "3");
 }
+
+/// The task's status in the last run.
+fn last_status(env: &Env, task: &str) -> String {
+    env.scalar(&format!(
+        "select t.status from task_runs t join runs r on t.run_id = r.run_id \
+         where t.task = '{task}' order by r.started_at desc limit 1"
+    ))
+}
+
+#[test]
+fn an_empty_export_creates_its_tables_and_new_columns_reach_unchanged_tables() {
+    // A new system with no rows yet: its tables exist, empty and typed.
+    let env = Env::new();
+    env.write_pipeline(&hr_pipeline(""));
+    env.write("exports/hr/persons.csv", HR_HEADER);
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("(table created)"), "{}", out.stdout);
+    assert_eq!(last_status(&env, "sync_hr"), "succeeded");
+    assert_eq!(env.scalar("select count(*) from person"), "0");
+    assert_eq!(env.scalar("select count(*) from person__history"), "0");
+    assert_eq!(
+        env.scalar("select arrow_typeof(level) from (select level from person union all select 1)"),
+        "Int64"
+    );
+    // Nothing more to do the next time.
+    env.run("complete", &[], &[]).expect_code(0);
+    assert_eq!(last_status(&env, "sync_hr"), "no_changes");
+
+    // Rows, then a column added to the configuration while the rows stay the same: the
+    // table gets the column (NULL) without a change recorded in the history.
+    env.write("exports/hr/persons.csv", persons_csv(1..=3));
+    env.run("complete", &[], &[]).expect_code(0);
+    let text = hr_pipeline("").replace("note = \"string\"", "note = \"string\"\nsite = \"string\"");
+    env.write_pipeline(&text);
+    let body = persons_csv(1..=3)
+        .replacen("note\n", "note,site\n", 1)
+        .replace(",\n", ",,\n");
+    env.write("exports/hr/persons.csv", body);
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("(columns changed)"), "{}", out.stdout);
+    assert_eq!(
+        env.scalar("select count(*) from person where site is null"),
+        "3"
+    );
+    assert_eq!(env.scalar("select count(*) from person__history"), "3");
+    assert_eq!(
+        env.scalar("select count(*) from person__history where site is null"),
+        "3"
+    );
+    env.run("complete", &[], &[]).expect_code(0);
+    assert_eq!(last_status(&env, "sync_hr"), "no_changes");
+
+    // A computed column whose new expression changes its type: the synchronization only
+    // retypes the stored values; the expressions task recomputes them and records the change.
+    let with_expressions = |computed: &str| {
+        format!(
+            "{}\n[[job]]\nname = \"expressions\"\n[[job.task]]\nname = \"expressions\"\ntype = \"update_entity_property_expressions\"\n",
+            text.replace(
+                "[entity.columns]",
+                &format!("computed = {{ n = \"{computed}\" }}\n[entity.columns]")
+            )
+        )
+    };
+    env.write_pipeline(&with_expressions("level * 2"));
+    env.run("complete", &[], &[]).expect_code(0);
+    env.run("expressions", &[], &[]).expect_code(0);
+    assert_eq!(
+        env.scalar("select n from person where employee_id = 'E00001'"),
+        "2"
+    );
+    let versions = env.scalar("select count(*) from person__history");
+    env.write_pipeline(&with_expressions("level * 2.5"));
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("(columns changed)"), "{}", out.stdout);
+    assert_eq!(
+        env.scalar("select cast(n as varchar) from person where employee_id = 'E00001'"),
+        "2.0"
+    );
+    let out = env.run("expressions", &[], &[]);
+    out.expect_code(0);
+    assert_eq!(
+        env.scalar("select cast(n as varchar) from person where employee_id = 'E00001'"),
+        "2.5"
+    );
+    // E00001..E00003 have levels 1..3: each value changed, each change is a new version.
+    let after: u64 = env
+        .scalar("select count(*) from person__history")
+        .parse()
+        .unwrap();
+    assert_eq!(after, versions.parse::<u64>().unwrap() + 3);
+    assert_eq!(
+        env.scalar(
+            "select count(*) from person__history where _change = 'update' and _valid_to is null"
+        ),
+        "3"
+    );
+}
+
+#[test]
+fn a_computed_column_failing_on_the_data_names_its_line_and_the_value() {
+    let env = Env::new();
+    env.write_pipeline(&hr_pipeline(
+        "computed = { initial = \"substr(name, 1, 1)\", n = \"cast(name as int)\" }",
+    ));
+    env.write("exports/hr/persons.csv", persons_csv(1..=3));
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(2);
+    let line = hr_pipeline("")
+        .lines()
+        .position(|l| l.starts_with("key = "))
+        .unwrap()
+        + 2;
+    assert!(
+        out.stderr.contains(&format!("pipeline.toml:{line}:"))
+            && out
+                .stderr
+                .contains("computed column `n` = \"cast(name as int)\"")
+            && out.stderr.contains("Person 1")
+            && out.stderr.contains("try_cast"),
+        "{}",
+        out.stderr
+    );
+    // Nothing was committed.
+    assert!(
+        env.query("select table_name from information_schema.tables where table_name = 'person'")
+            .is_empty()
+    );
+}

@@ -113,7 +113,14 @@ fn count_and_insert_thresholds_and_task_force() {
     env.write("exports/hr/persons.csv", persons_csv(7..=100));
     let out = env.run("complete", &[], &[]);
     out.expect_code(3);
-    assert!(out.stderr.contains("6"), "{}", out.stderr);
+    // Counts, percentage and the override (SPEC section 4), for a count limit too.
+    assert!(
+        out.stderr.contains("6 of 100 rows (6.0%)")
+            && out.stderr.contains("max_deleted = 5")
+            && out.stderr.contains("--force"),
+        "{}",
+        out.stderr
+    );
     // 60 insertions on 100 rows: over max_inserted_percent.
     env.write("exports/hr/persons.csv", persons_csv(1..=160));
     env.run("complete", &[], &[]).expect_code(3);
@@ -125,4 +132,31 @@ fn count_and_insert_thresholds_and_task_force() {
     env.write_pipeline(&text);
     env.run("complete", &[], &[]).expect_code(0);
     assert_eq!(env.scalar("select count(*) from person"), "160");
+}
+
+#[test]
+fn a_forced_incremental_run_clears_the_block_it_hit() {
+    let env = Env::new();
+    env.write_pipeline(&hr_pipeline(
+        "thresholds = { min_rows = 3, max_deleted_percent = 30 }",
+    ));
+    env.write("exports/hr/persons.csv", persons_csv(1..=4));
+    env.run("complete", &[], &[]).expect_code(0);
+    let change = |body: &str| format!("command,employee_id,name,birth_date,level,note\n{body}");
+    env.write(
+        "exports/hr/persons.csv",
+        change("delete,E00001,,,,\ndelete,E00002,,,,\n"),
+    );
+    env.run("incremental", &[], &[]).expect_code(3);
+    env.run("incremental", &["--force"], &[]).expect_code(0);
+    assert_eq!(env.scalar("select count(*) from person"), "2");
+    // The next change set applies: the forced run cleared the block.
+    env.write(
+        "exports/hr/persons.csv",
+        change("insert,E00005,Five,1980-01-05,5,\n"),
+    );
+    let out = env.run("incremental", &[], &[]);
+    out.expect_code(0);
+    assert!(!out.stdout.contains("skipped"), "{}", out.stdout);
+    assert_eq!(env.scalar("select count(*) from person"), "3");
 }
