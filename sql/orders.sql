@@ -9,8 +9,11 @@
 --   o_identity_updates(account_key, attribute, value) values of accounts under anonymization
 --                                                    (update_identities, status 3 or 4); they
 --                                                    win over desired
---   o_deactivated(account_key)                      accounts update_identities holds
---                                                    deactivated; their disable values win
+--   o_deactivated(account_key)                      accounts the lifecycle keeps inactive
+--                                                    (deactivated by update_identities, or
+--                                                    inactive with a suspended owner or
+--                                                    deactivated by hand); their disable
+--                                                    values win
 --   o_current_scalars(account_key, attribute, value) the target's current values, same text form
 --   o_desired_links(owner_key, link, value)
 --   o_link_candidates(owner_key, account_key)       kept pairs whose links may differ

@@ -599,10 +599,12 @@ async fn orders_of(
         "o_identity_updates",
         or_empty_utf8(ctx, identity, &["account_key", "attribute", "value"])?,
     )?;
-    // Accounts update_identities holds deactivated (owner suspended, or deleted in its base
-    // filter): their `disable` values win over the role model's desired ones.
-    let deactivated = if catalog.tables.contains_key("identity_states") {
-        Some(
+    // Accounts the lifecycle keeps inactive: their `disable` values win over the role model's
+    // desired ones, so that a desired `enabled = true` does not re-enable them.
+    let mut deactivated = Vec::new();
+    if catalog.tables.contains_key("identity_states") {
+        // Deactivated by update_identities (owner suspended, or deleted in its base filter).
+        deactivated.push(
             ctx.table("identity_states")
                 .await?
                 .filter(
@@ -613,14 +615,17 @@ async fn orders_of(
                 .select(vec![
                     cast(col("account_key"), DataType::Utf8).alias("account_key"),
                 ])?,
-        )
-    } else {
-        None
-    };
+        );
+    }
+    if let Some(inactive) =
+        kept_inactive(rc, ctx, catalog, rt, &target, &account_key, &linked).await?
+    {
+        deactivated.push(inactive);
+    }
     view(
         ctx,
         "o_deactivated",
-        or_empty_utf8(ctx, deactivated, &["account_key"])?,
+        or_empty_utf8(ctx, union_all(deactivated)?, &["account_key"])?,
     )?;
     view(
         ctx,
@@ -885,6 +890,72 @@ fn order_pieces() -> impl Iterator<Item = &'static str> {
 }
 
 /// `df` collected when `dirty` (cut to the scope, it is small), else as it is.
+/// Linked accounts that are inactive in the target and that SPEC 9 leaves inactive: the
+/// owner is suspended (no reactivation), or somebody deactivated the account by hand
+/// (`deactivated_by`). `None` unless the resource type's lifecycle has the update feature and
+/// an `active` expression.
+async fn kept_inactive(
+    rc: &RunContext<'_>,
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    rt: &ResourceType,
+    target: &DataFrame,
+    account_key: &Expr,
+    linked: &DataFrame,
+) -> Result<Option<DataFrame>> {
+    let (Some(lc), Some(l)) = (&rc.pipeline.model.lifecycle, &rt.lifecycle) else {
+        return Ok(None);
+    };
+    let connector_update = rc
+        .pipeline
+        .connectors
+        .get(&rt.connector)
+        .is_some_and(|c| c.update);
+    if lc.owner != rt.owner
+        || !l.update
+        || !connector_update
+        || !catalog.tables.contains_key(&lc.owner)
+    {
+        return Ok(None);
+    }
+    let Some(active) = &l.active else {
+        return Ok(None);
+    };
+    let active = ctx.parse_sql_expr(&active.text, target.schema())?;
+    let deactivated_by = match &l.deactivated_by {
+        Some(e) => ctx.parse_sql_expr(&e.text, target.schema())?,
+        None => cast(lit(ScalarValue::Null), DataType::Utf8),
+    };
+    let owner_entity = rc.pipeline.entity(&lc.owner).expect("invariant: validated");
+    let owners = ctx.table(lc.owner.as_str()).await?;
+    let state = ctx.parse_sql_expr(&lc.state.text, owners.schema())?;
+    let owners = owners.select(vec![
+        cast(quoted(&owner_entity.key), DataType::Utf8).alias("_kio"),
+        try_cast(state, DataType::Int64).alias("_kis"),
+    ])?;
+    let inactive = target
+        .clone()
+        .select(vec![
+            account_key.clone().alias("_kia"),
+            coalesce_bool(active).alias("_active"),
+            deactivated_by.is_not_null().alias("_by_hand"),
+        ])?
+        .filter(col("_active").not())?
+        .join(
+            linked
+                .clone()
+                .select(vec![col("account_key"), col("owner_key")])?,
+            JoinType::Inner,
+            &["_kia"],
+            &["account_key"],
+            None,
+        )?
+        .join(owners, JoinType::Inner, &["owner_key"], &["_kio"], None)?
+        .filter(col("_kis").eq(lit(3i64)).or(col("_by_hand")))?
+        .select(vec![col("_kia").alias("account_key")])?;
+    Ok(Some(inactive))
+}
+
 async fn scoped(ctx: &SessionContext, dirty: bool, df: DataFrame) -> Result<DataFrame> {
     if dirty {
         super::role_model::materialize(ctx, df).await

@@ -279,3 +279,42 @@ fn deactivated_accounts_get_the_disable_values_in_a_modified_order() {
         "false"
     );
 }
+
+#[test]
+fn accounts_the_lifecycle_keeps_inactive_are_not_re_enabled_by_the_role_model() {
+    // The role model desires every account enabled (uac 512); disabling is uac 514.
+    let env = Env::new();
+    env.write_pipeline(
+        &pipeline(true)
+            .replace(
+                "create_only = [\"login\"]",
+                "create_only = [\"login\"]\ndisable = { uac = \"514\" }",
+            )
+            .replace("login = \"lower(id)\" }", "login = \"lower(id)\", uac = \"512\" }")
+            .replace(
+                "name = \"identities\"\ntype = \"update_identities\"",
+                "name = \"identities\"\ntype = \"update_identities\"\n[[job.task]]\nname = \"orders\"\ntype = \"generate_provisioning_orders\"",
+            ),
+    );
+    env.write("exports/hr/persons.csv", PERSONS);
+    env.write("exports/app/accounts.csv", ACCOUNTS);
+    env.run("j", &[], &[]).expect_code(0);
+    let uac: Vec<Vec<String>> = env.query(
+        "select account_key from provisioning_orders \
+         where change_type = 'Modified' and attributes like '%\"uac\"%' order by account_key",
+    );
+    let touched: Vec<&str> = uac.iter().map(|r| r[0].as_str()).collect();
+    // a03, a06: deactivated (514); a08: reactivated by the engine, so desired 512 applies.
+    // Not a04 (suspended owner, inactive) nor a09 (deactivated by hand): they stay at 514.
+    assert_eq!(touched, ["a03", "a06", "a08"], "{uac:?}");
+    assert_eq!(
+        env.query(
+            "select account_key, attributes from provisioning_orders \
+             where account_key in ('a03', 'a08') order by account_key"
+        ),
+        [
+            ["a03", r#"{"uac":{"old":512,"new":514}}"#],
+            ["a08", r#"{"uac":{"old":514,"new":512}}"#],
+        ]
+    );
+}
