@@ -236,15 +236,18 @@ async fn run_tasks(
                 .any(|t| t.name == r.name && t.continue_on_error)
         })
         .collect();
+    // A blocked task holds back changes a person has to confirm (`--force`): the job exits 3
+    // even when `continue_on_error` let the tasks after it run, so a scheduler never reads a
+    // blocked connector as a success.
+    let blocked = reports
+        .iter()
+        .any(|r| r.outcome.status == TaskStatus::Blocked);
     let exit_code = if failing
         .iter()
         .any(|r| r.outcome.exit_code == exit::INVALID_INPUT)
     {
         exit::INVALID_INPUT
-    } else if failing
-        .iter()
-        .any(|r| r.outcome.status == TaskStatus::Blocked)
-    {
+    } else if blocked {
         exit::BLOCKED
     } else if !failing.is_empty() {
         exit::TASK_FAILED
@@ -256,7 +259,7 @@ async fn run_tasks(
         .any(|r| r.outcome.status == TaskStatus::Failed)
     {
         "failed"
-    } else if !failing.is_empty() {
+    } else if blocked {
         "blocked"
     } else if reports.iter().any(|r| {
         matches!(

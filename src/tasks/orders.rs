@@ -23,7 +23,7 @@ use super::dirty::SemiOn;
 use super::frames::{NewTable, commit_tables, committed, quoted, require, session};
 use super::role_model::{empty, text_batch, union_all, view};
 use super::{RunContext, TaskOutcome, TaskStatus};
-use crate::config::{ColumnType, Managed, ResourceType, Task};
+use crate::config::{ColumnType, LostAction, Managed, ResourceType, Task};
 use crate::error::{Error, Result, exit};
 use crate::store::Catalog;
 
@@ -238,8 +238,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         message.push_str(&format!("; warning: {warning}"));
     }
     if !blocked_messages.is_empty() {
+        let held = orders.iter().filter(|o| o.blocked).count();
         message = format!(
-            "provisioning blocked, no order file written for: {}. If the change is intended, re-run with --force. {message}",
+            "provisioning blocked: {held} order(s) stored as `blocked` and written to no order file ({}). If the change is intended, re-run with --force. Emitted: {message}",
             blocked_messages.join("; ")
         );
         return Ok(TaskOutcome {
@@ -790,7 +791,7 @@ async fn orders_of(
         "o_policy",
         ctx.read_batch(text_batch(&[
             ("on_lost", vec![rt.on_lost.name()]),
-            ("orphans", vec![rt.orphans.name()]),
+            ("orphans", vec![orphan_policy(rc, rt).name()]),
         ])?)?,
     )?;
 
@@ -980,6 +981,26 @@ fn or_empty_utf8(ctx: &SessionContext, df: Option<DataFrame>, names: &[&str]) ->
                     .collect::<Vec<_>>(),
             )),
         ),
+    }
+}
+
+/// The orphan policy this resource type applies. An orphan is an account of the target entity
+/// that no resource type links and no classification rule names, so it is an orphan for every
+/// resource type of that entity: the first of them in file order whose `orphans` is not `keep`
+/// handles it, the later ones keep it — one order per orphan, never a Deleted order from one
+/// resource type and a disable from another.
+fn orphan_policy(rc: &RunContext<'_>, rt: &ResourceType) -> LostAction {
+    let earlier = rc
+        .pipeline
+        .model
+        .resource_types
+        .iter()
+        .take_while(|o| o.name != rt.name)
+        .any(|o| o.target == rt.target && o.orphans != LostAction::Keep);
+    if earlier {
+        LostAction::Keep
+    } else {
+        rt.orphans
     }
 }
 

@@ -60,6 +60,32 @@ fn a_failing_task_skips_its_dependants_unless_continue_on_error() {
 }
 
 #[test]
+fn a_blocked_task_with_continue_on_error_runs_its_dependants_and_still_exits_3() {
+    let env = Env::new();
+    env.write("exports/hr/persons.csv", persons_csv(1..=1000));
+    let sync =
+        "name = \"sync\"\ntype = \"synchronize\"\nconnector = \"hr\"\ncontinue_on_error = true";
+    let after = "name = \"after\"\ntype = \"invoke_command\"\ncommand = [\"true\"]";
+    env.write_pipeline(&job_pipeline("j", &[sync, after]));
+    env.run("j", &[], &[]).expect_code(0);
+
+    // 40% of the persons gone: the synchronization blocks.
+    env.write("exports/hr/persons.csv", persons_csv(1..=600));
+    let out = env.run("j", &[], &[]);
+    out.expect_code(3);
+    let run = run_id_of(&out);
+    let st = statuses(&env, &run);
+    let of = |t: &str| st.iter().find(|r| r[0] == t).unwrap()[1].clone();
+    assert_eq!(of("sync"), "blocked");
+    assert_eq!(of("after"), "succeeded", "continue_on_error lets it run");
+    assert_eq!(
+        env.scalar(&format!("select status from runs where run_id = '{run}'")),
+        "blocked"
+    );
+    assert_eq!(env.scalar("select count(*) from person"), "1000");
+}
+
+#[test]
 fn run_if_changed_follows_the_direct_dependencies() {
     let env = Env::new();
     env.write("exports/hr/persons.csv", persons_csv(1..=3));

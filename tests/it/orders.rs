@@ -78,6 +78,10 @@ fn a_rule_change_disabling_half_the_accounts_is_blocked_until_forced() {
         "{message}"
     );
     assert!(
+        message.contains("500 order(s) stored as `blocked`"),
+        "{message}"
+    );
+    assert!(
         !orders_dir(&env, &run).exists(),
         "a blocked run wrote order files"
     );
@@ -583,5 +587,54 @@ fn assigned_resources_hold_the_desired_scalar_values() {
                 "P0001"
             ],
         ]
+    );
+}
+
+#[test]
+fn an_orphan_of_two_resource_types_gets_one_order_from_the_first() {
+    let env = Env::new();
+    // A second resource type on the same accounts, linking nobody, that would disable orphans.
+    let admin = r#"
+[[resource_type]]
+name = "app_admin"
+owner = "person"
+target = "account"
+rule = "dept = 'nobody'"
+orphans = "disable"
+disable = { enabled = "false" }
+correlation = [ { target = "login", owner = "'adm_' || id" } ]
+
+[[classification]]"#;
+    let text = app_pipeline("status = 'active'")
+        .replace(
+            "on_lost = \"disable\"",
+            "on_lost = \"disable\"\norphans = \"delete\"",
+        )
+        .replacen("\n[[classification]]", admin, 1);
+    env.write_pipeline(&text);
+    write_company(&env, 4);
+    let accounts = std::fs::read_to_string(env.path("exports/app/accounts.csv")).unwrap();
+    env.write(
+        "exports/app/accounts.csv",
+        format!("{accounts}ghost,NOBODY,ghost@x.com,IT,true\n"),
+    );
+    env.run("complete", &[], &[]).expect_code(0);
+    assert_eq!(
+        env.query("select class from classification where account_key = 'ghost'"),
+        [["orphan"]]
+    );
+    // Without the rule, app_admin disabled the account app_user deleted: two orders for one
+    // account, of which the fulfillment could only carry out one.
+    assert_eq!(
+        env.query(
+            "select resource_type, change_type from provisioning_orders \
+             where account_key = 'ghost'"
+        ),
+        [["app_user", "Deleted"]]
+    );
+    // The linked accounts are app_user's, so app_admin has no orders at all.
+    assert_eq!(
+        env.query("select count(*) from provisioning_orders where resource_type = 'app_admin'"),
+        [["0"]]
     );
 }
