@@ -352,6 +352,11 @@ fn read_in_chunks(
     let mut reasons: BTreeMap<usize, String> = BTreeMap::new();
     for part in parsed {
         let part = part.map_err(|e| input(file, format!("cannot read: {e}")))?;
+        // Where the row with the stray quote ends cannot be told, so no row after its quote can
+        // be trusted either: the file fails, under quarantine too.
+        if let Some(message) = part.unclosed {
+            return Err(input(file, message));
+        }
         parts.extend(part.parts);
         let base = starts.len();
         starts.extend(part.starts);
@@ -550,6 +555,8 @@ struct Records {
     starts: Vec<(u64, usize)>,
     /// (index among the run's records, reason) of each unreadable record.
     bad: Vec<(usize, String)>,
+    /// Why the text cannot be split into records: a quoted field that is never closed.
+    unclosed: Option<String>,
 }
 
 /// Below this size a file is parsed on one thread.
@@ -843,7 +850,59 @@ fn parse_records(
         out.parts
             .push(builders.iter_mut().map(|b| b.finish()).collect());
     }
+    // The csv reader ends a quoted field that is never closed at the end of the text, without
+    // an error: the records after the stray quote would become its value.
+    if let Some(&(line, start)) = out.starts.last() {
+        let record = &chunk[start - offset..];
+        if let Some(q) = unclosed_quote(record, layout.delimiter) {
+            let quote_line = line + memchr::memchr_iter(b'\n', &record[..q]).count() as u64;
+            let value = &record[q + 1..];
+            let shown: String = String::from_utf8_lossy(&value[..value.len().min(64)])
+                .chars()
+                .take_while(|c| *c != '\n' && *c != '\r')
+                .take(30)
+                .collect();
+            let row = if quote_line == line {
+                String::new()
+            } else {
+                format!(" (in the row starting on line {line})")
+            };
+            out.unclosed = Some(format!(
+                "line {quote_line}: unterminated quoted field{row}: the quote that opens the value starting `\"{shown}…` is never closed, so the rest of the file would be read as that value; close the quote, or double it (\"\") inside a quoted field"
+            ));
+        }
+    }
     Ok(out)
+}
+
+/// The offset of the opening quote of a quoted field that `record` (a record and what follows
+/// it to the end of the text) never closes. Follows the csv reader's rules: a quote opens a
+/// field only at its start, `""` inside it is a quote, and a quote elsewhere is text.
+fn unclosed_quote(record: &[u8], delimiter: u8) -> Option<usize> {
+    enum At {
+        FieldStart,
+        Unquoted,
+        Quoted(usize),
+        /// A quote inside a quoted field: it closes the field unless another one follows.
+        QuoteInQuoted(usize),
+    }
+    let ends_field = |b: u8| b == delimiter || b == b'\n' || b == b'\r';
+    let mut at = At::FieldStart;
+    for (i, &b) in record.iter().enumerate() {
+        at = match at {
+            At::FieldStart if b == b'"' => At::Quoted(i),
+            At::FieldStart | At::Unquoted | At::QuoteInQuoted(_) if ends_field(b) => At::FieldStart,
+            At::FieldStart | At::Unquoted => At::Unquoted,
+            At::Quoted(q) if b == b'"' => At::QuoteInQuoted(q),
+            At::Quoted(q) => At::Quoted(q),
+            At::QuoteInQuoted(q) if b == b'"' => At::Quoted(q),
+            At::QuoteInQuoted(_) => At::Unquoted,
+        };
+    }
+    match at {
+        At::Quoted(q) => Some(q),
+        _ => None,
+    }
 }
 
 fn input(file: &Path, message: String) -> Error {
@@ -977,6 +1036,19 @@ mod tests {
             record_starts_after(b"a;\"b;c\"\nd;e\n", &[1], b';'),
             Some(vec![8])
         );
+    }
+
+    /// Only a quote that opens a field and is never closed leaves the field open at the end.
+    #[test]
+    fn unclosed_quotes_follow_the_csv_readers_rules() {
+        assert_eq!(unclosed_quote(b"1,\"abc\n2,x\n3,c\n", b','), Some(2));
+        assert_eq!(unclosed_quote(b"1,\"a\nb\"\n", b','), None);
+        assert_eq!(unclosed_quote(b"1,\"a\"\"b\"\n", b','), None);
+        assert_eq!(unclosed_quote(b"1,\"a\"\"\n", b','), Some(2));
+        // Quotes inside an unquoted field, or after a closed one, are text.
+        assert_eq!(unclosed_quote(b"1,a\"b\n", b','), None);
+        assert_eq!(unclosed_quote(b"1,\"a\"b\"c\n", b','), None);
+        assert_eq!(unclosed_quote(b"1;\"a;b\n", b';'), Some(2));
     }
 
     fn all(l: &Loaded) -> RecordBatch {

@@ -339,3 +339,40 @@ fn an_empty_link_export_creates_the_link_tables() {
     );
     assert_eq!(env.scalar("select count(*) from ad_account"), "2");
 }
+
+/// Regression (review B, item 1): a quote that opens a field and is never closed made the csv
+/// reader take the rest of the file as that field's value: the run exited 0 and deleted the
+/// rows after it. It fails the file at the quote's line, under quarantine too (where the row
+/// ends cannot be told); a closed quoted field over two lines still loads.
+#[test]
+fn an_unterminated_quoted_field_fails_the_file() {
+    let multi_line = "E00003,Three,1980-01-03,3,\"two\nlines\"\n";
+    for extra in ["", "csv = { on_bad_row = \"quarantine\" }"] {
+        let env = hr_env(extra);
+        env.write(
+            "exports/hr/persons.csv",
+            format!("{HR_HEADER}{GOOD1}{multi_line}{GOOD4}"),
+        );
+        env.run("complete", &[], &[]).expect_code(0);
+        assert_eq!(
+            env.scalar("select note from person where employee_id = 'E00003'"),
+            "two\nlines"
+        );
+        env.write(
+            "exports/hr/persons.csv",
+            format!("{HR_HEADER}{GOOD1}{multi_line}E00002,Two,1980-01-02,2,\"open note\n{GOOD4}"),
+        );
+        let out = env.run("complete", &[], &[]);
+        out.expect_code(2);
+        assert!(
+            out.stderr.contains("persons.csv")
+                && out.stderr.contains("line 5")
+                && out.stderr.contains("unterminated quoted field")
+                && out.stderr.contains("\"open note"),
+            "{extra}: {}",
+            out.stderr
+        );
+        // Nothing committed: E00004 is still there.
+        assert_eq!(env.scalar("select count(*) from person"), "3", "{extra}");
+    }
+}
