@@ -210,19 +210,25 @@ fn read_in_chunks(
     }
     let out_schema = Arc::new(Schema::new(out_fields));
 
+    // A file without even a header is the usual sign of a truncated export: taken as an empty
+    // export, it would delete every row (a header and no rows is an empty export).
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         if !eof {
             return whole();
         }
-        return Ok(Loaded {
-            file: file.clone(),
-            schema: out_schema,
-            batches: Vec::new(),
-            rejected: Vec::new(),
-            rows_read: 0,
-            read_as,
-            starts: Vec::new(),
-        });
+        let mut declared: Vec<String> =
+            spec.columns.iter().map(|(n, _)| format!("`{n}`")).collect();
+        if let Some(c) = &spec.command_column {
+            declared.push(format!("`{c}`"));
+        }
+        return Err(input(
+            file,
+            format!(
+                "line 1: the file has no header line (it is {}; the declared columns {} are missing): an export with no rows still needs its header",
+                if source.is_empty() { "empty" } else { "blank" },
+                declared.join(", ")
+            ),
+        ));
     }
 
     let mut reader = ::csv::ReaderBuilder::new()
@@ -959,7 +965,8 @@ fn is_iso_date(s: &str) -> bool {
             .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
 }
 
-/// One output row per value of each multi-valued cell; empty parts are dropped.
+/// One output row per value of each multi-valued cell; empty parts are dropped, so an empty
+/// cell (an account in no group) gives no row: it holds no values, which is not a bad row.
 fn split_cells(
     batch: &RecordBatch,
     split: &[(String, String)],
@@ -979,11 +986,8 @@ fn split_cells(
         let mut parts = StringBuilder::new();
         for i in 0..values.len() {
             if values.is_null(i) {
-                take.push(i as u32);
-                parts.append_null();
                 continue;
             }
-            let mut any = false;
             for p in values
                 .value(i)
                 .split(sep.as_str())
@@ -992,11 +996,6 @@ fn split_cells(
             {
                 take.push(i as u32);
                 parts.append_value(p);
-                any = true;
-            }
-            if !any {
-                take.push(i as u32);
-                parts.append_null();
             }
         }
         let indices = datafusion::arrow::array::UInt32Array::from(take);

@@ -376,3 +376,68 @@ fn an_unterminated_quoted_field_fails_the_file() {
         assert_eq!(env.scalar("select count(*) from person"), "3", "{extra}");
     }
 }
+
+/// Regression (review B, item 3): with `separator`, an empty cell (an account in no group) was
+/// a bad row that failed the connector. It holds no values: no pair, like the empty pieces of
+/// `g1;;g2`; a pair the account had before is deleted.
+#[test]
+fn an_empty_multi_valued_cell_gives_no_pair() {
+    let env = ad_env("", "account_dn,group_dn\nCN=a,CN=g1;;CN=g2\nCN=b,CN=g2\n");
+    let text = std::fs::read_to_string(env.path("pipeline/pipeline.toml")).unwrap();
+    env.write_pipeline(&text.replace(
+        "column = \"group_dn\" }",
+        "column = \"group_dn\", separator = \";\" }",
+    ));
+    env.run("complete", &[], &[]).expect_code(0);
+    let pairs = "select account_dn, group_dn from ad_member_of order by account_dn, group_dn";
+    assert_eq!(
+        env.query(pairs),
+        [["CN=a", "CN=g1"], ["CN=a", "CN=g2"], ["CN=b", "CN=g2"]]
+    );
+    env.write(
+        "exports/ad/memberships.csv",
+        "account_dn,group_dn\nCN=a,CN=g1\nCN=b,\n",
+    );
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(0);
+    assert!(!out.stdout.contains("warning"), "{}", out.stdout);
+    assert_eq!(env.query(pairs), [["CN=a", "CN=g1"]]);
+}
+
+/// Regression (review B, item 6): a zero-byte export (a truncated one, most often) was taken as
+/// an empty export: a new table on a fresh store, and with `--force` every row deleted. It has
+/// no header, so it is invalid input; a header-only file stays a valid empty export.
+#[test]
+fn a_file_without_a_header_line_is_invalid_input() {
+    let env = hr_env("");
+    env.write("exports/hr/persons.csv", "");
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("persons.csv")
+            && out.stderr.contains("line 1")
+            && out.stderr.contains("no header line"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        env.query("select table_name from information_schema.tables where table_name = 'person'")
+            .is_empty()
+    );
+
+    env.write("exports/hr/persons.csv", persons_csv(1..=3));
+    env.run("complete", &[], &[]).expect_code(0);
+    for body in ["", "\n"] {
+        env.write("exports/hr/persons.csv", body);
+        let out = env.run("complete", &["--force"], &[]);
+        out.expect_code(2);
+        assert!(out.stderr.contains("no header line"), "{}", out.stderr);
+        assert_eq!(env.scalar("select count(*) from person"), "3");
+    }
+
+    // A header and no rows: an empty export.
+    let env = hr_env("");
+    env.write("exports/hr/persons.csv", HR_HEADER);
+    env.run("complete", &[], &[]).expect_code(0);
+    assert_eq!(env.scalar("select count(*) from person"), "0");
+}
