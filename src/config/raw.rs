@@ -75,11 +75,11 @@ pub struct RawCsv {
 #[serde(deny_unknown_fields)]
 pub struct RawThresholds {
     pub min_rows: Option<u64>,
-    pub max_deleted_percent: Option<f64>,
+    pub max_deleted_percent: Option<S<f64>>,
     pub max_deleted: Option<u64>,
-    pub max_inserted_percent: Option<f64>,
+    pub max_inserted_percent: Option<S<f64>>,
     pub max_inserted: Option<u64>,
-    pub max_updated_percent: Option<f64>,
+    pub max_updated_percent: Option<S<f64>>,
     pub max_updated: Option<u64>,
 }
 
@@ -216,10 +216,10 @@ pub struct RawResourceLink {
 #[serde(deny_unknown_fields)]
 pub struct RawProvisioningThresholds {
     pub min_rows: Option<u64>,
-    pub max_deleted_percent: Option<f64>,
+    pub max_deleted_percent: Option<S<f64>>,
     pub max_deleted: Option<u64>,
-    pub max_added_percent: Option<f64>,
-    pub max_modified_percent: Option<f64>,
+    pub max_added_percent: Option<S<f64>>,
+    pub max_modified_percent: Option<S<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,8 +1,10 @@
 //! Turns the raw file into a [`Pipeline`], collecting every problem with its line.
 //!
-//! Checks: names (unique, usable as table names), references (connectors, entities, columns,
-//! task dependencies), export folders, task types and their parameters, dependency cycles, and
-//! every `computed` expression planned against the columns declared before it.
+//! Checks: names (unique, usable as table names; the pipeline's as a folder name), references
+//! (connectors, entities, columns, task dependencies), export folders and `invoke_sql` files,
+//! task types and their parameters (an `update_identities` task needs `[lifecycle]`), threshold
+//! percentages, dependency cycles, and every `computed` expression planned against the columns
+//! declared before it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -73,6 +75,11 @@ impl Ctx<'_> {
     }
 }
 
+/// A name usable as one folder: no separator, no parent reference, nothing invisible.
+fn is_folder_name(s: &str) -> bool {
+    !s.contains(['/', '\\']) && !s.contains("..") && s != "." && !s.chars().any(char::is_control)
+}
+
 fn is_table_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
@@ -96,6 +103,15 @@ pub(super) fn resolve(
         cx.err(
             &raw.name,
             "`name` is empty: give the pipeline a name, e.g. name = \"contoso\"",
+        );
+    } else if !is_folder_name(&name) {
+        // The default store is `var/<name>`: a path in the name would put it elsewhere.
+        cx.err(
+            &raw.name,
+            format!(
+                "name = \"{}\": the pipeline name is used as a folder name (var/<name>); it may not contain `/`, `\\`, `..` or control characters",
+                name.escape_debug()
+            ),
         );
     }
 
@@ -257,7 +273,11 @@ pub(super) fn resolve(
             });
         }
         let csv = resolve_csv(&mut cx, &r.csv);
-        let thresholds = resolve_thresholds(&r.thresholds);
+        let thresholds = resolve_thresholds(
+            &mut cx,
+            &r.thresholds,
+            &format!("entity `{}`", r.name.get_ref()),
+        );
         entities.push(Entity {
             name: r.name.get_ref().clone(),
             connector: r.connector.get_ref().clone(),
@@ -354,7 +374,11 @@ pub(super) fn resolve(
             from,
             to,
             csv,
-            thresholds: resolve_thresholds(&r.thresholds),
+            thresholds: resolve_thresholds(
+                &mut cx,
+                &r.thresholds,
+                &format!("link `{}`", r.name.get_ref()),
+            ),
             line,
         });
     }
@@ -491,6 +515,21 @@ pub(super) fn resolve(
         },
     );
 
+    // `update_identities` reads the owners' states from `[lifecycle]`.
+    if raw.lifecycle.is_none() {
+        for j in &jobs {
+            for t in j.tasks.iter().filter(|t| t.kind == "update_identities") {
+                cx.err_line(
+                    t.line,
+                    format!(
+                        "job `{}`, task `{}`: `update_identities` needs a [lifecycle] section (owner, state…) in pipeline.toml",
+                        j.name, t.name
+                    ),
+                );
+            }
+        }
+    }
+
     let notify = raw.notify.as_ref().map(|n| {
         let r = n.get_ref();
         for a in r.to.iter().chain(std::iter::once(r.from.get_ref())) {
@@ -593,17 +632,32 @@ fn resolve_csv(cx: &mut Ctx, r: &raw::RawCsv) -> CsvOptions {
     csv
 }
 
-fn resolve_thresholds(r: &raw::RawThresholds) -> Thresholds {
+fn resolve_thresholds(cx: &mut Ctx, r: &raw::RawThresholds, what: &str) -> Thresholds {
     let d = Thresholds::default();
     Thresholds {
         min_rows: r.min_rows.unwrap_or(d.min_rows),
-        max_deleted_percent: r.max_deleted_percent.unwrap_or(d.max_deleted_percent),
+        max_deleted_percent: percent(cx, &r.max_deleted_percent, "max_deleted_percent", what)
+            .unwrap_or(d.max_deleted_percent),
         max_deleted: r.max_deleted,
-        max_inserted_percent: r.max_inserted_percent,
+        max_inserted_percent: percent(cx, &r.max_inserted_percent, "max_inserted_percent", what),
         max_inserted: r.max_inserted,
-        max_updated_percent: r.max_updated_percent,
+        max_updated_percent: percent(cx, &r.max_updated_percent, "max_updated_percent", what),
         max_updated: r.max_updated,
     }
+}
+
+/// A threshold percentage, which must lie between 0 and 100: a negative one would block every
+/// change, one above 100 none. (Counts are unsigned: serde rejects a negative one at its line.)
+fn percent(cx: &mut Ctx, v: &Option<S<f64>>, key: &str, what: &str) -> Option<f64> {
+    let v = v.as_ref()?;
+    let p = *v.get_ref();
+    if !(0.0..=100.0).contains(&p) {
+        cx.err(
+            v,
+            format!("{what}: {key} = {p}: use a percentage between 0 and 100"),
+        );
+    }
+    Some(p)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -731,6 +785,20 @@ fn resolve_task(
                 t,
                 format!("job `{job}`, task `{name}`: `invoke_sql` needs `output = \"path\"`"),
             );
+        }
+        // Caught here, so that a run stops before its first task rather than at this one.
+        if let Some(s) = &r.sql {
+            let path = resolve_path(s.get_ref());
+            if !path.is_file() {
+                cx.err(
+                    s,
+                    format!(
+                        "job `{job}`, task `{name}`: sql file `{}` not found (resolved to {})",
+                        s.get_ref(),
+                        path.display()
+                    ),
+                );
+            }
         }
     }
     if let Some(f) = &r.format

@@ -240,3 +240,144 @@ fn role_model_expressions_are_planned() {
         &["on_lost = \"remove\""],
     );
 }
+
+/// The lifecycle golden case (pipeline and exports) with one replacement, in a temp folder.
+fn lifecycle_case(from: &str, to: &str) -> (Env, String) {
+    let env = Env::new();
+    copy_dir(
+        &repo().join("datasets/cases/lifecycle"),
+        &env.path("pipeline"),
+    );
+    let base = std::fs::read_to_string(env.path("pipeline/pipeline.toml")).unwrap();
+    assert!(base.contains(from), "{from}");
+    let text = base.replacen(from, to, 1);
+    env.write_pipeline(&text);
+    (env, text)
+}
+
+/// `validate` and `run` both exit 2 naming `pipeline.toml:<line of marker>` and `texts`, and
+/// the run commits nothing (its syncs would otherwise succeed first).
+#[track_caller]
+fn refused_before_running(env: &Env, text: &str, marker: &str, texts: &[&str]) {
+    let line = text[..text.find(marker).unwrap()].matches('\n').count() + 1;
+    let loc = format!("pipeline.toml:{line}");
+    for out in [
+        igaflow(&["validate", &env.pipeline()], &[]),
+        env.run("complete", &[], &[]),
+    ] {
+        out.expect_code(2);
+        assert!(
+            out.stderr.contains(&loc),
+            "expected {loc} in {}",
+            out.stderr
+        );
+        for t in texts {
+            assert!(out.stderr.contains(t), "expected `{t}` in {}", out.stderr);
+        }
+    }
+    assert!(
+        !std::path::Path::new(&env.store()).join("person").exists(),
+        "the run committed a synchronization"
+    );
+}
+
+/// Regression (review A, item 5): `update_identities` without `[lifecycle]` passed `validate`;
+/// the run committed its synchronizations, then failed the task with exit 1.
+#[test]
+fn update_identities_needs_a_lifecycle_section() {
+    let task = "[[job.task]]\nname = \"identities\"\ntype = \"update_identities\"\n";
+    let (env, text) = lifecycle_case(
+        "[[job.task]]\nname = \"orders\"",
+        &format!("{task}[[job.task]]\nname = \"orders\""),
+    );
+    refused_before_running(&env, &text, task, &["task `identities`", "[lifecycle]"]);
+}
+
+/// Regression (review B, item 7): an `invoke_sql` task whose SQL file does not exist passed
+/// `validate`; the run committed the tasks before it, then failed.
+#[test]
+fn invoke_sql_needs_its_sql_file() {
+    let task = "[[job.task]]\nname = \"report\"\ntype = \"invoke_sql\"\nsql = \"missing.sql\"\noutput = \"out.csv\"\n";
+    let (env, text) = lifecycle_case(
+        "[[job.task]]\nname = \"orders\"",
+        &format!("{task}[[job.task]]\nname = \"orders\""),
+    );
+    refused_before_running(
+        &env,
+        &text,
+        "sql = \"missing.sql\"",
+        &["task `report`", "missing.sql", "not found"],
+    );
+    // The same task with its file is valid.
+    env.write("pipeline/missing.sql", "select 1 as one");
+    igaflow(&["validate", &env.pipeline()], &[]).expect_code(0);
+}
+
+/// Regression (review B, item 5): a threshold percentage below 0 blocked every change, one
+/// above 100 none; both passed `validate`. Synchronization and provisioning thresholds alike.
+#[test]
+fn threshold_percentages_lie_between_0_and_100() {
+    for (key, value) in [
+        ("max_deleted_percent", "-5"),
+        ("max_deleted_percent", "150"),
+        ("max_inserted_percent", "100.5"),
+        ("max_updated_percent", "-0.1"),
+    ] {
+        let setting = format!("thresholds = {{ {key} = {value}, min_rows = 1 }}\n");
+        expect(
+            key,
+            "[entity.columns]",
+            &format!("{setting}[entity.columns]"),
+            &setting,
+            &format!("{key} = {value}: use a percentage between 0 and 100"),
+        );
+    }
+    for key in [
+        "max_deleted_percent",
+        "max_added_percent",
+        "max_modified_percent",
+    ] {
+        let setting = format!("thresholds = {{ {key} = 101 }}\n");
+        let (env, text) = lifecycle_case(
+            "on_lost = \"disable\"\n",
+            &format!("on_lost = \"disable\"\n{setting}"),
+        );
+        refused_before_running(
+            &env,
+            &text,
+            &setting,
+            &[
+                "resource type `app_user`",
+                &format!("{key} = 101: use a percentage"),
+            ],
+        );
+    }
+    // The bounds themselves are valid, and a negative count is refused at its line.
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("exports/hr")).unwrap();
+    env.write_pipeline(&hr_pipeline(
+        "thresholds = { max_deleted_percent = 0, max_inserted_percent = 100 }",
+    ));
+    igaflow(&["validate", &env.pipeline()], &[]).expect_code(0);
+    expect(
+        "negative count",
+        "[entity.columns]",
+        "thresholds = { max_deleted = -1 }\n[entity.columns]",
+        "thresholds = { max_deleted",
+        "-1",
+    );
+}
+
+/// Regression (review B, item 9): the pipeline name is the default store's folder under
+/// `var/`; `../../escape` put the store outside it.
+#[test]
+fn the_pipeline_name_is_a_plain_folder_name() {
+    for bad in ["../../escape", "a/b", "a\\\\b", "..", ".", ""] {
+        let to = format!("name = \"{bad}\"");
+        expect(bad, "name = \"testhr\"", &to, &to, "name");
+    }
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("exports/hr")).unwrap();
+    env.write_pipeline(&hr_pipeline("").replace("name = \"testhr\"", "name = \"hr-2.0 prod\""));
+    igaflow(&["validate", &env.pipeline()], &[]).expect_code(0);
+}

@@ -9,7 +9,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::DataFrame;
 
 use super::raw::{self, S};
-use super::{Ctx, join_names, resolve_csv};
+use super::{Ctx, join_names, percent, resolve_csv};
 use crate::config::model::*;
 use crate::config::{Entity, Link};
 
@@ -423,10 +423,21 @@ pub(super) fn resolve_model(cx: &mut Ctx, input: ModelInput) -> RoleModel {
             links: rt_links,
             thresholds: ProvisioningThresholds {
                 min_rows: t.min_rows.unwrap_or(d.min_rows),
-                max_deleted_percent: t.max_deleted_percent.unwrap_or(d.max_deleted_percent),
+                max_deleted_percent: percent(
+                    cx,
+                    &t.max_deleted_percent,
+                    "max_deleted_percent",
+                    &what,
+                )
+                .unwrap_or(d.max_deleted_percent),
                 max_deleted: t.max_deleted,
-                max_added_percent: t.max_added_percent,
-                max_modified_percent: t.max_modified_percent,
+                max_added_percent: percent(cx, &t.max_added_percent, "max_added_percent", &what),
+                max_modified_percent: percent(
+                    cx,
+                    &t.max_modified_percent,
+                    "max_modified_percent",
+                    &what,
+                ),
             },
             lifecycle: r.lifecycle.as_ref().map(|l| {
                 let l = l.get_ref();
