@@ -8,7 +8,9 @@
 --   o_desired_scalars(owner_key, attribute, value)   assigned_scalars (text of the target type)
 --   o_identity_updates(account_key, attribute, value) values of accounts under anonymization
 --                                                    (update_identities, status 3 or 4); they
---                                                    win over desired
+--                                                    win over desired; and the changed values
+--                                                    of accounts the role model does not keep
+--                                                    (SPEC 9 update of a lost account)
 --   o_deactivated(account_key)                      accounts the lifecycle keeps inactive
 --                                                    (deactivated by update_identities, or
 --                                                    inactive with a suspended owner or
@@ -177,9 +179,16 @@ part_added_links AS (
     FROM added a JOIN o_desired_links d ON d.owner_key = a.owner_key
 ),
 part_scalars AS (
-    SELECT 'Modified' AS change_type, 'modified' AS kind, owner_key, account_key,
-           'attribute' AS part, attribute AS name, old_value, new_value
-    FROM scalar_diff
+    -- A value the lifecycle's deactivation sets (held_disabled) makes the order a disabling
+    -- one, which the thresholds count as a deletion (SPEC 11.13); the task gives the whole
+    -- order that kind.
+    SELECT 'Modified' AS change_type,
+           CASE WHEN h.account_key IS NULL THEN 'modified' ELSE 'disabled' END AS kind,
+           s.owner_key, s.account_key, 'attribute' AS part, s.attribute AS name, s.old_value,
+           s.new_value
+    FROM scalar_diff s
+    LEFT JOIN (SELECT DISTINCT account_key, attribute FROM held_disabled) h
+      ON h.account_key = s.account_key AND h.attribute = s.attribute
 ),
 part_link_add AS (
     SELECT 'Modified' AS change_type, 'modified' AS kind, owner_key, account_key, 'add' AS part,

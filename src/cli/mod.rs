@@ -189,11 +189,17 @@ fn json_logs() -> bool {
 }
 
 fn init_logging(format: LogFormat, quiet: bool) {
-    let default = if quiet { "error" } else { "warn" };
+    // The Delta kernel warns (with a backtrace) about file statistics it cannot use, which
+    // only makes a scan skip less: not something a user can act on.
+    let default = if quiet {
+        "error"
+    } else {
+        "warn,delta_kernel=error,buoyant_kernel=error"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("IGAFLOW_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if format == LogFormat::Json {
             // igaflow's own events; libraries only when they warn.
-            "warn,igaflow=info"
+            "warn,igaflow=info,delta_kernel=error,buoyant_kernel=error"
         } else {
             default
         })

@@ -4,8 +4,11 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
-use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::common::ScalarValue;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{DataFrame, SessionContext, ident, lit};
 
 use crate::config::Entity;
 
@@ -50,28 +53,24 @@ pub async fn computed_failure(
     if cause.to_string().contains("Resources exhausted") {
         return error;
     }
-    let mut df = declared;
-    for c in &entity.computed {
+    let mut df = declared.clone();
+    for (i, c) in entity.computed.iter().enumerate() {
         let Ok(next) = ctx
             .parse_sql_expr(&c.expr, df.schema())
             .and_then(|expr| df.clone().with_column(&c.name, expr))
         else {
             return error;
         };
-        let probe = next
-            .clone()
-            .select(vec![datafusion::prelude::ident(&c.name)])
-            .map(|p| p.collect());
-        let failed = match probe {
-            Ok(run) => run.await.err(),
-            Err(e) => Some(e),
-        };
-        if let Some(e) = failed {
+        if let Some(e) = fails(&next, &c.name).await {
+            let row = first_failing_row(ctx, &declared, entity, i)
+                .await
+                .map(|row| format!("; first failing row: {row}"))
+                .unwrap_or_default();
             return crate::error::Error::config(
                 pipeline,
                 c.line,
                 format!(
-                    "computed column `{}` = \"{}\" of entity `{}` fails on the exported data: {}. Fix the expression (for example with try_cast, or a CASE that leaves such values out) or the export",
+                    "computed column `{}` = \"{}\" of entity `{}` fails on the exported data: {}{row}. Fix the expression (for example with try_cast, or a CASE that leaves such values out) or the export",
                     c.name,
                     c.expr,
                     entity.name,
@@ -82,6 +81,132 @@ pub async fn computed_failure(
         df = next;
     }
     error
+}
+
+/// Evaluates column `name` of `df`; the engine's error if that fails.
+async fn fails(df: &DataFrame, name: &str) -> Option<DataFusionError> {
+    match df.clone().select(vec![ident(name)]) {
+        Ok(probe) => probe.collect().await.err(),
+        Err(e) => Some(e),
+    }
+}
+
+/// `declared` with the entity's computed columns up to and including number `upto`.
+fn computed_upto(
+    ctx: &SessionContext,
+    mut df: DataFrame,
+    entity: &Entity,
+    upto: usize,
+) -> datafusion::error::Result<DataFrame> {
+    for c in &entity.computed[..=upto] {
+        let expr = ctx.parse_sql_expr(&c.expr, df.schema())?;
+        df = df.with_column(&c.name, expr)?;
+    }
+    Ok(df)
+}
+
+/// The first row, in key order, on which computed column number `upto` fails: its key and the
+/// values its expression reads (`key `P3` (salary = 0, days = 0)`), so that a failure the
+/// engine reports without a value (a division by zero) still names one. Found by halving the
+/// key range — about log2(rows) small queries, on the error path only. `None` when the rows do
+/// not fail one by one (or a probe fails to plan).
+async fn first_failing_row(
+    ctx: &SessionContext,
+    declared: &DataFrame,
+    entity: &Entity,
+    upto: usize,
+) -> Option<String> {
+    let name = &entity.computed[upto].name;
+    let key = ident(&entity.key);
+    let sorted = declared
+        .clone()
+        .filter(key.clone().is_not_null())
+        .and_then(|df| df.select(vec![key.clone()]))
+        .and_then(|df| df.sort(vec![key.clone().sort(true, false)]))
+        .ok()?
+        .collect()
+        .await
+        .ok()?;
+    let schema = sorted.first()?.schema();
+    let keys = concat_batches(&schema, &sorted).ok()?;
+    let keys = keys.column(0);
+    let at = |i: usize| ScalarValue::try_from_array(keys, i).ok();
+    let range_fails = |lo: usize, hi: usize| {
+        let (lo, hi) = (at(lo), at(hi));
+        let key = key.clone();
+        async move {
+            let range = key.clone().gt_eq(lit(lo?)).and(key.lt_eq(lit(hi?)));
+            let probe = declared
+                .clone()
+                .filter(range)
+                .and_then(|df| computed_upto(ctx, df, entity, upto))
+                .ok()?;
+            Some(fails(&probe, name).await.is_some())
+        }
+    };
+    let (mut lo, mut hi) = (0, keys.len().checked_sub(1)?);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if range_fails(lo, mid).await? {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    if !range_fails(lo, lo).await? {
+        return None;
+    }
+    let found = at(lo)?;
+    // The columns the expression reads, as the row has them (earlier computed ones included).
+    let before = match upto {
+        0 => declared.clone(),
+        _ => computed_upto(ctx, declared.clone(), entity, upto - 1).ok()?,
+    };
+    let expr = ctx
+        .parse_sql_expr(&entity.computed[upto].expr, before.schema())
+        .ok()?;
+    let mut read: Vec<String> = expr
+        .column_refs()
+        .into_iter()
+        .map(|c| c.name.clone())
+        .collect();
+    read.sort_by_key(|n| before.schema().index_of_column_by_name(None, n));
+    read.dedup();
+    let row = before
+        .filter(key.eq(lit(found.clone())))
+        .and_then(|df| df.select(read.iter().map(ident).collect::<Vec<_>>()))
+        .ok()?
+        .limit(0, Some(1))
+        .ok()?
+        .collect()
+        .await
+        .ok()?;
+    let values: Vec<String> = match row.iter().find(|b| b.num_rows() > 0) {
+        Some(b) => read
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let v = ScalarValue::try_from_array(b.column(i), 0)
+                    .map(|v| match v {
+                        _ if v.is_null() => "NULL".to_string(),
+                        ScalarValue::Utf8(_)
+                        | ScalarValue::Utf8View(_)
+                        | ScalarValue::LargeUtf8(_) => {
+                            format!("'{v}'")
+                        }
+                        _ => v.to_string(),
+                    })
+                    .unwrap_or_default();
+                format!("{n} = {v}")
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Some(format!(
+        "key `{found}` of entity `{}` ({})",
+        entity.name,
+        values.join(", ")
+    ))
 }
 
 /// Plans every computed expression of `entity` against its declared columns; returns

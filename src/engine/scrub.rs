@@ -1,5 +1,6 @@
 //! `scrub(text, needles, replacements)`: replaces every occurrence of each needle in `text`,
-//! ignoring case, by the replacement at the same position (history anonymization, SPEC
+//! ignoring case, by the replacement at the same position (needles under six characters only
+//! as whole words) (history anonymization, SPEC
 //! section 9). NULL needles leave the text as it is; longer needles win over shorter ones that
 //! overlap them (an email before the first name it contains). A NULL replacement blanks the
 //! occurrence, and a text that is nothing but such a needle becomes NULL (an email column
@@ -26,37 +27,76 @@ pub fn scrub_udf() -> ScalarUDF {
     })
 }
 
+/// Needles of at least this many characters are replaced inside words too (a login made of an
+/// initial and the last name, `khartmann`); shorter ones only as whole words, so that a last
+/// name `Ales` leaves `Sales` and a first name `Ted` leaves `terminated` alone.
+const INSIDE_WORDS_FROM: usize = 6;
+
 /// Replaces each needle (ASCII case ignored, plus the needle's Unicode lower and upper case
-/// forms) by its replacement. Needles shorter than two characters are ignored.
+/// forms) by its replacement. Needles shorter than two characters are ignored; needles shorter
+/// than [`INSIDE_WORDS_FROM`] characters match only where no letter or digit touches them.
 pub fn replace_needles(text: &str, needles: &[(String, String)]) -> String {
     match automaton(needles) {
-        Some((ac, repl)) => ac.replace_all(text, &repl),
+        Some(a) => a.replace(text),
         None => text.to_string(),
     }
 }
 
 /// Whether `bytes` holds any of the needles (same matching as [`replace_needles`]).
 pub fn contains_needle(bytes: &[u8], needles: &[(String, String)]) -> bool {
-    automaton(needles).is_some_and(|(ac, _)| ac.is_match(bytes))
+    let text = String::from_utf8_lossy(bytes);
+    automaton(needles).is_some_and(|a| a.ac.find_iter(text.as_ref()).any(|m| a.accepts(&text, &m)))
 }
 
 /// (needle, replacement) pairs.
 type Needles = Vec<(String, String)>;
 
-/// The matcher and the replacement of each of its patterns.
-type Automaton = (AhoCorasick, Vec<String>);
+/// The matcher, and the replacement of each of its patterns and whether it matches inside words.
+struct Automaton {
+    ac: AhoCorasick,
+    repl: Vec<String>,
+    inside_words: Vec<bool>,
+}
+
+impl Automaton {
+    /// A match counts when its needle may match inside words, or when no letter or digit
+    /// touches it on either side.
+    fn accepts(&self, text: &str, m: &aho_corasick::Match) -> bool {
+        let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+        self.inside_words[m.pattern().as_usize()]
+            || (!word(text[..m.start()].chars().next_back())
+                && !word(text[m.end()..].chars().next()))
+    }
+
+    fn replace(&self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        for m in self.ac.find_iter(text) {
+            if self.accepts(text, &m) {
+                out.push_str(&text[last..m.start()]);
+                out.push_str(&self.repl[m.pattern().as_usize()]);
+                last = m.end();
+            }
+        }
+        out.push_str(&text[last..]);
+        out
+    }
+}
 
 fn automaton(needles: &[(String, String)]) -> Option<Automaton> {
     let mut pats = Vec::new();
     let mut repl = Vec::new();
+    let mut inside_words = Vec::new();
     for (n, r) in needles {
-        if n.chars().count() < 2 {
+        let chars = n.chars().count();
+        if chars < 2 {
             continue;
         }
         for form in [n.clone(), n.to_lowercase(), n.to_uppercase()] {
             if !pats.contains(&form) {
                 pats.push(form);
                 repl.push(r.clone());
+                inside_words.push(chars >= INSIDE_WORDS_FROM);
             }
         }
     }
@@ -68,7 +108,11 @@ fn automaton(needles: &[(String, String)]) -> Option<Automaton> {
         .match_kind(MatchKind::LeftmostLongest)
         .build(&pats)
         .ok()?;
-    Some((ac, repl))
+    Some(Automaton {
+        ac,
+        repl,
+        inside_words,
+    })
 }
 
 impl ScalarUDFImpl for Scrub {
@@ -137,7 +181,7 @@ impl ScalarUDFImpl for Scrub {
                 cache = Some((pairs, ac));
             }
             match &cache.as_ref().expect("set above").1 {
-                Some((ac, repl)) => out.append_value(ac.replace_all(t, repl)),
+                Some(a) => out.append_value(a.replace(t)),
                 None => out.append_value(t),
             }
         }
@@ -168,5 +212,26 @@ mod tests {
             "X X"
         );
         assert_eq!(replace_needles("a b", &[("a".into(), "X".into())]), "a b");
+    }
+
+    #[test]
+    fn short_needles_match_whole_words_only() {
+        let n = vec![
+            ("Ted".to_string(), "ANONYMIZED".to_string()),
+            ("Ales".to_string(), "ANONYMIZED".to_string()),
+        ];
+        // Inside other words they stay; as words (between punctuation, at the ends) they go.
+        assert_eq!(
+            replace_needles("terminated;Sales;G_Sales;talesx", &n),
+            "terminated;Sales;G_Sales;talesx"
+        );
+        assert_eq!(
+            replace_needles("Ted Ales;ted.ales@x.com;CN=Ales\\, Ted", &n),
+            "ANONYMIZED ANONYMIZED;ANONYMIZED.ANONYMIZED@x.com;CN=ANONYMIZED\\, ANONYMIZED"
+        );
+        // A letter outside ASCII is a letter too.
+        assert_eq!(replace_needles("Tedé éTed", &n), "Tedé éTed");
+        assert!(!super::contains_needle(b"terminated, Sales", &n));
+        assert!(super::contains_needle(b"\"Ted\"", &n));
     }
 }

@@ -210,25 +210,21 @@ fn read_in_chunks(
     }
     let out_schema = Arc::new(Schema::new(out_fields));
 
-    // A file without even a header is the usual sign of a truncated export: taken as an empty
-    // export, it would delete every row (a header and no rows is an empty export).
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         if !eof {
             return whole();
         }
-        let mut declared: Vec<String> =
-            spec.columns.iter().map(|(n, _)| format!("`{n}`")).collect();
-        if let Some(c) = &spec.command_column {
-            declared.push(format!("`{c}`"));
-        }
-        return Err(input(
-            file,
-            format!(
-                "line 1: the file has no header line (it is {}; the declared columns {} are missing): an export with no rows still needs its header",
-                if source.is_empty() { "empty" } else { "blank" },
-                declared.join(", ")
-            ),
-        ));
+        // No rows (not even a header): an empty export, which blocks against a non-empty
+        // table (SPEC 4: "An empty file for a non-empty table always blocks").
+        return Ok(Loaded {
+            file: file.clone(),
+            schema: out_schema,
+            batches: Vec::new(),
+            rejected: Vec::new(),
+            rows_read: 0,
+            read_as,
+            starts: Vec::new(),
+        });
     }
 
     let mut reader = ::csv::ReaderBuilder::new()

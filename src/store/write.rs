@@ -174,6 +174,7 @@ impl Store {
             .options_mut()
             .optimizer
             .enable_round_robin_repartition = false;
+        let schema_before = latest.snapshot().ok().map(|s| s.schema());
         let mut builder = latest
             .write(Vec::new())
             .with_input_plan(plan)
@@ -184,6 +185,14 @@ impl Store {
             builder = builder.with_schema_mode(SchemaMode::Overwrite);
         }
         let table = builder.await?;
+        // A new schema (a column retyped in pipeline.toml): a checkpoint at this version, so
+        // that loading the table does not replay the older files' statistics against the new
+        // types (the Delta kernel warns about each of them on every later read).
+        if schema_before
+            .is_some_and(|before| Some(before) != table.snapshot().ok().map(|s| s.schema()))
+        {
+            deltalake::checkpoints::create_checkpoint(&table, None).await?;
+        }
         table
             .version()
             .ok_or_else(|| Error::store(format!("table {name}: Delta write returned no version")))

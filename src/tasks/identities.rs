@@ -331,6 +331,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     // Fast track: the changed accounts' orders in this run (the orders task of the resource
     // types with a lifecycle, as the job's own orders task would emit them).
     let mut exit_code = 0;
+    let mut fast_blocked = false;
     if lifecycle.fast_track && changed_values + event_count > 0 {
         let mut fast = task.clone();
         fast.name = format!("{}:fast_track", task.name);
@@ -345,6 +346,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         );
         let orders = super::orders::run(rc, &fast).await?;
         exit_code = orders.exit_code;
+        // Fast-track orders above a provisioning threshold block this task as they would
+        // block the orders task (the job exits 3).
+        fast_blocked = orders.status == TaskStatus::Blocked;
         message.push_str(&format!("; fast track: {}", orders.message));
     }
     let mut scrubbed = 0;
@@ -360,7 +364,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         message.push_str(&report.message());
     }
     Ok(TaskOutcome {
-        status: if written == 0 && scrubbed == 0 && !rc.dry_run {
+        status: if fast_blocked {
+            TaskStatus::Blocked
+        } else if written == 0 && scrubbed == 0 && !rc.dry_run {
             TaskStatus::NoChanges
         } else {
             TaskStatus::Succeeded

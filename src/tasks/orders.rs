@@ -450,11 +450,25 @@ async fn orders_of(
             .clone()
             .filter(col("entity").eq(lit(rt.owner.as_str())))?
             .select(vec![col("key").alias("k")])?;
-        let d_accounts = sc
+        let mut d_accounts = sc
             .accounts
             .clone()
             .filter(col("entity").eq(lit(rt.target.as_str())))?
             .select(vec![col("key").alias("k")])?;
+        // Accounts update_identities acted on in this run (deactivated, reactivated, their
+        // anonymization started) get their orders now, as a complete run would give them.
+        if catalog.tables.contains_key("identity_states") {
+            d_accounts = d_accounts.union(
+                ctx.table("identity_states")
+                    .await?
+                    .filter(
+                        col("resource_type")
+                            .eq(rt_name.clone())
+                            .and(col("run_id").eq(lit(rc.run_id.as_str()))),
+                    )?
+                    .select(vec![cast(col("account_key"), DataType::Utf8).alias("k")])?,
+            )?;
+        }
         let owners_of_accounts = linked
             .clone()
             .semi_on("account_key", d_accounts.clone())?
@@ -563,7 +577,9 @@ async fn orders_of(
     )?;
     // Values update_identities computed for accounts under anonymization (status 3 or 4):
     // they win over the role model's, which knows only the owner's real data until the
-    // owner is scrubbed (status 5).
+    // owner is scrubbed (status 5). And the changed values of accounts the role model does
+    // not keep (a deleted owner's account under `update_when_owner_disabled`, SPEC 9 case 3):
+    // nothing else carries their update to the target.
     let identity =
         if catalog.tables.contains_key("identity_updates")
             && catalog.tables.contains_key("identity_states")
@@ -575,30 +591,58 @@ async fn orders_of(
                         col("anonymization_status").in_list(vec![lit(3i64), lit(4i64)], false),
                     ))?
                     .select(vec![col("account_key").alias("_ik")])?;
-            Some(
-                ctx.table("identity_updates")
-                    .await?
-                    .filter(col("resource_type").eq(lit(rt.name.as_str())))?
-                    .join(
-                        started,
-                        JoinType::LeftSemi,
-                        &["account_key"],
-                        &["_ik"],
-                        None,
-                    )?
-                    .select(vec![
-                        col("account_key"),
-                        col("attribute"),
-                        col("serialized_value").alias("value"),
-                    ])?,
-            )
+            let updates = ctx
+                .table("identity_updates")
+                .await?
+                .filter(col("resource_type").eq(lit(rt.name.as_str())))?;
+            let values = || {
+                vec![
+                    col("account_key"),
+                    col("attribute"),
+                    col("serialized_value").alias("value"),
+                ]
+            };
+            let anonymizing = updates
+                .clone()
+                .join(
+                    started.clone(),
+                    JoinType::LeftSemi,
+                    &["account_key"],
+                    &["_ik"],
+                    None,
+                )?
+                .select(values())?;
+            // The changed values first (few), then the accounts kept and those under
+            // anonymization left out.
+            let kept = ctx
+                .table("o_assigned")
+                .await?
+                .filter(col("account_key").is_not_null())?
+                .select(vec![cast(col("account_key"), DataType::Utf8).alias("_kk")])?;
+            let not_kept = updates
+                .filter(col("has_changed").is_true())?
+                .join(
+                    started,
+                    JoinType::LeftAnti,
+                    &["account_key"],
+                    &["_ik"],
+                    None,
+                )?
+                .join(kept, JoinType::LeftAnti, &["account_key"], &["_kk"], None)?
+                .select(values())?;
+            Some(anonymizing.union(not_kept)?)
         } else {
             None
         };
+    // Collected once (it is small): every piece of the orders query reads it.
     view(
         ctx,
         "o_identity_updates",
-        or_empty_utf8(ctx, identity, &["account_key", "attribute", "value"])?,
+        super::role_model::materialize(
+            ctx,
+            or_empty_utf8(ctx, identity, &["account_key", "attribute", "value"])?,
+        )
+        .await?,
     )?;
     // Accounts the lifecycle keeps inactive: their `disable` values win over the role model's
     // desired ones, so that a desired `enabled = true` does not re-enable them.
@@ -1021,8 +1065,7 @@ fn assemble(rc: &RunContext<'_>, rt: &ResourceType, parts: &[RecordBatch]) -> Ve
         .any(|(c, _)| *c == target.key)
         .then_some(target.key.as_str());
     let mut orders: Vec<Order> = Vec::new();
-    let mut index: HashMap<(String, String, Option<String>, Option<String>), usize> =
-        HashMap::new();
+    let mut index: HashMap<(String, Option<String>, Option<String>), usize> = HashMap::new();
     for b in parts {
         let get = |name: &str| -> &StringArray {
             b.column_by_name(name)
@@ -1041,33 +1084,34 @@ fn assemble(rc: &RunContext<'_>, rt: &ResourceType, parts: &[RecordBatch]) -> Ve
             get("new_value"),
         );
         for i in 0..b.num_rows() {
-            let id = (
-                change.value(i).to_string(),
-                kind.value(i).to_string(),
-                opt(owner, i),
-                opt(account, i),
-            );
+            // One order per change type, owner and account: a Modified order with a part of
+            // kind `disabled` (a deactivation's value) is a disabling order as a whole.
+            let id = (change.value(i).to_string(), opt(owner, i), opt(account, i));
+            let part_kind = kind.value(i);
             let at = *index.entry(id.clone()).or_insert_with(|| {
                 orders.push(Order {
                     order_id: String::new(),
                     change_type: id.0.clone(),
                     resource_type: rt.name.clone(),
                     entity: rt.target.clone(),
-                    owner: id.2.clone().map(|key| OwnerRef {
+                    owner: id.1.clone().map(|key| OwnerRef {
                         entity: rt.owner.clone(),
                         key,
                     }),
-                    resource_key: id.3.clone(),
+                    resource_key: id.2.clone(),
                     attributes: BTreeMap::new(),
                     links: BTreeMap::new(),
                     connector: rt.connector.clone(),
-                    kind: id.1.clone(),
-                    account_key: id.3.clone(),
+                    kind: part_kind.to_string(),
+                    account_key: id.2.clone(),
                     blocked: false,
                 });
                 orders.len() - 1
             });
             let order = &mut orders[at];
+            if part_kind == "disabled" {
+                order.kind = part_kind.to_string();
+            }
             match part.value(i) {
                 "attribute" => {
                     let attr = name.value(i);

@@ -634,3 +634,48 @@ fn after_a_scrub_of_the_correlation_keys_every_account_is_correlated_again() {
         assert_eq!(dirty.get(name), plain.get(name), "`{name}` differs");
     }
 }
+
+#[test]
+fn dirty_orders_include_the_accounts_update_identities_acted_on_in_the_run() {
+    // The demo's incremental job against the same tasks without `dirty`, from one store left
+    // by day 1 and day 2: update_identities starts anonymizations (status 3) and deactivates
+    // accounts whose owners the change set did not touch; their orders belong to this run.
+    let env = Env::new();
+    let mut text = contoso_pipeline_text();
+    let incremental = &text[text.find("name = \"incremental\"").unwrap()..];
+    let incremental = &incremental[..incremental[1..]
+        .find("[[job]]")
+        .map_or(incremental.len(), |i| i + 1)];
+    let plain = incremental
+        .replace("name = \"incremental\"", "name = \"incremental_plain\"")
+        .replace("dirty = true", "dirty = false");
+    text.push_str(&format!("\n[[job]]\n{plain}"));
+    env.write_pipeline(&text);
+    for day in ["day1", "day2"] {
+        env.run("complete", &[], &[("CONTOSO_DAY", day)])
+            .expect_code(0);
+    }
+    let copy = env.path("plain");
+    copy_dir(&env.path("store"), &copy);
+    let copy_s = copy.to_string_lossy().into_owned();
+    env.run("incremental", &[], &[("CONTOSO_DAY", "incremental")])
+        .expect_code(0);
+    igaflow(
+        &[
+            "run",
+            &env.pipeline(),
+            "--job",
+            "incremental_plain",
+            "--store",
+            &copy_s,
+        ],
+        &[("CONTOSO_DAY", "incremental")],
+    )
+    .expect_code(0);
+    // Order ids are content hashes: the same pending orders have the same ids in both stores.
+    let pending = "select order_id, change_type, account_key from provisioning_orders \
+                   where state = 'pending' order by order_id";
+    let (dirty, plain) = (query(&env.store(), pending), query(&copy_s, pending));
+    assert!(!plain.is_empty());
+    assert_eq!(dirty, plain);
+}

@@ -318,3 +318,81 @@ fn accounts_the_lifecycle_keeps_inactive_are_not_re_enabled_by_the_role_model() 
         ]
     );
 }
+
+/// `pipeline_with` plus an orders task, a `disable` value and the given extra lines in the
+/// resource type.
+fn with_orders(fast_track: bool, extra: &str) -> String {
+    pipeline_with(true, fast_track)
+        .replace(
+            "create_only = [\"login\"]",
+            &format!("create_only = [\"login\"]\ndisable = {{ uac = \"514\" }}\n{extra}"),
+        )
+        .replace(
+            "name = \"identities\"\ntype = \"update_identities\"",
+            "name = \"identities\"\ntype = \"update_identities\"\n[[job.task]]\nname = \"orders\"\ntype = \"generate_provisioning_orders\"",
+        )
+}
+
+#[test]
+fn deactivations_count_as_deletions_for_the_provisioning_thresholds() {
+    // 10 linked accounts; update_identities deactivates a03 and a06: 20% disabled, above 10%.
+    for fast_track in [false, true] {
+        let env = Env::new();
+        env.write_pipeline(&with_orders(
+            fast_track,
+            "thresholds = { max_deleted_percent = 10, min_rows = 1 }",
+        ));
+        env.write("exports/hr/persons.csv", PERSONS);
+        env.write("exports/app/accounts.csv", ACCOUNTS);
+        let out = env.run("j", &[], &[]);
+        out.expect_code(3);
+        assert_eq!(
+            env.query(
+                "select account_key, state from provisioning_orders \
+                 where attributes like '%\"uac\":{\"old\":512,\"new\":514}%' order by account_key"
+            ),
+            [["a03", "blocked"], ["a06", "blocked"]],
+            "fast_track = {fast_track}"
+        );
+        let run = run_id_of(&out);
+        assert!(
+            !env.path(&format!("store/_orders/{run}/app.json")).exists(),
+            "fast_track = {fast_track}: blocked orders were written to the order file"
+        );
+        // Released by --force.
+        env.run("j", &["--force"], &[]).expect_code(0);
+        assert_eq!(
+            env.scalar("select count(*) from provisioning_orders where state = 'blocked'"),
+            "0"
+        );
+    }
+}
+
+#[test]
+fn a_deleted_owners_account_under_update_when_owner_disabled_gets_its_updated_values() {
+    // Only active persons are assigned: P05 (deleted, not to anonymize) loses the resource
+    // type and its account is disabled; with update_when_owner_disabled its first name
+    // (Eve → Eva) is updated too, in the same order.
+    let env = Env::new();
+    env.write_pipeline(
+        &with_orders(false, "rule = \"status = 'active'\"\non_lost = \"disable\"").replace(
+            "lifecycle = { update = true,",
+            "lifecycle = { update = true, update_when_owner_disabled = true,",
+        ),
+    );
+    env.write(
+        "exports/hr/persons.csv",
+        PERSONS.replace("P05,deleted,0,Eve", "P05,deleted,0,Eva"),
+    );
+    env.write("exports/app/accounts.csv", ACCOUNTS);
+    env.run("j", &[], &[]).expect_code(0);
+    assert_eq!(
+        env.query(
+            "select change_type, attributes from provisioning_orders where account_key = 'a05'"
+        ),
+        [[
+            "Modified",
+            r#"{"first":{"old":"Eve","new":"Eva"},"uac":{"old":512,"new":514}}"#
+        ]]
+    );
+}

@@ -321,6 +321,55 @@ fn an_empty_export_creates_its_tables_and_new_columns_reach_unchanged_tables() {
 }
 
 #[test]
+fn a_retyped_computed_column_leaves_no_stale_statistics_warnings() {
+    let env = Env::new();
+    env.write_pipeline(&hr_pipeline("computed = { senior = \"level > 2\" }"));
+    env.write("exports/hr/persons.csv", persons_csv(1..=5));
+    env.run("complete", &[], &[]).expect_code(0);
+    // bool → int: the table and its history are written again with the new type.
+    env.write_pipeline(&hr_pipeline(
+        "computed = { senior = \"CASE WHEN level > 2 THEN 10 ELSE 20 END\" }",
+    ));
+    env.run("complete", &[], &[]).expect_code(0);
+    // Every library warning shown (IGAFLOW_LOG), with backtraces: the Delta kernel must not
+    // meet the old files' boolean statistics under the new integer type.
+    for table in ["person", "person__history"] {
+        let out = igaflow(
+            &[
+                "sql",
+                "--store",
+                &env.store(),
+                &format!("select count(*) from {table}"),
+            ],
+            &[("IGAFLOW_LOG", "warn"), ("RUST_BACKTRACE", "1")],
+        );
+        out.expect_code(0);
+        assert!(!out.stderr.contains("stats"), "{table}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn a_division_by_zero_in_a_computed_column_names_the_first_failing_row() {
+    let env = Env::new();
+    env.write_pipeline(&hr_pipeline(
+        "computed = { shifted = \"level - 2\", ratio = \"100 / shifted\" }",
+    ));
+    // level = i % 5: E00002, E00007, … divide by zero; the engine's message names no value.
+    env.write("exports/hr/persons.csv", persons_csv(1..=40));
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("computed column `ratio`")
+            && out
+                .stderr
+                .contains("first failing row: key `E00002` of entity `person`")
+            && out.stderr.contains("(shifted = 0)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn a_computed_column_failing_on_the_data_names_its_line_and_the_value() {
     let env = Env::new();
     env.write_pipeline(&hr_pipeline(

@@ -89,12 +89,15 @@ fn empty_file_blocks_even_below_min_rows() {
     env.write_pipeline(&hr_pipeline(""));
     env.write("exports/hr/persons.csv", persons_csv(1..=20));
     env.run("complete", &[], &[]).expect_code(0);
-    env.write("exports/hr/persons.csv", HR_HEADER);
-    let before = snapshot(&env.store(), &TABLES, false);
-    let out = env.run("complete", &[], &[]);
-    out.expect_code(3);
-    assert!(out.stderr.contains("empty"), "{}", out.stderr);
-    assert_eq!(snapshot(&env.store(), &TABLES, false), before);
+    // A header and no rows, or no bytes at all (a truncated export): an empty file.
+    for body in [HR_HEADER, ""] {
+        env.write("exports/hr/persons.csv", body);
+        let before = snapshot(&env.store(), &TABLES, false);
+        let out = env.run("complete", &[], &[]);
+        out.expect_code(3);
+        assert!(out.stderr.contains("empty"), "{}", out.stderr);
+        assert_eq!(snapshot(&env.store(), &TABLES, false), before);
+    }
     // Below min_rows, a large share of deletions is accepted.
     env.write("exports/hr/persons.csv", persons_csv(1..=5));
     env.run("complete", &[], &[]).expect_code(0);
