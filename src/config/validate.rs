@@ -152,22 +152,26 @@ pub(super) fn resolve(
             );
         }
         let exports = match expand_env(c.get_ref().exports.get_ref()) {
-            Ok(v) => resolve_path(&v),
+            Ok(v) => {
+                let exports = resolve_path(&v);
+                if !exports.is_dir() {
+                    cx.err(
+                        &c.get_ref().exports,
+                        format!(
+                            "connector `{cname}`: export folder `{}` does not exist (resolved to {}); create it or fix `exports`",
+                            c.get_ref().exports.get_ref(),
+                            exports.display()
+                        ),
+                    );
+                }
+                exports
+            }
             Err(m) => {
                 cx.err(&c.get_ref().exports, format!("connector `{cname}`: {m}"));
-                continue;
+                // Still declared: what names it is not reported unknown as well.
+                resolve_path(c.get_ref().exports.get_ref())
             }
         };
-        if !exports.is_dir() {
-            cx.err(
-                &c.get_ref().exports,
-                format!(
-                    "connector `{cname}`: export folder `{}` does not exist (resolved to {}); create it or fix `exports`",
-                    c.get_ref().exports.get_ref(),
-                    exports.display()
-                ),
-            );
-        }
         connectors.insert(
             cname.clone(),
             Connector {
@@ -429,6 +433,7 @@ pub(super) fn resolve(
         }
         let mut tasks = Vec::new();
         let mut task_names: HashSet<String> = HashSet::new();
+        let mut duplicate_names = false;
         let mut prev: Option<String> = None;
         for t in &r.task {
             let task = resolve_task(
@@ -441,6 +446,7 @@ pub(super) fn resolve(
                 &resolve_path,
             );
             if !task_names.insert(task.name.clone()) {
+                duplicate_names = true;
                 cx.err(
                     &t.get_ref().name,
                     format!(
@@ -474,7 +480,9 @@ pub(super) fn resolve(
                 }
             }
         }
-        if let Some(cycle) = find_cycle(&tasks) {
+        // With a task name used twice the graph is not well defined (a task seems to depend on
+        // itself): that error alone is reported.
+        if let Some(cycle) = find_cycle(&tasks).filter(|_| !duplicate_names) {
             let line = tasks
                 .iter()
                 .find(|t| t.name == cycle[0])

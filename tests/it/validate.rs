@@ -381,3 +381,21 @@ fn the_pipeline_name_is_a_plain_folder_name() {
     env.write_pipeline(&hr_pipeline("").replace("name = \"testhr\"", "name = \"hr-2.0 prod\""));
     igaflow(&["validate", &env.pipeline()], &[]).expect_code(0);
 }
+
+#[test]
+fn one_mistake_gives_one_error_not_follow_on_ones() {
+    // An unset variable in `exports`: the connector is still declared.
+    let (_, err) = invalid(
+        "exports = \"../exports/hr\"",
+        "exports = \"${IGAFLOW_TEST_SURELY_UNSET}\"",
+    );
+    assert!(err.contains("IGAFLOW_TEST_SURELY_UNSET"), "{err}");
+    assert!(!err.contains("unknown connector"), "{err}");
+    // A task name used twice: no made-up dependency cycle.
+    let (_, err) = invalid(
+        "[[job]]\nname = \"incremental\"",
+        "[[job.task]]\nname = \"sync_hr\"\ntype = \"synchronize\"\nconnector = \"hr\"\n\n[[job]]\nname = \"incremental\"",
+    );
+    assert!(err.contains("used twice"), "{err}");
+    assert!(!err.contains("cycle"), "{err}");
+}
