@@ -4,6 +4,7 @@ mod as_of;
 mod compact;
 pub mod expr;
 mod hits;
+mod opaque;
 mod row_values;
 mod scrub;
 mod sorted;
@@ -18,6 +19,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 
 pub use hits::true_positions_udf;
+pub use opaque::opaque_udf;
 pub use row_values::row_values_udf;
 pub use scrub::{contains_needle, replace_needles, scrub_udf};
 pub use sorted::{collect_in_order, decoded_schema, sorted_distinct, splice};

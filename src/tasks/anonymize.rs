@@ -334,6 +334,9 @@ pub async fn scrub_pending(
                 cast(repl, DataType::Utf8).alias("repl"),
             ])?);
         }
+        if let Some(derived) = derived_values(&ctx, df, &schema, entity, lifecycle)? {
+            values.push(derived);
+        }
     }
     let Some(values) = union_all(values)? else {
         return Ok(Some(report));
@@ -785,6 +788,76 @@ impl Scrub<'_> {
         }
         Ok(rewritten)
     }
+}
+
+/// The values of the computed columns made from personal ones (a login `rales` from Renée
+/// Ales: under six characters, the name alone matches only whole words), each with the value
+/// the column takes on the anonymized row — `(_owner, needle, repl)` — or `None` when no
+/// computed column reads a personal one. `df` holds the owner rows of a table with the
+/// entity's columns (`schema`).
+fn derived_values(
+    ctx: &SessionContext,
+    df: DataFrame,
+    schema: &datafusion::common::DFSchema,
+    entity: &Entity,
+    lifecycle: &Lifecycle,
+) -> Result<Option<DataFrame>> {
+    // Personal: the anonymize columns, then every computed column reading a personal one.
+    let mut personal: Vec<String> = lifecycle.anonymize.iter().map(|(c, _)| c.clone()).collect();
+    let mut derived = Vec::new();
+    for c in &entity.computed {
+        if !schema.has_column_with_unqualified_name(&c.name) {
+            return Ok(None);
+        }
+        let reads = ctx
+            .parse_sql_expr(&c.expr, schema)?
+            .column_refs()
+            .iter()
+            .any(|r| personal.contains(&r.name));
+        if reads {
+            personal.push(c.name.clone());
+            derived.push(c.name.clone());
+        }
+    }
+    if derived.is_empty() {
+        return Ok(None);
+    }
+    // The stored values kept aside, then the row anonymized and its computed columns computed
+    // again, in their order (each may read the ones before).
+    let mut anon = df;
+    for c in &derived {
+        anon = anon.with_column(&format!("_was_{c}"), quoted(c))?;
+    }
+    let replacements: Vec<(String, Expr)> = lifecycle
+        .anonymize
+        .iter()
+        .filter(|(c, _)| schema.has_column_with_unqualified_name(c))
+        .map(|(c, e)| Ok((c.clone(), ctx.parse_sql_expr(&e.text, schema)?)))
+        .collect::<Result<_>>()?;
+    for (c, e) in replacements {
+        anon = anon.with_column(
+            &c,
+            cast(
+                e,
+                schema.field_with_unqualified_name(&c)?.data_type().clone(),
+            ),
+        )?;
+    }
+    for c in &entity.computed {
+        let e = ctx.parse_sql_expr(&c.expr, anon.schema())?;
+        anon = anon.with_column(&c.name, e)?;
+    }
+    let parts = derived
+        .iter()
+        .map(|c| {
+            Ok(anon.clone().select(vec![
+                col("_owner"),
+                cast(quoted(&format!("_was_{c}")), DataType::Utf8).alias("needle"),
+                cast(quoted(c), DataType::Utf8).alias("repl"),
+            ])?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    union_all(parts)
 }
 
 fn text_column(b: &RecordBatch, i: usize) -> Result<Vec<Option<String>>> {

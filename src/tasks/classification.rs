@@ -11,7 +11,9 @@ use datafusion::arrow::array::{BooleanArray, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::*;
 
-use super::frames::{Known, NewTable, Replacement, commit_tables, frame, quoted, require, session};
+use super::frames::{
+    Known, NewTable, Replacement, commit_tables_counted, frame, quoted, require, session,
+};
 use super::role_model::{empty, rule_hits, union_all, view};
 use super::{RunContext, TaskOutcome, TaskStatus};
 use crate::config::{ConfigExpr, Task};
@@ -252,9 +254,11 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         }
     }
     let rows = table.rows();
-    let written = commit_tables(rc, &catalog, "task:update_classification", vec![table]).await?;
+    let committed_now =
+        commit_tables_counted(rc, &catalog, "task:update_classification", vec![table]).await?;
+    let written = committed_now.rows;
     Ok(TaskOutcome {
-        status: if written == 0 && !rc.dry_run {
+        status: if committed_now.tables == 0 && !rc.dry_run {
             TaskStatus::NoChanges
         } else {
             TaskStatus::Succeeded

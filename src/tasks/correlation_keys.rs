@@ -8,7 +8,7 @@
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::*;
 
-use super::frames::{NewTable, Replacement, commit_tables, quoted, require, session};
+use super::frames::{NewTable, Replacement, commit_tables_counted, quoted, require, session};
 use super::{RunContext, TaskOutcome, TaskStatus};
 use crate::config::{ResourceType, Task};
 use crate::error::Result;
@@ -17,7 +17,13 @@ pub const TABLE: &str = "correlation_keys";
 
 pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let (ctx, catalog) = session(rc).await?;
-    let scope = super::dirty::scope(rc, &ctx, &catalog, task).await?;
+    // A task limited to some resource types computes them whole (not dirty) and keeps the
+    // others' committed keys as they are.
+    let subset = selected(rc, task).len() < rc.pipeline.model.resource_types.len();
+    let scope = match subset {
+        true => None,
+        false => super::dirty::scope(rc, &ctx, &catalog, task).await?,
+    };
     let mut all: Option<DataFrame> = None;
     for rt in selected(rc, task) {
         for df in keys_of(rc, &ctx, &catalog, rt, scope.as_ref()).await? {
@@ -37,7 +43,19 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         .iter()
         .map(|c| col(*c))
         .collect();
-    let all = all.select(columns.clone())?;
+    let mut all = all.select(columns.clone())?;
+    if subset && catalog.tables.contains_key(TABLE) {
+        let names: Vec<Expr> = selected(rc, task)
+            .iter()
+            .map(|rt| lit(rt.name.as_str()))
+            .collect();
+        all = all.union(
+            ctx.table(TABLE)
+                .await?
+                .filter(col("resource_type").in_list(names, true))?
+                .select(columns.clone())?,
+        )?;
+    }
     // Dirty: the recomputed keys replace those of the same rows; the others stay (read in
     // their stored order, which is the table's order).
     let table = match &scope {
@@ -56,9 +74,11 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         }
     };
     let rows = table.rows();
-    let written = commit_tables(rc, &catalog, "task:compute_correlation_keys", vec![table]).await?;
+    let committed_now =
+        commit_tables_counted(rc, &catalog, "task:compute_correlation_keys", vec![table]).await?;
+    let written = committed_now.rows;
     Ok(TaskOutcome {
-        status: if written == 0 && !rc.dry_run {
+        status: if committed_now.tables == 0 && !rc.dry_run {
             TaskStatus::NoChanges
         } else {
             TaskStatus::Succeeded

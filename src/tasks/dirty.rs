@@ -183,6 +183,18 @@ pub async fn run(rc: &RunContext<'_>, _task: &Task) -> Result<TaskOutcome> {
             let manual = super::role_model::read_manual(m)?;
             let requests = super::frames::frame(&ctx, &manual.schema, &manual.batches)?
                 .select(vec![col("owner_key").alias("key")])?;
+            // And every owner holding a manual assignment now: a line removed from the file
+            // names its owner no more, and that owner's role must go.
+            let requests = if catalog.tables.contains_key("assigned_roles") {
+                requests.union(
+                    ctx.table("assigned_roles")
+                        .await?
+                        .filter(col("origin").eq(lit("manual")))?
+                        .select(vec![cast(col("owner_key"), DataType::Utf8).alias("key")])?,
+                )?
+            } else {
+                requests
+            };
             for owner in owner_entities
                 .iter()
                 .collect::<std::collections::BTreeSet<_>>()

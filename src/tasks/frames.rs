@@ -28,16 +28,23 @@ pub async fn committed(
     if !catalog.tables.contains_key(name) {
         return Ok(ctx.read_batch(RecordBatch::new_empty(schema.clone()))?);
     }
-    let df = ctx.table(name).await?;
+    conform(ctx.table(name).await?, schema)
+}
+
+/// `df` with the columns of `schema`, in its order and types: a column of another type is
+/// converted where its values allow and NULL elsewhere (a column retyped in `pipeline.toml`:
+/// a computed column's old values are recomputed anyway), a missing one is NULL.
+pub fn conform(df: DataFrame, schema: &SchemaRef) -> Result<DataFrame> {
     let have = df.schema().clone();
     let exprs: Vec<Expr> = schema
         .fields()
         .iter()
         .map(|f| {
-            if have.has_column_with_unqualified_name(f.name()) {
-                cast(quoted(f.name()), f.data_type().clone()).alias(f.name())
-            } else {
-                cast(lit(ScalarValue::Null), f.data_type().clone()).alias(f.name())
+            let to = f.data_type().clone();
+            match have.field_with_unqualified_name(f.name()) {
+                Ok(h) if *h.data_type() == to => quoted(f.name()).alias(f.name()),
+                Ok(_) => try_cast(quoted(f.name()), to).alias(f.name()),
+                Err(_) => cast(lit(ScalarValue::Null), to).alias(f.name()),
             }
         })
         .collect();
@@ -255,33 +262,53 @@ fn replaced_by_join(old: DataFrame, keys: DataFrame, on: &[&str]) -> Result<Data
         .select(columns)?)
 }
 
-/// Overwrites each table whose content changed and commits them together in one catalog
-/// version (nothing on a dry run). Returns the rows written: 0 when nothing changed.
-///
-/// `read` is the catalog the task computed from. A table it replaces must still be at the
-/// version it read: when another process (another job on the same store) committed it
-/// meanwhile, replacing it would lose that commit, so the task fails with
-/// [`Error::Conflict`] and [`super::run_task`] runs it again on the new state. Appended
-/// tables ([`Known::Added`]) do not conflict.
+/// [`commit_tables_counted`], returning the rows written only.
 pub async fn commit_tables(
     rc: &super::RunContext<'_>,
     read: &Catalog,
     what: &str,
     tables: Vec<NewTable>,
 ) -> Result<u64> {
+    Ok(commit_tables_counted(rc, read, what, tables).await?.rows)
+}
+
+/// What a commit wrote.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Committed {
+    /// Rows written.
+    pub rows: u64,
+    /// Tables given a new version (a table emptied is one, with no row written).
+    pub tables: usize,
+}
+
+/// Overwrites each table whose content changed and commits them together in one catalog
+/// version (nothing on a dry run). Returns what it wrote: no table when nothing changed.
+///
+/// `read` is the catalog the task computed from. A table it replaces must still be at the
+/// version it read: when another process (another job on the same store) committed it
+/// meanwhile, replacing it would lose that commit, so the task fails with
+/// [`Error::Conflict`] and [`super::run_task`] runs it again on the new state. Appended
+/// tables ([`Known::Added`]) do not conflict.
+pub async fn commit_tables_counted(
+    rc: &super::RunContext<'_>,
+    read: &Catalog,
+    what: &str,
+    tables: Vec<NewTable>,
+) -> Result<Committed> {
     if rc.dry_run {
-        // An unchanged table stays as committed; added rows are not staged (the staged table
-        // would stand for the whole table).
-        for t in tables
-            .into_iter()
-            .filter(|t| !matches!(t.known, Known::Unchanged { .. } | Known::Added))
-        {
-            rc.stage_dry_run(t);
+        // An unchanged table stays as committed; added rows are staged with the rows already
+        // there (the staged table stands for the whole table).
+        for t in tables {
+            match t.known {
+                Known::Unchanged { .. } => {}
+                Known::Added => stage_appended(rc, t).await?,
+                _ => rc.stage_dry_run(t),
+            }
         }
-        return Ok(0);
+        return Ok(Committed::default());
     }
     if tables.is_empty() {
-        return Ok(0);
+        return Ok(Committed::default());
     }
     super::pausepoint(&format!("commit.{what}")).await;
     let _commits = rc.store.lock_commits().await;
@@ -331,10 +358,14 @@ pub async fn commit_tables(
         change.tables.insert(name, v);
     }
     if change.tables.is_empty() {
-        return Ok(0);
+        return Ok(Committed::default());
     }
+    let tables = change.tables.len();
     rc.store.commit(catalog, change).await?;
-    Ok(written)
+    Ok(Committed {
+        rows: written,
+        tables,
+    })
 }
 
 /// Whether the committed table holds exactly these rows (as a multiset, columns by name).
@@ -385,6 +416,29 @@ pub async fn session(rc: &super::RunContext<'_>) -> Result<(SessionContext, Cata
         catalog.tables.insert(name.clone(), u64::MAX);
     }
     Ok((ctx, catalog))
+}
+
+/// On a dry run, rows a task appends to a table (`recently_modified`): staged with the rows
+/// already there (committed, or staged by an earlier task of the run), so that the run's later
+/// tasks — the dirty ones — see them as a real run's would.
+pub async fn stage_appended(rc: &super::RunContext<'_>, added: NewTable) -> Result<()> {
+    let (ctx, catalog) = session(rc).await?;
+    let mut batches = Vec::new();
+    if catalog.tables.contains_key(&added.name) {
+        for b in conform(ctx.table(added.name.as_str()).await?, &added.schema)?
+            .collect()
+            .await?
+        {
+            batches.push(engine::cast_batch(&b, &added.schema)?);
+        }
+    }
+    batches.extend(added.batches);
+    rc.stage_dry_run(NewTable {
+        batches,
+        known: Known::Changed,
+        ..added
+    });
+    Ok(())
 }
 
 /// The committed table `name`, or an error saying which task must run first.

@@ -22,7 +22,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::ScalarValue;
 use datafusion::prelude::*;
 
-use super::frames::{NewTable, commit_tables, committed, quoted, require, session};
+use super::frames::{NewTable, commit_tables_counted, committed, quoted, require, session};
 use super::role_model::{empty, materialize, target_type, union_all, view};
 use super::{RunContext, TaskOutcome, TaskStatus};
 use crate::config::{ResourceType, Task};
@@ -319,7 +319,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         let old_events = committed(&ctx, &catalog, "identity_events", &events_schema).await?;
         tables.push(NewTable::from_frame("identity_events", old_events.union(new_events)?).await?);
     }
-    let written = commit_tables(rc, &catalog, "task:update_identities", tables).await?;
+    let committed_now =
+        commit_tables_counted(rc, &catalog, "task:update_identities", tables).await?;
+    let written = committed_now.rows;
     let mut message = format!(
         "{}; {changed_values} changed value(s), {event_count} event(s)",
         if counts.is_empty() {
@@ -366,7 +368,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     Ok(TaskOutcome {
         status: if fast_blocked {
             TaskStatus::Blocked
-        } else if written == 0 && scrubbed == 0 && !rc.dry_run {
+        } else if committed_now.tables == 0 && scrubbed == 0 && !rc.dry_run {
             TaskStatus::NoChanges
         } else {
             TaskStatus::Succeeded

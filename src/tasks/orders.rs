@@ -213,8 +213,17 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         *by_type.entry(o.change_type.as_str()).or_default() += 1;
     }
     let counts: Vec<String> = by_type.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    // Orders per connector (the run summary and its notification show them, SPEC 8).
+    let mut by_connector: BTreeMap<&str, usize> = BTreeMap::new();
+    for o in &emitted {
+        *by_connector.entry(o.connector.as_str()).or_default() += 1;
+    }
+    let per_connector: Vec<String> = by_connector
+        .iter()
+        .map(|(c, n)| format!("{c} {n}"))
+        .collect();
     let mut message = format!(
-        "{} order(s) ({} new, {} no longer needed){}{}",
+        "{} order(s) ({} new, {} no longer needed){}{}{}",
         emitted.len(),
         new_count,
         inactive,
@@ -222,6 +231,11 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             String::new()
         } else {
             format!(": {}", counts.join(", "))
+        },
+        if per_connector.is_empty() {
+            String::new()
+        } else {
+            format!("; per connector: {}", per_connector.join(", "))
         },
         if rc.dry_run {
             "; dry run, nothing written".to_string()
@@ -1322,7 +1336,9 @@ async fn merge(
     let merged = ctx
         .sql(&format!(
             "SELECT coalesce(n.order_id, o.order_id) AS order_id,
-                    coalesce(o.run_id, n.run_id) AS run_id,
+                    -- The run that first emitted it: a blocked order was emitted by none.
+                    CASE WHEN o.state = 'blocked' AND n.state = 'pending' THEN n.run_id
+                         ELSE coalesce(o.run_id, n.run_id) END AS run_id,
                     coalesce(n.last_run_id, o.last_run_id) AS last_run_id,
                     coalesce(n.connector, o.connector) AS connector,
                     coalesce(n.resource_type, o.resource_type) AS resource_type,

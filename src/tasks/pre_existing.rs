@@ -11,7 +11,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::*;
 
 use super::correlation_keys::selected;
-use super::frames::{NewTable, commit_tables, quoted, require, session};
+use super::frames::{NewTable, commit_tables_counted, quoted, require, session};
 use super::role_model::{PRE_EXISTING, union_all};
 use super::{RunContext, TaskOutcome, TaskStatus};
 use crate::config::Task;
@@ -109,19 +109,20 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         col("value").sort(true, true),
     ])?;
     let table = NewTable::from_frame(PRE_EXISTING, all).await?;
-    let written = commit_tables(
+    let committed_now = commit_tables_counted(
         rc,
         &catalog,
         "task:save_pre_existing_access_rights",
         vec![table],
     )
     .await?;
+    let written = committed_now.rows;
     // The role model again, now with the saved rights.
     let model = super::role_model::run(rc, task).await?;
     Ok(TaskOutcome {
         status: match model.status {
             TaskStatus::Warning => TaskStatus::Warning,
-            TaskStatus::NoChanges if written == 0 => TaskStatus::NoChanges,
+            TaskStatus::NoChanges if committed_now.tables == 0 => TaskStatus::NoChanges,
             _ => TaskStatus::Succeeded,
         },
         rows_read: 0,

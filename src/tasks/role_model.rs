@@ -23,7 +23,7 @@ use datafusion::prelude::*;
 
 use super::correlation_keys::{self, selected};
 use super::dirty::SemiOn;
-use super::frames::{NewTable, Replacement, commit_tables, quoted, require, session};
+use super::frames::{NewTable, Replacement, commit_tables_counted, quoted, require, session};
 use super::{RunContext, TaskOutcome, TaskStatus};
 use crate::config::{ConfigExpr, ResourceType, Task};
 use crate::engine;
@@ -303,7 +303,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             .distinct()?;
         tables.push(NewTable::from_frame(super::dirty::TABLE, all).await?);
     }
-    let written = commit_tables(rc, &catalog, "task:compute_role_model", tables).await?;
+    let committed_now =
+        commit_tables_counted(rc, &catalog, "task:compute_role_model", tables).await?;
+    let written = committed_now.rows;
     let mut message = format!(
         "{}; {roles_count} role assignment(s); {assigned} assigned resource(s)",
         counts.join(", ")
@@ -321,7 +323,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     Ok(TaskOutcome {
         // Unchanged results are `no_changes` even when they carry warnings (the message keeps
         // them): a persistent data condition must not make every run look eventful.
-        status: if written == 0 && !rc.dry_run {
+        status: if committed_now.tables == 0 && !rc.dry_run {
             TaskStatus::NoChanges
         } else if !warnings.is_empty() {
             TaskStatus::Warning
@@ -1447,7 +1449,11 @@ async fn desired_scalars(
             lit(rt.name.as_str()).alias("resource_type"),
             col("_owner_key").alias("owner_key"),
             lit(column.as_str()).alias("attribute"),
-            cast(typed, DataType::Utf8).alias("value"),
+            // Opaque: a value that is the key column itself must stay a column of its own
+            // (see `engine::opaque_udf`).
+            crate::engine::opaque_udf()
+                .call(vec![cast(typed, DataType::Utf8)])
+                .alias("value"),
         ])?);
     }
     Ok((

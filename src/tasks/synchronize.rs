@@ -279,6 +279,20 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                     });
                 }
             }
+            // The changed keys too: the dirty tasks after it read them.
+            if let Some(modified) = recently_modified(rc, &plans)? {
+                let (schema, batches) = super::frames::collect(modified).await?;
+                super::frames::stage_appended(
+                    rc,
+                    super::frames::NewTable {
+                        name: "recently_modified".into(),
+                        schema,
+                        batches,
+                        known: super::frames::Known::Added,
+                    },
+                )
+                .await?;
+            }
         }
         return Ok(outcome);
     }
@@ -311,16 +325,8 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         batches,
         map: None,
     };
-    let mut modified = Vec::new();
+    let modified = recently_modified(rc, &plans)?;
     for p in plans {
-        if let Some(m) = &p.modified {
-            modified.push(m.clone().select(vec![
-                lit(p.name.as_str()).alias("entity"),
-                col("key"),
-                lit(rc.run_id.as_str()).alias("run_id"),
-                col("change"),
-            ])?);
-        }
         if let Some(s) = p.new_state {
             pending.push((p.name.clone(), rows(s), WriteMode::Overwrite));
         }
@@ -328,12 +334,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             pending.push((format!("{}__history", p.name), h, WriteMode::Overwrite));
         }
     }
-    if let Some(modified) = super::role_model::union_all(modified)? {
-        let modified = modified.sort(vec![
-            col("entity").sort(true, true),
-            col("key").sort(true, true),
-            col("change").sort(true, true),
-        ])?;
+    if let Some(modified) = modified {
         pending.push((
             "recently_modified".into(),
             rows(super::frames::collect(modified).await?),
@@ -382,6 +383,31 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     rc.store.commit(catalog, change).await?;
     outcome.rows_written = written;
     Ok(outcome)
+}
+
+/// The `recently_modified` rows of the plans' changed keys, sorted; `None` without any.
+fn recently_modified(rc: &RunContext<'_>, plans: &[TablePlan]) -> Result<Option<DataFrame>> {
+    let mut modified = Vec::new();
+    for p in plans {
+        if let Some(m) = &p.modified {
+            modified.push(m.clone().select(vec![
+                lit(p.name.as_str()).alias("entity"),
+                col("key"),
+                lit(rc.run_id.as_str()).alias("run_id"),
+                col("change"),
+            ])?);
+        }
+    }
+    super::role_model::union_all(modified)?
+        .map(|m| {
+            m.sort(vec![
+                col("entity").sort(true, true),
+                col("key").sort(true, true),
+                col("change").sort(true, true),
+            ])
+        })
+        .transpose()
+        .map_err(Into::into)
 }
 
 const TABLE_CREATED: &str = "table created";
@@ -602,6 +628,9 @@ pub(super) async fn next_history(
     valid_from: i64,
 ) -> Result<Rows> {
     let new_state = frame(ctx, state_schema, state_batches)?;
+    // The old state in the new state's types (a computed column retyped by its expression).
+    let old_state =
+        super::frames::conform(old_state, &Arc::new(new_state.schema().as_arrow().clone()))?;
     let schema = history_schema(&Arc::new(new_state.schema().as_arrow().clone()));
     let names: Vec<Expr> = schema.fields().iter().map(|f| quoted(f.name())).collect();
     let opened_columns = |df: DataFrame, change: Expr| -> Result<DataFrame> {

@@ -394,3 +394,90 @@ fn all_tables_readable(env: &Env) {
         env.query(&format!("select * from \"{}\"", t[0]));
     }
 }
+
+/// A last name under six characters is replaced only as a whole word (`Ales` must leave
+/// `Sales` alone), so a login made from it (`rales`) is found as a value of the computed
+/// column that makes it, and replaced by what that column gives on the anonymized row.
+#[test]
+fn values_computed_from_a_short_name_are_scrubbed_and_other_words_are_not() {
+    let env = Env::new();
+    env.write_pipeline(include_str!("anonymize_short_name.toml"));
+    let header_a = "aid,login,owner_id,email,dept,display,enabled\n";
+    let header_p = "id,first,last,dept,status,mail,anon,note\n";
+    let bob_a = "A-P2,bales,P2,bob@x.com,Sales,Bob Ales,true\n";
+    let bob_p = "P2,Bob,Ales,Sales,active,bob@x.com,0,Ales family\n";
+    let ren_a = "A-P1,rales,P1,renee.ales@x.com,Sales,Renée Ales,true\n";
+    for (day, person, account) in [
+        (
+            "d1",
+            "P1,Renée,Ales,Sales,active,renee.ales@x.com,0,n\n",
+            ren_a,
+        ),
+        (
+            "d2",
+            "P1,Renée,Ales,Sales,terminated,renee.ales@x.com,2,n\n",
+            ren_a,
+        ),
+        (
+            "d3",
+            "P1,Renée,Ales,Sales,terminated,renee.ales@x.com,2,n\n",
+            "A-P1,aanonymized,P1,,Sales,ANONYMIZED ANONYMIZED,false\n",
+        ),
+    ] {
+        env.write(
+            &format!("exports/{day}/hr/persons.csv"),
+            format!("{header_p}{person}{bob_p}"),
+        );
+        env.write(
+            &format!("exports/{day}/app/accounts.csv"),
+            format!("{header_a}{account}{bob_a}"),
+        );
+        env.run("complete", &[], &[("DAY", day)]).expect_code(0);
+    }
+    assert_eq!(
+        env.scalar("select count(*) from anonymized_owners where owner_key = 'P1' and status = 5"),
+        "1"
+    );
+    for (table, column) in [("account", "login"), ("account__history", "login")] {
+        assert_eq!(
+            env.scalar(&format!(
+                "select count(*) from {table} where {column} = 'rales'"
+            )),
+            "0",
+            "{table}"
+        );
+    }
+    assert_eq!(
+        env.scalar("select count(*) from provisioning_orders where attributes like '%rales%'"),
+        "0"
+    );
+    for e in std::fs::read_dir(env.path("store/_orders")).unwrap() {
+        for f in std::fs::read_dir(e.unwrap().path()).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|x| x == "json") {
+                let text = std::fs::read_to_string(&f).unwrap();
+                assert!(
+                    !text.contains("rales") && !text.contains("Renée"),
+                    "{}",
+                    f.display()
+                );
+            }
+        }
+    }
+    // Other words keep their letters: the department, the other person's login and note.
+    assert_eq!(
+        env.query("select dept, count(*) from account__history group by dept"),
+        [[
+            "Sales",
+            env.scalar("select count(*) from account__history").as_str()
+        ]]
+    );
+    assert_eq!(
+        env.scalar("select count(*) from account__history where login = 'bales'"),
+        "1"
+    );
+    assert_eq!(
+        env.scalar("select note from person where id = 'P2'"),
+        "Ales family"
+    );
+}

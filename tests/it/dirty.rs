@@ -679,3 +679,177 @@ fn dirty_orders_include_the_accounts_update_identities_acted_on_in_the_run() {
     assert!(!plain.is_empty());
     assert_eq!(dirty, plain);
 }
+
+#[test]
+fn a_dry_run_of_the_incremental_job_shows_what_the_real_run_does() {
+    // The dirty tasks of a dry run see the keys its synchronization changed (staged, not
+    // committed): the same owners changed and the same orders as the real run.
+    let env = Env::new();
+    env.write_pipeline(&contoso_pipeline_text());
+    env.run("complete", &[], &[("CONTOSO_DAY", "day1")])
+        .expect_code(0);
+    let day = [("CONTOSO_DAY", "incremental")];
+    let dry = env.run("incremental", &["--dry-run"], &day);
+    dry.expect_code(0);
+    let real = env.run("incremental", &[], &day);
+    real.expect_code(0);
+    // `recently_modified  succeeded  0.30  0  13  13 owner(s) …`: the task line from its status on.
+    let line = |out: &Out, task: &str| -> String {
+        let l = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{task} ")))
+            .unwrap_or_else(|| panic!("no `{task}` line in {}", out.stdout));
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        // status, changes and the message's first words (the seconds differ).
+        format!("{} {} {}", fields[1], fields[4], fields[5..8].join(" "))
+    };
+    for task in ["recently_modified", "role_model", "orders"] {
+        assert_eq!(line(&dry, task), line(&real, task), "{task}");
+    }
+    assert!(
+        line(&real, "orders").contains("order(s)"),
+        "{}",
+        real.stdout
+    );
+}
+
+#[test]
+fn a_manual_assignment_removed_from_the_file_goes_in_a_dirty_run() {
+    let env = Env::new();
+    env.write_pipeline(MANUAL_DIRTY);
+    env.write(
+        "exports/hr/persons.csv",
+        "id,dept\nP1,A\nP2,X\nP3,F\nP4,B\n",
+    );
+    env.write("exports/app/accounts.csv", "k,emp\n");
+    env.write("exports/app/accounts2.csv", "k,emp\n");
+    env.write(
+        "pipeline/assign.csv",
+        "owner_key,role,start_date,end_date\nP1,vpn,2026-01-01,\nP4,bundle,2026-01-01,\n",
+    );
+    let as_of = ["--as-of", "2026-06-30"];
+    env.run("complete", &as_of, &[]).expect_code(0);
+    let manual = "select owner_key, role from assigned_roles where origin = 'manual' order by owner_key, role";
+    assert_eq!(
+        env.query(manual),
+        [["P1", "vpn"], ["P4", "fin"], ["P4", "vpn"]]
+    );
+    // P1's line goes; the change set touches only P2.
+    env.write(
+        "pipeline/assign.csv",
+        "owner_key,role,start_date,end_date\nP4,bundle,2026-01-01,\n",
+    );
+    env.write("exports/inc/persons.csv", "command,id,dept\nupdate,P2,X\n");
+    env.run("incremental", &as_of, &[("DAY", "inc")])
+        .expect_code(0);
+    assert_eq!(env.query(manual), [["P4", "fin"], ["P4", "vpn"]]);
+    assert_eq!(
+        env.scalar("select count(*) from assigned_resources where owner_key = 'P1'"),
+        "0"
+    );
+}
+
+const MANUAL_DIRTY: &str = r#"name = "manual_dirty"
+[connector.hr]
+exports = "../exports/${DAY:-hr}"
+[connector.app]
+exports = "../exports/app"
+
+[[entity]]
+name = "person"
+connector = "hr"
+file = "persons.csv"
+key = "id"
+columns = { id = "string", dept = "string" }
+
+[[entity]]
+name = "acc"
+connector = "app"
+file = "accounts.csv"
+key = "k"
+columns = { k = "string", emp = "string" }
+
+[[entity]]
+name = "acc2"
+connector = "app"
+file = "accounts2.csv"
+key = "k"
+columns = { k = "string", emp = "string" }
+
+[[role]]
+name = "vpn"
+[[role]]
+name = "fin"
+rule = "dept = 'F'"
+[[composite_role]]
+name = "bundle"
+roles = ["vpn", "fin"]
+
+[manual_assignments]
+file = "assign.csv"
+
+[[resource_type]]
+name = "r1"
+owner = "person"
+target = "acc"
+roles = ["vpn"]
+correlation = [ { target = "emp", owner = "id" } ]
+[resource_type.scalars]
+emp = "id || ''"
+
+[[resource_type]]
+name = "r2"
+owner = "person"
+target = "acc2"
+rule = "dept = 'X'"
+roles = ["vpn"]
+correlation = [ { target = "emp", owner = "id" } ]
+[resource_type.scalars]
+emp = "id || ''"
+
+[[job]]
+name = "complete"
+[[job.task]]
+name = "sync_hr"
+type = "synchronize"
+connector = "hr"
+[[job.task]]
+name = "sync_app"
+type = "synchronize"
+connector = "app"
+depends_on = []
+[[job.task]]
+name = "keys"
+type = "compute_correlation_keys"
+depends_on = ["sync_hr", "sync_app"]
+[[job.task]]
+name = "roles"
+type = "compute_role_model"
+[[job.task]]
+name = "orders"
+type = "generate_provisioning_orders"
+
+[[job]]
+name = "incremental"
+[[job.task]]
+name = "sync_hr"
+type = "synchronize"
+connector = "hr"
+mode = "incremental"
+[[job.task]]
+name = "recently_modified"
+type = "set_recently_modified_flag"
+[[job.task]]
+name = "keys"
+type = "compute_correlation_keys"
+dirty = true
+[[job.task]]
+name = "roles"
+type = "compute_role_model"
+dirty = true
+[[job.task]]
+name = "orders"
+type = "generate_provisioning_orders"
+dirty = true
+"#;

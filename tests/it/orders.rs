@@ -104,6 +104,11 @@ fn a_rule_change_disabling_half_the_accounts_is_blocked_until_forced() {
         env.query("select state, count(*) from provisioning_orders group by state"),
         [["pending", "500"]]
     );
+    // `run_id` is the run that first emitted them: the forced one, not the blocked one.
+    assert_eq!(
+        env.query("select run_id, count(*) from provisioning_orders group by run_id"),
+        [[run.as_str(), "500"]]
+    );
     // The forced run released them: its orders task reports them.
     let status = |run: &str| orders_task(&env, run).0;
     assert_eq!(status(&run), "succeeded");
@@ -638,3 +643,161 @@ correlation = [ { target = "login", owner = "'adm_' || id" } ]
         [["0"]]
     );
 }
+
+#[test]
+fn a_role_model_that_empties_the_assignments_is_a_change() {
+    // Every account lost at once (below min_rows: no threshold): the role model's tables
+    // become empty, which is a change, so a `run_if = "changed"` orders task runs.
+    let env = Env::new();
+    let text = app_pipeline("status = 'active'").replace(
+        "name = \"orders\"\ntype = \"generate_provisioning_orders\"",
+        "name = \"orders\"\ntype = \"generate_provisioning_orders\"\nrun_if = \"changed\"\ndepends_on = [\"roles\", \"classify\"]",
+    );
+    env.write_pipeline(&text);
+    write_company(&env, 4);
+    env.run("complete", &[], &[]).expect_code(0);
+    env.write_pipeline(&text.replace("rule = \"status = 'active'\"", "rule = \"dept = 'nobody'\""));
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(0);
+    let run = run_id_of(&out);
+    let status = |task: &str| {
+        env.scalar(&format!(
+            "select status from task_runs where run_id = '{run}' and task = '{task}'"
+        ))
+    };
+    assert_eq!(env.scalar("select count(*) from assigned_resources"), "0");
+    assert_eq!(status("roles"), "succeeded");
+    assert_eq!(status("orders"), "succeeded");
+    assert_eq!(
+        env.scalar(&format!(
+            "select count(*) from provisioning_orders where last_run_id = '{run}' and attributes like '%\"enabled\"%'"
+        )),
+        "4"
+    );
+}
+
+#[test]
+fn correlation_keys_of_some_resource_types_keep_the_others() {
+    let env = Env::new();
+    let admin = r#"
+[[resource_type]]
+name = "app_admin"
+owner = "person"
+target = "account"
+rule = "dept = 'nobody'"
+correlation = [ { target = "login", owner = "'adm_' || id" } ]
+
+[[classification]]"#;
+    let text = app_pipeline("status = 'active'").replacen("\n[[classification]]", admin, 1)
+        + "\n[[job]]\nname = \"keys_user\"\n[[job.task]]\nname = \"keys\"\ntype = \"compute_correlation_keys\"\nresource_types = [\"app_user\"]\n";
+    env.write_pipeline(&text);
+    write_company(&env, 3);
+    env.run("complete", &[], &[]).expect_code(0);
+    let per_rt = "select resource_type, count(*) from correlation_keys group by resource_type order by resource_type";
+    let before = env.query(per_rt);
+    assert_eq!(before.len(), 2, "{before:?}");
+    env.run("keys_user", &[], &[]).expect_code(0);
+    assert_eq!(env.query(per_rt), before);
+}
+
+#[test]
+fn the_run_summary_gives_the_orders_per_connector() {
+    let env = Env::new();
+    env.write_pipeline(&format!(
+        "{}\n[notify]\nto = [\"ops@example.com\"]\nfrom = \"igaflow@example.com\"\n",
+        app_pipeline("dept = 'Sales'")
+    ));
+    write_company(&env, 4);
+    let out = env.run("complete", &[], &[]);
+    out.expect_code(0);
+    let run = run_id_of(&out);
+    // The two IT accounts are disabled.
+    let eml = std::fs::read_to_string(env.path(&format!("store/_outbox/{run}.eml"))).unwrap();
+    assert!(eml.contains("per connector: app 2"), "{eml}");
+}
+
+#[test]
+fn two_scalars_that_are_the_owner_key_itself_plan() {
+    // Two resource types each with `emp = "id"`, the owner's key column: the owner key under
+    // several names made DataFusion reject the role model's own plan (SanityCheckPlan).
+    let env = Env::new();
+    env.write_pipeline(KEY_SCALARS);
+    env.write("exports/hr/persons.csv", "id\nP1\nP2\n");
+    env.write("exports/app/accounts.csv", "k,emp\na1,P1\n");
+    env.write("exports/app/accounts2.csv", "k,emp\nb1,P2\n");
+    env.run("complete", &[], &[]).expect_code(0);
+    assert_eq!(
+        env.query(
+            "select resource_type, count(*) from assigned_scalars \
+             where attribute = 'emp' and value = owner_key \
+             group by resource_type order by resource_type"
+        ),
+        [["r1", "2"], ["r2", "2"]]
+    );
+}
+
+const KEY_SCALARS: &str = r#"name = "key_scalars"
+[connector.hr]
+exports = "../exports/hr"
+[connector.app]
+exports = "../exports/app"
+
+[[entity]]
+name = "person"
+connector = "hr"
+file = "persons.csv"
+key = "id"
+columns = { id = "string" }
+
+[[entity]]
+name = "acc"
+connector = "app"
+file = "accounts.csv"
+key = "k"
+columns = { k = "string", emp = "string" }
+
+[[entity]]
+name = "acc2"
+connector = "app"
+file = "accounts2.csv"
+key = "k"
+columns = { k = "string", emp = "string" }
+
+[[resource_type]]
+name = "r1"
+owner = "person"
+target = "acc"
+correlation = [ { target = "emp", owner = "id" } ]
+[resource_type.scalars]
+emp = "id"
+
+[[resource_type]]
+name = "r2"
+owner = "person"
+target = "acc2"
+correlation = [ { target = "emp", owner = "id" } ]
+[resource_type.scalars]
+emp = "id"
+
+[[job]]
+name = "complete"
+[[job.task]]
+name = "sync_hr"
+type = "synchronize"
+connector = "hr"
+[[job.task]]
+name = "sync_app"
+type = "synchronize"
+connector = "app"
+depends_on = []
+[[job.task]]
+name = "keys"
+type = "compute_correlation_keys"
+depends_on = ["sync_hr", "sync_app"]
+[[job.task]]
+name = "roles"
+type = "compute_role_model"
+[[job.task]]
+name = "orders"
+type = "generate_provisioning_orders"
+"#;

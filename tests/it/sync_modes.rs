@@ -349,6 +349,40 @@ fn a_retyped_computed_column_leaves_no_stale_statistics_warnings() {
 }
 
 #[test]
+fn a_computed_column_retyped_with_values_that_do_not_convert_is_recomputed() {
+    let env = Env::new();
+    let exprs_job = "\n[[job]]\nname = \"exprs\"\n[[job.task]]\nname = \"exprs\"\ntype = \"update_entity_property_expressions\"\n";
+    let with = |computed: &str| format!("{}{exprs_job}", hr_pipeline(computed));
+    env.write_pipeline(&with(
+        "computed = { tag = \"'n=' || cast(level as varchar)\" }",
+    ));
+    env.write("exports/hr/persons.csv", persons_csv(1..=5));
+    env.run("complete", &[], &[]).expect_code(0);
+    // Text to bool: 'n=1' converts to nothing. The synchronization keeps going (the stored
+    // values that do not convert are NULL) and the expressions task recomputes them.
+    env.write_pipeline(&with("computed = { tag = \"level > 2\" }"));
+    env.run("complete", &[], &[]).expect_code(0);
+    env.run("exprs", &[], &[]).expect_code(0);
+    assert_eq!(
+        env.query("select employee_id, cast(tag as varchar) from person order by employee_id"),
+        [
+            ["E00001", "false"],
+            ["E00002", "false"],
+            ["E00003", "true"],
+            ["E00004", "true"],
+            ["E00005", "false"],
+        ]
+    );
+    // The open history versions carry the recomputed values too.
+    assert_eq!(
+        env.scalar(
+            "select count(*) from person__history where _valid_to is null and tag = (level > 2)"
+        ),
+        "5"
+    );
+}
+
+#[test]
 fn a_division_by_zero_in_a_computed_column_names_the_first_failing_row() {
     let env = Env::new();
     env.write_pipeline(&hr_pipeline(

@@ -181,8 +181,8 @@ pub(super) fn resolve_model(cx: &mut Ctx, input: ModelInput) -> RoleModel {
                 cx.err(
                     &c.roles,
                     format!(
-                        "composite role `{name}`: `{role}` is not a single role (composite roles list single roles only; declared: {})",
-                        join_names(single.iter())
+                        "composite role `{name}`: `{role}` is not a declared single role (composite roles list single roles only; single roles: {})",
+                        join_names(roles.iter().map(|r| &r.name))
                     ),
                 );
             }
