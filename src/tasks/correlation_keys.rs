@@ -19,13 +19,14 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let (ctx, catalog) = session(rc).await?;
     // A task limited to some resource types computes them whole (not dirty) and keeps the
     // others' committed keys as they are.
-    let subset = selected(rc, task).len() < rc.pipeline.model.resource_types.len();
+    let rts = selected(rc, task);
+    let subset = rts.len() < rc.pipeline.model.resource_types.len();
     let scope = match subset {
         true => None,
         false => super::dirty::scope(rc, &ctx, &catalog, task).await?,
     };
     let mut all: Option<DataFrame> = None;
-    for rt in selected(rc, task) {
+    for &rt in &rts {
         for df in keys_of(rc, &ctx, &catalog, rt, scope.as_ref()).await? {
             all = Some(match all {
                 None => df,
@@ -45,10 +46,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         .collect();
     let mut all = all.select(columns.clone())?;
     if subset && catalog.tables.contains_key(TABLE) {
-        let names: Vec<Expr> = selected(rc, task)
-            .iter()
-            .map(|rt| lit(rt.name.as_str()))
-            .collect();
+        let names: Vec<Expr> = rts.iter().map(|rt| lit(rt.name.as_str())).collect();
         all = all.union(
             ctx.table(TABLE)
                 .await?

@@ -548,16 +548,10 @@ name = "recompute""#,
     assert_eq!(class(&env), "app_user");
 }
 
-/// An anonymization scrubs the personal values in `correlation_keys` after the role model of
-/// its run, and removes the older versions: the keys the committed correlations came from
-/// (the version that role model read) are gone. The next dirty role model correlates every
-/// account instead of the scoped ones, and its tables equal those of the same job run with no
-/// task dirty.
-#[test]
-fn after_a_scrub_of_the_correlation_keys_every_account_is_correlated_again() {
-    let env = Env::new();
+/// The demo pipeline plus `incremental_plain`: the incremental job's tasks, none of them dirty
+/// (the same pipeline file, so the same config hash).
+fn contoso_with_plain_incremental() -> String {
     let mut text = contoso_pipeline_text();
-    // The incremental job's tasks, none of them dirty (same pipeline file: same config hash).
     let incremental = &text[text.find("name = \"incremental\"").unwrap()..];
     let incremental = &incremental[..incremental[1..]
         .find("[[job]]")
@@ -566,7 +560,18 @@ fn after_a_scrub_of_the_correlation_keys_every_account_is_correlated_again() {
         .replace("name = \"incremental\"", "name = \"incremental_plain\"")
         .replace("dirty = true", "dirty = false");
     text.push_str(&format!("\n[[job]]\n{plain}"));
-    env.write_pipeline(&text);
+    text
+}
+
+/// An anonymization scrubs the personal values in `correlation_keys` after the role model of
+/// its run, and removes the older versions: the keys the committed correlations came from
+/// (the version that role model read) are gone. The next dirty role model correlates every
+/// account instead of the scoped ones, and its tables equal those of the same job run with no
+/// task dirty.
+#[test]
+fn after_a_scrub_of_the_correlation_keys_every_account_is_correlated_again() {
+    let env = Env::new();
+    env.write_pipeline(&contoso_with_plain_incremental());
     env.run("complete", &[], &[("CONTOSO_DAY", "day1")])
         .expect_code(0);
     let role_model_message = |run: &str| {
@@ -641,16 +646,7 @@ fn dirty_orders_include_the_accounts_update_identities_acted_on_in_the_run() {
     // by day 1 and day 2: update_identities starts anonymizations (status 3) and deactivates
     // accounts whose owners the change set did not touch; their orders belong to this run.
     let env = Env::new();
-    let mut text = contoso_pipeline_text();
-    let incremental = &text[text.find("name = \"incremental\"").unwrap()..];
-    let incremental = &incremental[..incremental[1..]
-        .find("[[job]]")
-        .map_or(incremental.len(), |i| i + 1)];
-    let plain = incremental
-        .replace("name = \"incremental\"", "name = \"incremental_plain\"")
-        .replace("dirty = true", "dirty = false");
-    text.push_str(&format!("\n[[job]]\n{plain}"));
-    env.write_pipeline(&text);
+    env.write_pipeline(&contoso_with_plain_incremental());
     for day in ["day1", "day2"] {
         env.run("complete", &[], &[("CONTOSO_DAY", day)])
             .expect_code(0);

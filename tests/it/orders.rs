@@ -24,6 +24,23 @@ fn app_pipeline(rt_rule: &str) -> String {
     )
 }
 
+/// `text` with a second resource type `app_admin` on the same accounts (before the
+/// classification), assigned to nobody and linking nobody, with `extra` lines.
+fn with_admin_type(text: &str, extra: &str) -> String {
+    let admin = format!(
+        r#"
+[[resource_type]]
+name = "app_admin"
+owner = "person"
+target = "account"
+rule = "dept = 'nobody'"
+{extra}correlation = [ {{ target = "login", owner = "'adm_' || id" }} ]
+
+[[classification]]"#
+    );
+    text.replacen("\n[[classification]]", &admin, 1)
+}
+
 fn write_company(env: &Env, n: usize) {
     let mut persons = String::from("id,name,dept,status,mail\n");
     let mut accounts = String::from("login,owner_id,email,dept,enabled\n");
@@ -599,23 +616,13 @@ fn assigned_resources_hold_the_desired_scalar_values() {
 fn an_orphan_of_two_resource_types_gets_one_order_from_the_first() {
     let env = Env::new();
     // A second resource type on the same accounts, linking nobody, that would disable orphans.
-    let admin = r#"
-[[resource_type]]
-name = "app_admin"
-owner = "person"
-target = "account"
-rule = "dept = 'nobody'"
-orphans = "disable"
-disable = { enabled = "false" }
-correlation = [ { target = "login", owner = "'adm_' || id" } ]
-
-[[classification]]"#;
-    let text = app_pipeline("status = 'active'")
-        .replace(
+    let text = with_admin_type(
+        &app_pipeline("status = 'active'").replace(
             "on_lost = \"disable\"",
             "on_lost = \"disable\"\norphans = \"delete\"",
-        )
-        .replacen("\n[[classification]]", admin, 1);
+        ),
+        "orphans = \"disable\"\ndisable = { enabled = \"false\" }\n",
+    );
     env.write_pipeline(&text);
     write_company(&env, 4);
     let accounts = std::fs::read_to_string(env.path("exports/app/accounts.csv")).unwrap();
@@ -679,16 +686,7 @@ fn a_role_model_that_empties_the_assignments_is_a_change() {
 #[test]
 fn correlation_keys_of_some_resource_types_keep_the_others() {
     let env = Env::new();
-    let admin = r#"
-[[resource_type]]
-name = "app_admin"
-owner = "person"
-target = "account"
-rule = "dept = 'nobody'"
-correlation = [ { target = "login", owner = "'adm_' || id" } ]
-
-[[classification]]"#;
-    let text = app_pipeline("status = 'active'").replacen("\n[[classification]]", admin, 1)
+    let text = with_admin_type(&app_pipeline("status = 'active'"), "")
         + "\n[[job]]\nname = \"keys_user\"\n[[job.task]]\nname = \"keys\"\ntype = \"compute_correlation_keys\"\nresource_types = [\"app_user\"]\n";
     env.write_pipeline(&text);
     write_company(&env, 3);
