@@ -782,6 +782,11 @@ fn pipeline_text(model: &Model, n: usize, seed: u64) -> String {
 # GEN_DAY selects the HR export: day1 (default), day2, incremental.
 name = "generated"
 
+# Dirty and incremental tasks patch their tables with Delta deletion vectors instead of
+# rewriting them (readers of the store then need deletion vector support).
+[store]
+deletion_vectors = true
+
 [connector.hr]
 exports = "../${{GEN_DAY:-day1}}/hr"
 

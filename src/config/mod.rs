@@ -263,6 +263,9 @@ pub struct Pipeline {
     /// First 16 hex digits of the SHA-256 of the file, recorded in `runs.config_hash`.
     pub config_hash: String,
     pub store_uri: Option<String>,
+    /// `[store] deletion_vectors`: dirty and incremental tasks patch their tables with Delta
+    /// deletion vectors instead of rewriting them (see `crate::store::Patch`).
+    pub deletion_vectors: bool,
     pub orders_dir: Option<String>,
     pub connectors: IndexMap<String, Connector>,
     pub entities: Vec<Entity>,

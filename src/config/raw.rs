@@ -46,7 +46,8 @@ pub struct RawPipeline {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
-    pub uri: S<String>,
+    pub uri: Option<S<String>>,
+    pub deletion_vectors: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

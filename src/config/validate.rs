@@ -115,16 +115,21 @@ pub(super) fn resolve(
         );
     }
 
-    let store_uri = match &raw.store {
-        Some(s) => match expand_env(s.uri.get_ref()) {
+    let store_uri = match raw.store.as_ref().and_then(|s| s.uri.as_ref()) {
+        Some(uri) => match expand_env(uri.get_ref()) {
             Ok(v) => Some(v),
             Err(m) => {
-                cx.err(&s.uri, format!("[store] uri: {m}"));
+                cx.err(uri, format!("[store] uri: {m}"));
                 None
             }
         },
         None => None,
     };
+    let deletion_vectors = raw
+        .store
+        .as_ref()
+        .and_then(|s| s.deletion_vectors.as_ref())
+        .is_some_and(|d| *d.get_ref());
     let orders_dir = raw
         .output
         .as_ref()
@@ -583,6 +588,7 @@ pub(super) fn resolve(
         file: file.to_path_buf(),
         config_hash: hex::encode(&hash[..8]),
         store_uri,
+        deletion_vectors,
         orders_dir,
         connectors,
         entities,

@@ -27,6 +27,7 @@
 
 mod catalog;
 mod compact;
+mod patch;
 mod write;
 
 use std::collections::HashMap;
@@ -40,6 +41,7 @@ use object_store::ObjectStore;
 use url::Url;
 
 pub use catalog::{BlockedConnector, Catalog, CatalogChange, Staged};
+pub use patch::Patch;
 pub(crate) use write::nullable as stored_schema;
 pub use write::{BatchMap, Rows, WriteMode};
 

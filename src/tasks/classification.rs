@@ -207,25 +207,43 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         )?,
     };
     let order = ["entity", "account_key"];
+    let mut replaced_rows = None;
     let table = if scope.is_some() {
         let columns: Vec<Expr> = ["entity", "account_key", "class", "protect"]
             .iter()
             .map(|c| col(*c))
             .collect();
+        let keys = union_all(replaced_keys)?.expect("one target at least");
+        replaced_rows = Some(keys.clone());
         let replacement = Replacement {
             old: ctx.table(TABLE).await?.select(columns.clone())?,
-            keys: union_all(replaced_keys)?.expect("one target at least"),
+            keys,
             on: vec!["entity", "account_key"],
             new: all.select(columns)?,
         };
-        NewTable::replaced(&ctx, TABLE, replacement, &order, false).await?
+        NewTable::replaced(rc, &catalog, &ctx, TABLE, replacement, &order, false).await?
     } else {
         let order = order.iter().map(|c| col(*c).sort(true, true)).collect();
         NewTable::from_frame(TABLE, all.sort(order)?).await?
     };
     // Counted over the new table (the committed one when unchanged).
-    let counted = match table.known {
-        Known::Unchanged { .. } => ctx.table(TABLE).await?,
+    let counted = match (table.known, &table.patch, replaced_rows) {
+        (Known::Unchanged { .. }, _, _) => ctx.table(TABLE).await?,
+        // A patch holds the recomputed rows only: with the committed ones it keeps.
+        (_, Some(_), Some(keys)) => {
+            let keys = keys.select(vec![col("entity").alias("_e"), col("key").alias("_k")])?;
+            ctx.table(TABLE)
+                .await?
+                .join(
+                    keys,
+                    JoinType::LeftAnti,
+                    &["entity", "account_key"],
+                    &["_e", "_k"],
+                    None,
+                )?
+                .select(vec![col("class")])?
+                .union(frame(&ctx, &table.schema, &table.batches)?.select(vec![col("class")])?)?
+        }
         _ => frame(&ctx, &table.schema, &table.batches)?,
     };
     let summary = counted

@@ -64,7 +64,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 on: vec!["entity", "key"],
                 new: all,
             };
-            NewTable::replaced(&ctx, TABLE, replacement, &order, false).await?
+            NewTable::replaced(rc, &catalog, &ctx, TABLE, replacement, &order, false).await?
         }
         _ => {
             let order = order.iter().map(|c| col(*c).sort(true, true)).collect();

@@ -79,6 +79,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 changes.clone(),
                 &rc.run_id,
                 rc.started_at.timestamp_micros(),
+                None,
             )
             .await?;
             // Mapped rows come only from a first load, which has no history table yet.
@@ -88,6 +89,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 schema: history.schema,
                 batches: history.batches,
                 known: Known::Changed,
+                patch: None,
             });
         }
         tables.push(NewTable {
@@ -95,6 +97,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             schema,
             batches,
             known: Known::Changed,
+            patch: None,
         });
         modified.push(changes.select(vec![
             lit(e.name.as_str()).alias("entity"),
@@ -114,6 +117,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             schema,
             batches,
             known: Known::Added,
+            patch: None,
         });
     }
     if tables.is_empty() {

@@ -91,6 +91,9 @@ pub struct NewTable {
     pub batches: Vec<RecordBatch>,
     /// What is already known of the content against the committed table.
     pub known: Known,
+    /// A dirty replacement committed as deletion vectors: `batches` are then only the
+    /// recomputed rows, added to the committed ones the patch keeps.
+    pub patch: Option<Box<crate::store::Patch>>,
 }
 
 /// What a task already knows of a new table's content against the committed table, so that
@@ -129,6 +132,7 @@ impl NewTable {
             schema,
             batches,
             known: Known::Unknown,
+            patch: None,
         }
     }
 
@@ -139,7 +143,13 @@ impl NewTable {
     /// ([`engine::splice`]). When the recomputed rows equal the replaced ones (as multisets),
     /// the table is unchanged. Should the stored rows not be in `order` (a table written by
     /// another tool), all rows are sorted instead.
+    ///
+    /// With `[store] deletion_vectors`, on a real run of a committed table, the replaced rows
+    /// are found and read by position and the table is committed as a patch ([`crate::store::Patch`]: deletion vectors and the
+    /// recomputed rows) instead of whole.
     pub async fn replaced(
+        rc: &super::RunContext<'_>,
+        read: &Catalog,
         ctx: &SessionContext,
         name: &str,
         r: Replacement,
@@ -159,6 +169,32 @@ impl NewTable {
         } else {
             collect(r.new.sort(sort())?).await?
         };
+        let rows = |v: &[RecordBatch]| v.iter().map(RecordBatch::num_rows).sum::<usize>();
+        let version = read.tables.get(name).copied();
+        let patching = rc.pipeline.deletion_vectors && !rc.dry_run;
+        if let Some(version) = version.filter(|v| *v != u64::MAX && patching) {
+            let found = rc
+                .store
+                .find_replaced(ctx, name, version, r.keys.clone(), &r.on, &schema)
+                .await?;
+            if let Some((patch, removed)) = found {
+                if rows(&removed) == rows(&new) {
+                    let removed = frame(ctx, &schema, &removed)?;
+                    if frame(ctx, &schema, &new)?.except(removed)?.count().await? == 0 {
+                        let rows = patch.rows_after(0);
+                        return Ok(Self {
+                            known: Known::Unchanged { rows },
+                            ..Self::new(name, (schema, Vec::new()))
+                        });
+                    }
+                }
+                return Ok(Self {
+                    known: Known::Changed,
+                    patch: Some(Box::new(patch)),
+                    ..Self::new(name, (schema, new))
+                });
+            }
+        }
         // Each committed row with whether it is replaced (a join with the keys).
         let marked = replaced_by_join(r.old, r.keys, &r.on)?;
         let (_, stored) = engine::collect_in_order(ctx, marked).await?;
@@ -181,7 +217,6 @@ impl NewTable {
                 kept.push(b.slice(start, end - start));
             }
         }
-        let rows = |v: &[RecordBatch]| v.iter().map(RecordBatch::num_rows).sum::<usize>();
         if rows(&removed) == rows(&new) {
             let removed = frame(ctx, &schema, &removed)?;
             if frame(ctx, &schema, &new)?.except(removed)?.count().await? == 0 {
@@ -231,7 +266,13 @@ impl NewTable {
     pub fn rows(&self) -> u64 {
         match self.known {
             Known::Unchanged { rows } => rows,
-            _ => self.batches.iter().map(|b| b.num_rows() as u64).sum(),
+            _ => {
+                let rows = self.batches.iter().map(|b| b.num_rows() as u64).sum();
+                match &self.patch {
+                    Some(p) => p.rows_after(rows),
+                    None => rows,
+                }
+            }
         }
     }
 }
@@ -342,10 +383,18 @@ pub async fn commit_tables_counted(
             Known::Added => crate::store::WriteMode::Append,
             _ => crate::store::WriteMode::Overwrite,
         };
-        let v = rc
-            .store
-            .write_table(catalog, &t.name, t.schema, t.batches, mode, &rc.run_id)
-            .await?;
+        let v = match &t.patch {
+            Some(p) => {
+                rc.store
+                    .write_patch(catalog, &t.name, p, t.schema, t.batches, &rc.run_id)
+                    .await?
+            }
+            None => {
+                rc.store
+                    .write_table(catalog, &t.name, t.schema, t.batches, mode, &rc.run_id)
+                    .await?
+            }
+        };
         Ok::<_, crate::error::Error>(Some((t.name, v, rows)))
     });
     let mut written = 0;
@@ -436,6 +485,7 @@ pub async fn stage_appended(rc: &super::RunContext<'_>, added: NewTable) -> Resu
     rc.stage_dry_run(NewTable {
         batches,
         known: Known::Changed,
+        patch: None,
         ..added
     });
     Ok(())

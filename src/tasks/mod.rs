@@ -217,3 +217,31 @@ pub fn failpoint(name: &str) {
         }
     }
 }
+
+/// The time a task spends in each of its phases, logged at debug level
+/// (`IGAFLOW_LOG=igaflow=debug`): where a benchmark's seconds go, without a profiler.
+pub struct Phases {
+    task: &'static str,
+    at: std::time::Instant,
+}
+
+impl Phases {
+    pub fn new(task: &'static str) -> Self {
+        Self {
+            task,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// Ends the current phase, named `phase`, and starts the next.
+    pub fn done(&mut self, phase: &str) {
+        let seconds = self.at.elapsed().as_secs_f64();
+        tracing::debug!(
+            task = self.task,
+            phase,
+            seconds = format!("{seconds:.3}"),
+            "phase"
+        );
+        self.at = std::time::Instant::now();
+    }
+}

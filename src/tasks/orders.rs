@@ -88,6 +88,7 @@ pub struct OrdersFileOwned {
 }
 
 pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
+    let mut phases = super::Phases::new("orders");
     let (ctx, catalog) = session(rc).await?;
     let rts: Vec<&ResourceType> = rc
         .pipeline
@@ -100,6 +101,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         return Ok(TaskOutcome::skipped("no resource type for this connector"));
     }
     let scope = super::dirty::scope(rc, &ctx, &catalog, task).await?;
+    phases.done("scope");
     let mut orders: Vec<Order> = Vec::new();
     let mut blocked_messages = Vec::new();
     let mut scopes: Vec<DataFrame> = Vec::new();
@@ -153,6 +155,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             ))
     });
 
+    phases.done("orders");
     // Merge into provisioning_orders.
     let connectors: Vec<String> = {
         let mut v: Vec<String> = rts.iter().map(|rt| rt.connector.clone()).collect();
@@ -164,6 +167,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let (table, new_count, inactive) =
         merge(rc, &ctx, &catalog, &orders, &connectors, scope_frame).await?;
     let emitted: Vec<&Order> = orders.iter().filter(|o| !o.blocked).collect();
+    phases.done("merge");
 
     // Order files, one pair per connector with orders.
     let generated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -200,7 +204,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         files.push(format!("{connector}.json"));
     }
 
+    phases.done("files");
     let unknown = values_not_in_exports(rc, &ctx, &catalog, &emitted).await?;
+    phases.done("values not in exports");
     let written = commit_tables(
         rc,
         &catalog,
@@ -208,6 +214,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         vec![table],
     )
     .await?;
+    phases.done("commit");
     let mut by_type: BTreeMap<&str, usize> = BTreeMap::new();
     for o in &emitted {
         *by_type.entry(o.change_type.as_str()).or_default() += 1;

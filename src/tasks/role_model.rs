@@ -39,6 +39,7 @@ const ASSIGNED_RESOURCES_SQL: &str = include_str!("../../sql/assigned_resources.
 pub const PRE_EXISTING: &str = "pre_existing_rights";
 
 pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
+    let mut phases = super::Phases::new("role_model");
     let (ctx, catalog) = session(rc).await?;
     let rts = selected(rc, task);
     let mut warnings: Vec<String> = Vec::new();
@@ -59,6 +60,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         ),
         false => None,
     };
+    phases.done("scope");
     let mut correlations: Vec<DataFrame> = Vec::new();
     let mut recorrelated: Vec<(DataFrame, DataFrame)> = Vec::new();
     let mut counts = Vec::new();
@@ -110,6 +112,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         merge_other_types(&ctx, &catalog, "correlations", correlations, &rts).await?;
     let correlations = materialize(&ctx, correlations).await?;
     view(&ctx, "correlations_new", correlations.clone())?;
+    phases.done("correlations");
     let recorrelated = if recorrelated.len() == rts.len() && !rts.is_empty() {
         let (keys, new): (Vec<_>, Vec<_>) = recorrelated.into_iter().unzip();
         Some((
@@ -156,12 +159,14 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         None => Merged::Whole(correlations),
     };
 
+    phases.done("correlations changed");
     // Dirty: the owners to recompute (None: all of them).
     let dirty = match &scope {
         None => None,
         Some(scope) => Some(materialize(&ctx, widen(&ctx, &catalog, &rts, scope).await?).await?),
     };
 
+    phases.done("widen");
     // 2. Assigned roles.
     let (assigned_roles, manual_warnings) =
         assigned_roles(rc, &ctx, &catalog, dirty.as_ref()).await?;
@@ -200,6 +205,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         }
         _ => Merged::Sorted(assigned_roles.clone()),
     };
+    phases.done("roles");
     // In dirty mode the view holds the recomputed owners' roles only: every query below is
     // restricted to those owners.
     view(&ctx, "assigned_roles", assigned_roles)?;
@@ -226,22 +232,29 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         .await?
         .with_joins_as_written();
 
+    phases.done("planned");
     // The five tables are independent queries: run together, they keep both cores busy.
     let (correlations, roles, resources, scalars, links) = futures::try_join!(
         correlations.table(
+            rc,
+            &catalog,
             &ctx,
             "correlations",
             &["resource_type", "account_key"],
             false,
         ),
-        roles.table(&ctx, "assigned_roles", &role_order, false),
+        roles.table(rc, &catalog, &ctx, "assigned_roles", &role_order, false),
         resources.table(
+            rc,
+            &catalog,
             &ctx,
             "assigned_resources",
             &["resource_type", "owner_key"],
             false,
         ),
         scalars.table(
+            rc,
+            &catalog,
             &ctx,
             "assigned_scalars",
             &["resource_type", "owner_key", "attribute"],
@@ -251,12 +264,15 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         // disjoint by resource type and owner), by the rank sort: cheaper than a DISTINCT per
         // type followed by a sort of ~13M rows at 1M identities.
         links.table(
+            rc,
+            &catalog,
             &ctx,
             "assigned_links",
             &["resource_type", "owner_key", "link", "value"],
             true,
         ),
     )?;
+    phases.done("tables");
     let (roles_count, assigned) = (roles.rows(), resources.rows());
     let mut tables = vec![correlations, roles, resources, scalars, links];
     if let Some(d) = &dirty {
@@ -303,8 +319,10 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             .distinct()?;
         tables.push(NewTable::from_frame(super::dirty::TABLE, all).await?);
     }
+    phases.done("scope table");
     let committed_now =
         commit_tables_counted(rc, &catalog, "task:compute_role_model", tables).await?;
+    phases.done("commit");
     let written = committed_now.rows;
     let mut message = format!(
         "{}; {roles_count} role assignment(s); {assigned} assigned resource(s)",
@@ -555,6 +573,8 @@ impl Merged {
     /// naming every column in schema order).
     async fn table(
         self,
+        rc: &RunContext<'_>,
+        read: &Catalog,
         ctx: &SessionContext,
         name: &str,
         order: &[&str],
@@ -568,7 +588,9 @@ impl Merged {
                 let order = order.iter().map(|c| col(*c).sort(true, true)).collect();
                 NewTable::from_frame(name, df.sort(order)?).await
             }
-            Merged::Replaced(r) => NewTable::replaced(ctx, name, *r, order, distinct).await,
+            Merged::Replaced(r) => {
+                NewTable::replaced(rc, read, ctx, name, *r, order, distinct).await
+            }
         }
     }
 }

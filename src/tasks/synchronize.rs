@@ -27,7 +27,7 @@ use crate::config::{Entity, Link, SyncMode, Task, Thresholds, timestamp_type};
 use crate::engine::{self, expr::apply_computed};
 use crate::error::{Error, Result};
 use crate::input::csv::COMMAND;
-use crate::store::{BatchMap, BlockedConnector, Catalog, CatalogChange, Rows, WriteMode};
+use crate::store::{BatchMap, BlockedConnector, Catalog, CatalogChange, Patch, Rows, WriteMode};
 
 const COMPLETE_SQL: &str = include_str!("../../sql/synchronize_complete.sql");
 const INCREMENTAL_SQL: &str = include_str!("../../sql/synchronize_incremental.sql");
@@ -50,6 +50,9 @@ struct TablePlan {
     /// New content of the table and of its history, when anything changed.
     new_state: Option<(SchemaRef, Vec<RecordBatch>)>,
     new_history: Option<Rows>,
+    /// An incremental run's changes as patches ([`crate::store::Patch`]) of the committed
+    /// state and history: `new_state` and `new_history` then hold only the rows they add.
+    patches: Option<(Box<Patch>, Box<Patch>)>,
     /// (`key`, `change`) rows for `recently_modified`; `None` when nothing changed.
     modified: Option<DataFrame>,
     /// Why the table is written although no row changed: it did not exist yet (an empty
@@ -276,6 +279,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                         schema: schema.clone(),
                         batches: batches.clone(),
                         known: Default::default(),
+                        patch: None,
                     });
                 }
             }
@@ -289,6 +293,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                         schema,
                         batches,
                         known: super::frames::Known::Added,
+                        patch: None,
                     },
                 )
                 .await?;
@@ -319,7 +324,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     if unblock {
         change.unblock.push(connector.to_string());
     }
-    let mut pending: Vec<(String, Rows, WriteMode)> = Vec::new();
+    let mut pending: Vec<(String, Rows, WriteMode, Option<Box<Patch>>)> = Vec::new();
     let rows = |(schema, batches): (SchemaRef, Vec<RecordBatch>)| Rows {
         schema,
         batches,
@@ -327,11 +332,16 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     };
     let modified = recently_modified(rc, &plans)?;
     for p in plans {
+        let (state_patch, history_patch) = match p.patches {
+            Some((s, h)) => (Some(s), Some(h)),
+            None => (None, None),
+        };
         if let Some(s) = p.new_state {
-            pending.push((p.name.clone(), rows(s), WriteMode::Overwrite));
+            pending.push((p.name.clone(), rows(s), WriteMode::Overwrite, state_patch));
         }
         if let Some(h) = p.new_history {
-            pending.push((format!("{}__history", p.name), h, WriteMode::Overwrite));
+            let name = format!("{}__history", p.name);
+            pending.push((name, h, WriteMode::Overwrite, history_patch));
         }
     }
     if let Some(modified) = modified {
@@ -339,6 +349,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             "recently_modified".into(),
             rows(super::frames::collect(modified).await?),
             WriteMode::Append,
+            None,
         ));
     }
     if parsed_here && rejected > 0 {
@@ -351,6 +362,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             "rejected_rows".into(),
             rows((batch.schema(), vec![batch])),
             WriteMode::Append,
+            None,
         ));
     }
     // The tables are written concurrently (each write encodes on its own task); the failpoint
@@ -361,16 +373,27 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         pending
             .into_iter()
             .enumerate()
-            .map(|(step, (name, table_rows, mode))| async move {
+            .map(|(step, (name, table_rows, mode, patch))| async move {
                 let rows = table_rows
                     .batches
                     .iter()
                     .map(|b| b.num_rows() as u64)
                     .sum::<u64>();
-                let v = rc
-                    .store
-                    .write_rows(catalog, &name, table_rows, mode, &rc.run_id)
-                    .await?;
+                let v = match patch {
+                    Some(patch) => {
+                        let Rows {
+                            schema, batches, ..
+                        } = table_rows;
+                        rc.store
+                            .write_patch(catalog, &name, &patch, schema, batches, &rc.run_id)
+                            .await?
+                    }
+                    None => {
+                        rc.store
+                            .write_rows(catalog, &name, table_rows, mode, &rc.run_id)
+                            .await?
+                    }
+                };
                 failpoint(&format!("sync.commit.{step}"));
                 Ok::<_, Error>((name, v, rows))
             });
@@ -626,6 +649,7 @@ pub(super) async fn next_history(
     ch: DataFrame,
     run_id: &str,
     valid_from: i64,
+    committed_history: Option<DataFrame>,
 ) -> Result<Rows> {
     let new_state = frame(ctx, state_schema, state_batches)?;
     // The old state in the new state's types (a computed column retyped by its expression).
@@ -641,7 +665,10 @@ pub(super) async fn next_history(
             .with_column("_run_id", lit(run_id))?
             .select(names.clone())?)
     };
-    if !catalog.tables.contains_key(history_name) && old_state.clone().count().await? == 0 {
+    if committed_history.is_none()
+        && !catalog.tables.contains_key(history_name)
+        && old_state.clone().count().await? == 0
+    {
         // A first load: every row is an insert, already in key order (the state is sorted).
         // Each state batch gets its history columns as it is written: at 1M identities the
         // run id alone would take 0.5 GB for the 13.6M membership pairs.
@@ -654,12 +681,14 @@ pub(super) async fn next_history(
     let closing = ch
         .clone()
         .filter(col("_cc").in_list(vec![lit("update"), lit("delete")], false))?;
+    let committed_history = match committed_history {
+        Some(h) => h,
+        None => committed(ctx, catalog, history_name, &schema).await?,
+    };
     // The change set is the hash table of each join: it is small next to the tables.
     let old = closing
         .join(
-            committed(ctx, catalog, history_name, &schema)
-                .await?
-                .with_column("_hk", key())?,
+            committed_history.with_column("_hk", key())?,
             JoinType::Right,
             &["_ck"],
             &["_hk"],
@@ -814,6 +843,7 @@ async fn plan_entity(
         warnings: changes.warnings.clone(),
         new_state: None,
         new_history: None,
+        patches: None,
         modified: None,
         reshaped: None,
     };
@@ -838,9 +868,47 @@ async fn plan_entity(
         );
     }
 
+    let upserts = || -> Result<DataFrame> {
+        Ok(staged
+            .clone()
+            .with_column("_k", key())?
+            .join(
+                rows.clone().filter(col("_cc").not_eq(lit("delete")))?,
+                JoinType::LeftSemi,
+                &["_k"],
+                &["_ck"],
+                None,
+            )?
+            .select(decl_cols.clone())?)
+    };
+    let history_name = format!("{}__history", e.name);
+    let patchable = incremental
+        && rc.pipeline.deletion_vectors
+        && kept_as_stored.is_none()
+        && !rc.dry_run
+        && [&e.name, &history_name]
+            .iter()
+            .all(|t| catalog.tables.get(*t).is_some_and(|v| *v != u64::MAX));
+    if patchable
+        && let Some(patched) = patch_entity(
+            ctx,
+            rc,
+            catalog,
+            e,
+            &key,
+            upserts()?,
+            rows.clone(),
+            valid_from,
+        )
+        .await?
+    {
+        plan.new_state = Some(patched.state);
+        plan.new_history = Some(patched.history);
+        plan.patches = Some(patched.patches);
+        return Ok(plan);
+    }
     let new_declared = if incremental {
-        let ch = rows.clone();
-        let kept = ch
+        let kept = rows
             .clone()
             .join(
                 current.clone().with_column("_k", key())?,
@@ -850,18 +918,7 @@ async fn plan_entity(
                 None,
             )?
             .select(decl_cols.clone())?;
-        let upserts = staged
-            .clone()
-            .with_column("_k", key())?
-            .join(
-                ch.filter(col("_cc").not_eq(lit("delete")))?,
-                JoinType::LeftSemi,
-                &["_k"],
-                &["_ck"],
-                None,
-            )?
-            .select(decl_cols.clone())?;
-        kept.union(upserts)?
+        kept.union(upserts()?)?
     } else {
         staged.clone().select(decl_cols.clone())?
     };
@@ -884,7 +941,7 @@ async fn plan_entity(
     let history = next_history(
         ctx,
         catalog,
-        &format!("{}__history", e.name),
+        &history_name,
         &key,
         vec![quoted(&e.key)],
         (&state_schema, &state_batches),
@@ -892,11 +949,107 @@ async fn plan_entity(
         rows,
         &rc.run_id,
         valid_from,
+        None,
     )
     .await?;
     plan.new_state = Some((state_schema, state_batches));
     plan.new_history = Some(history);
     Ok(plan)
+}
+
+/// An incremental synchronization's changes of an entity, as patches of its committed state
+/// and history (see [`crate::store::Patch`]).
+struct PatchedEntity {
+    /// The inserted and updated rows, with their computed columns, sorted by key.
+    state: (SchemaRef, Vec<RecordBatch>),
+    /// The changed keys' history rows: the committed ones (the open version closed) and the
+    /// versions this run opens.
+    history: Rows,
+    /// The state's patch, then the history's.
+    patches: (Box<Patch>, Box<Patch>),
+}
+
+/// The changes `ch` (`_ck`, `_cc`) of entity `e` as patches: in the state, the updated and
+/// deleted keys' rows are replaced by the `upserts` (with their computed columns); in the
+/// history, every row of those keys is replaced by the same rows with the open version closed,
+/// plus the versions opened now. Only the changed keys' rows are read (by position) and
+/// written. `None` when a table cannot be patched.
+#[allow(clippy::too_many_arguments)]
+async fn patch_entity(
+    ctx: &SessionContext,
+    rc: &RunContext<'_>,
+    catalog: &Catalog,
+    e: &Entity,
+    key: &dyn Fn() -> Expr,
+    upserts: DataFrame,
+    ch: DataFrame,
+    valid_from: i64,
+) -> Result<Option<PatchedEntity>> {
+    let state =
+        apply_computed(ctx, upserts.clone(), e)?.sort(vec![quoted(&e.key).sort(true, true)])?;
+    let schema = Arc::new(state.schema().as_arrow().clone());
+    let batches = match state.collect().await {
+        Ok(batches) => batches,
+        Err(failed) => {
+            let file = &rc.pipeline.file;
+            return Err(engine::expr::computed_failure(ctx, file, upserts, e, failed.into()).await);
+        }
+    };
+    let replaced = ch
+        .clone()
+        .filter(col("_cc").in_list(vec![lit("update"), lit("delete")], false))?
+        .select(vec![col("_ck")])?;
+    let on = [e.key.as_str()];
+    let version = |t: &str| catalog.tables.get(t).copied().unwrap_or_default();
+    let Some((state_patch, old_rows)) = rc
+        .store
+        .find_replaced(
+            ctx,
+            &e.name,
+            version(&e.name),
+            replaced.clone(),
+            &on,
+            &schema,
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let history_name = format!("{}__history", e.name);
+    let history_schema = history_schema(&schema);
+    let Some((history_patch, old_history)) = rc
+        .store
+        .find_replaced(
+            ctx,
+            &history_name,
+            version(&history_name),
+            replaced,
+            &on,
+            &history_schema,
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let history = next_history(
+        ctx,
+        catalog,
+        &history_name,
+        key,
+        vec![quoted(&e.key)],
+        (&schema, &batches),
+        frame(ctx, &schema, &old_rows)?,
+        ch,
+        &rc.run_id,
+        valid_from,
+        Some(frame(ctx, &history_schema, &old_history)?),
+    )
+    .await?;
+    Ok(Some(PatchedEntity {
+        state: (schema, batches),
+        history,
+        patches: (Box::new(state_patch), Box::new(history_patch)),
+    }))
 }
 
 /// `new_keys__<entity>` from a planned entity: its new state, or the committed one if unchanged.
@@ -908,15 +1061,30 @@ async fn register_planned_keys(
 ) -> Result<()> {
     let name = format!("new_keys__{}", e.name);
     let _ = ctx.deregister_table(name.as_str())?;
-    let df = match &p.new_state {
-        Some((schema, batches)) => frame(ctx, schema, batches)?,
-        None => committed(ctx, catalog, &e.name, &engine::expr::declared_schema(e)).await?,
+    let keys = |df: DataFrame| -> Result<DataFrame> {
+        Ok(df.select(vec![cast(quoted(&e.key), DataType::Utf8).alias("_key")])?)
     };
-    ctx.register_table(
-        name,
-        df.select(vec![cast(quoted(&e.key), DataType::Utf8).alias("_key")])?
-            .into_view(),
-    )?;
+    let committed_keys = || async {
+        keys(committed(ctx, catalog, &e.name, &engine::expr::declared_schema(e)).await?)
+    };
+    let df = match (&p.new_state, &p.patches, &p.modified) {
+        // A patch: the committed keys but the changed ones, and the inserted and updated.
+        (Some((schema, batches)), Some(_), Some(modified)) => committed_keys()
+            .await?
+            .join(
+                modified
+                    .clone()
+                    .select(vec![col("key").alias("_changed")])?,
+                JoinType::LeftAnti,
+                &["_key"],
+                &["_changed"],
+                None,
+            )?
+            .union(keys(frame(ctx, schema, batches)?)?)?,
+        (Some((schema, batches)), _, _) => keys(frame(ctx, schema, batches)?)?,
+        _ => committed_keys().await?,
+    };
+    ctx.register_table(name, df.into_view())?;
     Ok(())
 }
 
@@ -1070,6 +1238,7 @@ async fn plan_link(
         warnings,
         new_state: None,
         new_history: None,
+        patches: None,
         modified: None,
         reshaped: None,
     };
@@ -1106,6 +1275,7 @@ async fn plan_link(
         rows,
         &rc.run_id,
         valid_from,
+        None,
     )
     .await?;
     plan.new_state = Some((schema, desired_batches));
