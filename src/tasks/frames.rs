@@ -178,15 +178,12 @@ impl NewTable {
                 .find_replaced(ctx, name, version, r.keys.clone(), &r.on, &schema)
                 .await?;
             if let Some((patch, removed)) = found {
-                if rows(&removed) == rows(&new) {
-                    let removed = frame(ctx, &schema, &removed)?;
-                    if frame(ctx, &schema, &new)?.except(removed)?.count().await? == 0 {
-                        let rows = patch.rows_after(0);
-                        return Ok(Self {
-                            known: Known::Unchanged { rows },
-                            ..Self::new(name, (schema, Vec::new()))
-                        });
-                    }
+                if same_rows(ctx, &schema, &removed, &new).await? {
+                    let rows = patch.rows_after(0);
+                    return Ok(Self {
+                        known: Known::Unchanged { rows },
+                        ..Self::new(name, (schema, Vec::new()))
+                    });
                 }
                 return Ok(Self {
                     known: Known::Changed,
@@ -217,15 +214,12 @@ impl NewTable {
                 kept.push(b.slice(start, end - start));
             }
         }
-        if rows(&removed) == rows(&new) {
-            let removed = frame(ctx, &schema, &removed)?;
-            if frame(ctx, &schema, &new)?.except(removed)?.count().await? == 0 {
-                let rows = (rows(&kept) + rows(&new)) as u64;
-                return Ok(Self {
-                    known: Known::Unchanged { rows },
-                    ..Self::new(name, (schema, Vec::new()))
-                });
-            }
+        if same_rows(ctx, &schema, &removed, &new).await? {
+            let rows = (rows(&kept) + rows(&new)) as u64;
+            return Ok(Self {
+                known: Known::Unchanged { rows },
+                ..Self::new(name, (schema, Vec::new()))
+            });
         }
         // The kept and the recomputed rows are disjoint (they belong to different owners), so
         // there are no repeats across them.
@@ -275,6 +269,22 @@ impl NewTable {
             }
         }
     }
+}
+
+/// Whether the recomputed rows are the ones they replace: as many, and none that is not among
+/// them.
+async fn same_rows(
+    ctx: &SessionContext,
+    schema: &SchemaRef,
+    removed: &[RecordBatch],
+    new: &[RecordBatch],
+) -> Result<bool> {
+    let rows = |v: &[RecordBatch]| v.iter().map(RecordBatch::num_rows).sum::<usize>();
+    if rows(removed) != rows(new) {
+        return Ok(false);
+    }
+    let removed = frame(ctx, schema, removed)?;
+    Ok(frame(ctx, schema, new)?.except(removed)?.count().await? == 0)
 }
 
 /// Each committed row with whether it is replaced (`_replaced`), by a join with the keys. The

@@ -74,8 +74,10 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             }
             _ => None,
         };
+        phases.done("affected accounts");
         let df = correlate(rc, &ctx, &catalog, rt, affected.as_ref()).await?;
         let df = materialize(&ctx, df).await?;
+        phases.done("correlate");
         let df = match affected {
             Some(a) => {
                 let committed = committed_correlations.clone().expect("checked by `before`");
@@ -89,7 +91,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             }
             None => df,
         };
+        phases.done("kept correlations");
         let (linked, ambiguous, conflicts) = status_counts(df.clone()).await?;
+        phases.done("status counts");
         if ambiguous > 0 {
             warnings.push(format!(
                 "{}: {ambiguous} ambiguous account(s) not linked",
@@ -112,7 +116,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         merge_other_types(&ctx, &catalog, "correlations", correlations, &rts).await?;
     let correlations = materialize(&ctx, correlations).await?;
     view(&ctx, "correlations_new", correlations.clone())?;
-    phases.done("correlations");
+    phases.done("correlations merged");
     let recorrelated = if recorrelated.len() == rts.len() && !rts.is_empty() {
         let (keys, new): (Vec<_>, Vec<_>) = recorrelated.into_iter().unzip();
         Some((
