@@ -50,6 +50,12 @@ use roaring::RoaringTreemap;
 use super::{Catalog, Store, WriteMode};
 use crate::error::{Error, Result};
 
+/// Past this many data files, a table is rewritten rather than patched.
+const MAX_FILES: usize = 64;
+/// Past this share of deleted rows in its files (percent), a table is rewritten rather than
+/// patched.
+const MAX_DELETED_PCT: u64 = 20;
+
 /// The magic number of a portable Roaring bitmap in a Delta deletion vector.
 const PORTABLE_MAGIC: u32 = 1681511377;
 
@@ -90,9 +96,11 @@ struct DataFile {
 impl Store {
     /// The rows of table `name` at committed `version` whose columns `on` equal a row of
     /// `keys` (column by column, NULL equal to nothing), as a [`Patch`] deleting them and the
-    /// rows themselves in `schema` (by name). `None` when the table cannot be patched: a
-    /// deletion vector in a file of its own (written by another tool), a file without a row
-    /// count, or a partitioned table.
+    /// rows themselves in `schema` (by name). `None` when the table is to be rewritten instead:
+    /// other columns or types than `schema`'s, a deletion vector in a file of its own (written
+    /// by another tool), a file without a row count, a partitioned table, or a table that
+    /// patches have left with more than [`MAX_FILES`] files or [`MAX_DELETED_PCT`]% deleted
+    /// rows (the rewrite compacts it).
     pub async fn find_replaced(
         &self,
         ctx: &SessionContext,
@@ -103,13 +111,18 @@ impl Store {
         schema: &SchemaRef,
     ) -> Result<Option<(Patch, Vec<RecordBatch>)>> {
         let table = self.delta_at(name, version).await?;
+        // The recomputed rows are appended: the table must have their columns and types (a
+        // column retyped or added in pipeline.toml rewrites the table instead).
+        if !same_columns(&table.snapshot()?.snapshot().arrow_schema(), schema) {
+            return Ok(None);
+        }
         let views: Vec<_> = table
             .get_active_add_actions_by_predicate(None)
             .try_collect()
             .await?;
         let mut files = Vec::with_capacity(views.len());
         let mut actions = Vec::with_capacity(views.len());
-        let mut committed_rows = 0u64;
+        let (mut committed_rows, mut stored_rows) = (0u64, 0u64);
         for v in &views {
             #[allow(deprecated)] // the Add action is what the patch commits again
             let add = v.add_action();
@@ -127,6 +140,7 @@ impl Store {
             let Some(records) = v.num_records() else {
                 return Ok(None);
             };
+            stored_rows += records as u64;
             committed_rows += (records as u64).saturating_sub(deleted.len());
             files.push(DataFile {
                 path: self.object_path(&format!("{name}/{}", v.object_store_path())),
@@ -134,6 +148,13 @@ impl Store {
                 deleted,
             });
             actions.push((add, v.remove_action(true)));
+        }
+        // Patches pile up (a file and deletions each): past a point the table is rewritten
+        // whole, which compacts it (as a complete run does).
+        if files.len() > MAX_FILES
+            || (stored_rows - committed_rows) * 100 > stored_rows * MAX_DELETED_PCT
+        {
+            return Ok(None);
         }
         // The positions of the rows whose key is replaced: the key columns of every file with
         // each row's file and position, joined with the keys (the smaller side, built first).
@@ -300,6 +321,23 @@ impl Store {
         crate::tasks::failpoint(&format!("patch.{name}.deleted"));
         Ok(commit.version())
     }
+}
+
+/// Whether `stored` has exactly `new`'s columns, with the same types (nullability aside; the
+/// string types as one).
+fn same_columns(stored: &Schema, new: &Schema) -> bool {
+    fn plain(t: &DataType) -> &DataType {
+        match t {
+            DataType::Utf8View | DataType::LargeUtf8 => &DataType::Utf8,
+            t => t,
+        }
+    }
+    stored.fields().len() == new.fields().len()
+        && new.fields().iter().all(|f| {
+            stored
+                .field_with_name(f.name())
+                .is_ok_and(|s| plain(s.data_type()) == plain(f.data_type()))
+        })
 }
 
 /// Whether the table's protocol has the deletion vectors feature.

@@ -265,3 +265,38 @@ pub fn persons_csv(ids: impl Iterator<Item = usize>) -> String {
     }
     s
 }
+
+/// The actions of each Delta commit of `table` in the test's store, oldest first.
+pub fn delta_commits(env: &Env, table: &str) -> Vec<Vec<serde_json::Value>> {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(env.path(&format!("store/{table}/_delta_log")))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    logs.sort();
+    logs.iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+/// Whether a Delta commit adds a file with a deletion vector (an igaflow patch).
+pub fn is_patch(commit: &[serde_json::Value]) -> bool {
+    commit
+        .iter()
+        .any(|a| a["add"]["deletionVector"].is_object())
+}
+
+/// Whether a Delta commit removes a file that had a deletion vector without being a patch
+/// (a patched table rewritten whole).
+pub fn rewrites_patched(commit: &[serde_json::Value]) -> bool {
+    !is_patch(commit)
+        && commit
+            .iter()
+            .any(|a| a["remove"]["deletionVector"].is_object())
+}

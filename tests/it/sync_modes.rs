@@ -433,3 +433,67 @@ fn a_computed_column_failing_on_the_data_names_its_line_and_the_value() {
             .is_empty()
     );
 }
+
+/// With `[store] deletion_vectors`, an incremental synchronization patches the entity and its
+/// history (deletion vectors and a file of new rows) and ends with the same rows as without;
+/// a computed column retyped since makes it rewrite both tables instead (appended rows of the
+/// new type could not join the old files).
+#[test]
+fn incremental_synchronization_with_deletion_vectors_patches_and_rewrites_retyped_tables() {
+    let computed = |expr: &str| format!("computed = {{ senior = \"{expr}\" }}");
+    let with_dv = |text: String| format!("{text}\n[store]\ndeletion_vectors = true\n");
+    let changes = [
+        "command,employee_id,name,birth_date,level,note\n\
+         update,E00002,Renamed,1980-01-01,4,\n\
+         delete,E00003,,,,\n\
+         insert,E00009,New,1990-02-02,1,\n",
+        "command,employee_id,name,birth_date,level,note\n\
+         update,E00004,Again,1980-01-01,5,x\n\
+         insert,E00003,Back,1991-03-03,3,\n",
+    ];
+    // Whether the table's last Delta commit adds a file with a deletion vector.
+    let patched_last = |env: &Env, table: &str| is_patch(&delta_commits(env, table).pop().unwrap());
+    let rows = |env: &Env| {
+        (
+            env.query(
+                "select employee_id, name, level, cast(senior as varchar) from person order by 1",
+            ),
+            env.query(
+                "select employee_id, name, cast(senior as varchar), _change, _valid_to is null \
+                 from person__history order by 1, _valid_from, 4",
+            ),
+        )
+    };
+    let (patched, plain) = (Env::new(), Env::new());
+    for (env, dv) in [(&patched, true), (&plain, false)] {
+        let text = |expr: &str| {
+            let t = hr_pipeline(&computed(expr));
+            if dv { with_dv(t) } else { t }
+        };
+        env.write_pipeline(&text("level > 2"));
+        env.write("exports/hr/persons.csv", persons_csv(1..=5));
+        env.run("complete", &[], &[]).expect_code(0);
+        env.write("exports/hr/persons.csv", changes[0]);
+        env.run("incremental", &[], &[]).expect_code(0);
+        for table in ["person", "person__history"] {
+            assert_eq!(patched_last(env, table), dv, "{table}");
+        }
+        // Retyped (bool → int) and changed again: a rewrite, with the new type.
+        env.write_pipeline(&text("CASE WHEN level > 2 THEN 10 ELSE 20 END"));
+        env.write("exports/hr/persons.csv", changes[1]);
+        env.run("incremental", &[], &[]).expect_code(0);
+        assert!(!patched_last(env, "person"));
+    }
+    assert_eq!(rows(&patched), rows(&plain));
+    let (state, _) = rows(&patched);
+    assert_eq!(state.len(), 6, "{state:?}");
+    assert!(
+        state.contains(&vec![
+            "E00004".into(),
+            "Again".into(),
+            "5".into(),
+            "10".into()
+        ]),
+        "{state:?}"
+    );
+}
