@@ -28,6 +28,7 @@
 mod catalog;
 mod compact;
 mod patch;
+mod patched_scan;
 mod write;
 
 use std::collections::HashMap;
@@ -272,6 +273,14 @@ impl Store {
             .with_session(Arc::new(ctx.state()))
             .await
             .map_err(Error::Engine)?;
+        // A version that patches left with deletion vectors: read with them as row selections
+        // (see `patched_scan`), keeping the Parquet scan's pruning.
+        if let Some(patched) = self
+            .patched_table(ctx, name, &table, provider.schema())
+            .await?
+        {
+            return Ok(Some(Arc::new(patched)));
+        }
         Ok(Some(provider))
     }
 

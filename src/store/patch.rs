@@ -87,10 +87,63 @@ impl Patch {
 }
 
 /// One committed data file: where it is and which of its rows are already deleted.
-struct DataFile {
-    path: object_store::path::Path,
-    size: u64,
-    deleted: RoaringTreemap,
+pub(super) struct DataFile {
+    pub(super) path: object_store::path::Path,
+    pub(super) size: u64,
+    pub(super) deleted: RoaringTreemap,
+}
+
+/// An active data file of a table version, with its row count and Delta actions.
+pub(super) struct ActiveFile {
+    pub(super) file: DataFile,
+    /// Rows stored in the file, deleted ones included.
+    pub(super) records: u64,
+    add: Add,
+    remove: Remove,
+}
+
+/// The active data files of `table`, or `None` when one of them is partitioned, has no row
+/// count, or has a deletion vector stored in a file of its own (written by another tool):
+/// igaflow then leaves the table to delta-rs (reads) or rewrites it (patches).
+pub(super) async fn active_files(
+    store: &Store,
+    name: &str,
+    table: &deltalake::DeltaTable,
+) -> Result<Option<Vec<ActiveFile>>> {
+    let views: Vec<_> = table
+        .get_active_add_actions_by_predicate(None)
+        .try_collect()
+        .await?;
+    let mut files = Vec::with_capacity(views.len());
+    for v in &views {
+        #[allow(deprecated)] // the Add action is what a patch commits again
+        let add = v.add_action();
+        if add.partition_values.values().next().is_some() {
+            return Ok(None);
+        }
+        let deleted = match &add.deletion_vector {
+            None => RoaringTreemap::new(),
+            Some(dv) if dv.storage_type == StorageType::Inline => {
+                decode_inline(&dv.path_or_inline_dv)
+                    .map_err(|e| Error::store(format!("table {name}: {}: {e}", add.path)))?
+            }
+            Some(_) => return Ok(None),
+        };
+        let Some(records) = v.num_records() else {
+            return Ok(None);
+        };
+        files.push(ActiveFile {
+            file: DataFile {
+                path: store.object_path(&format!("{name}/{}", v.object_store_path())),
+                size: v.size() as u64,
+                deleted,
+            },
+            records: records as u64,
+            remove: v.remove_action(true),
+            add,
+        });
+    }
+    Ok(Some(files))
 }
 
 impl Store {
@@ -116,38 +169,17 @@ impl Store {
         if !same_columns(&table.snapshot()?.snapshot().arrow_schema(), schema) {
             return Ok(None);
         }
-        let views: Vec<_> = table
-            .get_active_add_actions_by_predicate(None)
-            .try_collect()
-            .await?;
-        let mut files = Vec::with_capacity(views.len());
-        let mut actions = Vec::with_capacity(views.len());
+        let Some(active) = active_files(self, name, &table).await? else {
+            return Ok(None);
+        };
+        let mut files = Vec::with_capacity(active.len());
+        let mut actions = Vec::with_capacity(active.len());
         let (mut committed_rows, mut stored_rows) = (0u64, 0u64);
-        for v in &views {
-            #[allow(deprecated)] // the Add action is what the patch commits again
-            let add = v.add_action();
-            if add.partition_values.values().next().is_some() {
-                return Ok(None);
-            }
-            let deleted = match &add.deletion_vector {
-                None => RoaringTreemap::new(),
-                Some(dv) if dv.storage_type == StorageType::Inline => {
-                    decode_inline(&dv.path_or_inline_dv)
-                        .map_err(|e| Error::store(format!("table {name}: {}: {e}", add.path)))?
-                }
-                Some(_) => return Ok(None),
-            };
-            let Some(records) = v.num_records() else {
-                return Ok(None);
-            };
-            stored_rows += records as u64;
-            committed_rows += (records as u64).saturating_sub(deleted.len());
-            files.push(DataFile {
-                path: self.object_path(&format!("{name}/{}", v.object_store_path())),
-                size: v.size() as u64,
-                deleted,
-            });
-            actions.push((add, v.remove_action(true)));
+        for a in active {
+            stored_rows += a.records;
+            committed_rows += a.records.saturating_sub(a.file.deleted.len());
+            files.push(a.file);
+            actions.push((a.add, a.remove));
         }
         // Patches pile up (a file and deletions each): past a point the table is rewritten
         // whole, which compacts it (as a complete run does).

@@ -425,9 +425,25 @@ pub fn empty(ctx: &SessionContext, schema: Arc<Schema>) -> Result<DataFrame> {
 }
 
 /// Runs `df` once and returns a frame over the result (so later joins do not recompute it).
+///
+/// At trace level (`IGAFLOW_LOG=igaflow::plans=trace`) the executed plan is logged with its
+/// metrics (rows, time and pruning per operator), as EXPLAIN ANALYZE shows them.
 pub async fn materialize(ctx: &SessionContext, df: DataFrame) -> Result<DataFrame> {
     let schema = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await?;
+    let batches = if tracing::enabled!(target: "igaflow::plans", tracing::Level::TRACE) {
+        let task = df.task_ctx();
+        let plan = df.create_physical_plan().await?;
+        let batches = datafusion::physical_plan::collect(plan.clone(), Arc::new(task)).await?;
+        let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+            plan.as_ref(),
+        )
+        .indent(true)
+        .to_string();
+        tracing::trace!(target: "igaflow::plans", "executed plan:\n{shown}");
+        batches
+    } else {
+        df.collect().await?
+    };
     super::frames::frame(ctx, &schema, &batches)
 }
 

@@ -478,6 +478,20 @@ fn incremental_synchronization_with_deletion_vectors_patches_and_rewrites_retype
         for table in ["person", "person__history"] {
             assert_eq!(patched_last(env, table), dv, "{table}");
         }
+        // Filtered reads (patched: the Parquet scan's pruning with the deletion vectors as row
+        // selections): the replaced and deleted rows stay hidden.
+        assert_eq!(
+            env.query("select name from person where employee_id = 'E00002'"),
+            vec![vec!["Renamed".to_string()]]
+        );
+        assert!(
+            env.query("select name from person where employee_id = 'E00003'")
+                .is_empty()
+        );
+        assert_eq!(
+            env.query("select count(*) from person where level >= 1"),
+            vec![vec!["4".to_string()]] // E00001, E00002 (now 4), E00004, E00009; E00005 is 0
+        );
         // Retyped (bool → int) and changed again: a rewrite, with the new type.
         env.write_pipeline(&text("CASE WHEN level > 2 THEN 10 ELSE 20 END"));
         env.write("exports/hr/persons.csv", changes[1]);
