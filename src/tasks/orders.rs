@@ -714,13 +714,27 @@ async fn orders_of(
             columns.push(c);
         }
     }
+    // Dirty: the target rows of the accounts in scope, read once for every column below (cut
+    // column by column, each would scan the whole target table again).
+    let scoped_target = match &in_scope {
+        Some((_, accounts)) => super::role_model::materialize(
+            ctx,
+            target
+                .clone()
+                .with_column("_scope_key", account_key.clone())?
+                .semi_on("_scope_key", accounts.clone())?,
+        )
+        .await?
+        .drop_columns(&["_scope_key"])?,
+        None => target.clone(),
+    };
     let mut current = Vec::new();
     for c in &columns {
-        current.push(of_accounts(target.clone().select(vec![
+        current.push(scoped_target.clone().select(vec![
             account_key.clone().alias("account_key"),
             lit(*c).alias("attribute"),
             cast(quoted(c), DataType::Utf8).alias("value"),
-        ])?)?);
+        ])?);
     }
     view(
         ctx,
@@ -770,29 +784,25 @@ async fn orders_of(
     // Disable values: expressions over the owner (NULL columns when the owner is gone).
     let owner_key_expr = cast(quoted(&owner_entity.key), DataType::Utf8);
     let owners = require(ctx, catalog, &rt.owner, "synchronize").await?;
-    let with_owner = of_accounts(
-        target
-            .clone()
-            .select(vec![account_key.clone().alias("account_key")])?,
-    )?
-    .select(vec![col("account_key").alias("_account_key")])?
-    .join(
-        linked.select(vec![
-            col("account_key").alias("_lk"),
-            col("owner_key").alias("_lo"),
-        ])?,
-        JoinType::Left,
-        &["_account_key"],
-        &["_lk"],
-        None,
-    )?
-    .join(
-        owners.with_column("_ok", owner_key_expr)?,
-        JoinType::Left,
-        &["_lo"],
-        &["_ok"],
-        None,
-    )?;
+    let with_owner = scoped_target
+        .select(vec![account_key.clone().alias("_account_key")])?
+        .join(
+            linked.select(vec![
+                col("account_key").alias("_lk"),
+                col("owner_key").alias("_lo"),
+            ])?,
+            JoinType::Left,
+            &["_account_key"],
+            &["_lk"],
+            None,
+        )?
+        .join(
+            owners.with_column("_ok", owner_key_expr)?,
+            JoinType::Left,
+            &["_lo"],
+            &["_ok"],
+            None,
+        )?;
     let mut disable = Vec::new();
     for (c, e) in &rt.disable {
         let value = ctx.parse_sql_expr(&e.text, with_owner.schema())?;
