@@ -307,7 +307,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 None => None,
             };
             let p = Pipeline::load(&pipeline)?;
-            let store = Store::open(&pipeline_store_uri(store.as_deref(), &p))?;
+            let store = Store::open(&pipeline_store_uri(store.as_deref(), &p))?
+                .with_repeated_columns(p.repeated_columns());
             let opts = RunOptions {
                 force,
                 dry_run,
@@ -321,7 +322,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Schedule { pipeline, store } => {
             let p = Pipeline::load(&pipeline)?;
-            let store = Store::open(&pipeline_store_uri(store.as_deref(), &p))?;
+            let store = Store::open(&pipeline_store_uri(store.as_deref(), &p))?
+                .with_repeated_columns(p.repeated_columns());
             jobs::schedule(&p, &store, cli.quiet).await
         }
         Command::Sql {

@@ -10,6 +10,7 @@ pub mod model;
 pub mod raw;
 mod validate;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
@@ -286,6 +287,26 @@ pub struct Notify {
 }
 
 impl Pipeline {
+    /// The text columns, by table, whose values repeat across many rows: both endpoints of
+    /// each link (its table and history), and the owner of the role model's per-owner tables
+    /// with `assigned_links`' values (see [`crate::store::Store::with_repeated_columns`]).
+    pub fn repeated_columns(&self) -> HashMap<String, Vec<String>> {
+        let mut repeated = HashMap::new();
+        for l in &self.links {
+            let ends = vec![l.from.column.clone(), l.to.column.clone()];
+            repeated.insert(format!("{}__history", l.name), ends.clone());
+            repeated.insert(l.name.clone(), ends);
+        }
+        for t in ["assigned_roles", "assigned_scalars"] {
+            repeated.insert(t.to_string(), vec!["owner_key".to_string()]);
+        }
+        repeated.insert(
+            "assigned_links".to_string(),
+            vec!["owner_key".to_string(), "value".to_string()],
+        );
+        repeated
+    }
+
     /// Reads and validates `PIPELINE/pipeline.toml` (or the file itself when a file is given).
     pub fn load(path: &Path) -> Result<Self> {
         let file = if path.is_dir() {

@@ -474,26 +474,38 @@ async fn read_rows(
         .await
         .map_err(|e| Error::store(format!("{}: {e}", file.path)))?;
     let total = builder.metadata().file_metadata().num_rows() as u64;
-    // Consecutive runs of selected positions, with the skipped rows between them.
-    let mut selectors = Vec::new();
-    let mut at = 0u64;
-    for p in positions.iter() {
-        if p >= total {
-            break;
-        }
-        if p > at {
-            selectors.push(RowSelector::skip((p - at) as usize));
-        }
-        selectors.push(RowSelector::select(1));
-        at = p + 1;
-    }
     let rows = builder
-        .with_row_selection(RowSelection::from(selectors))
+        .with_row_selection(selection(positions, total, true))
         .build()
         .map_err(|e| Error::store(format!("{}: {e}", file.path)))?;
     rows.try_collect()
         .await
         .map_err(|e| Error::store(format!("{}: {e}", file.path)))
+}
+
+/// A Parquet row selection over a file of `total` rows: the rows at `positions` when `listed`,
+/// else every other row (a deletion vector's kept rows). Positions past the end are ignored.
+pub(super) fn selection(positions: &RoaringTreemap, total: u64, listed: bool) -> RowSelection {
+    type Run = fn(usize) -> RowSelector;
+    let (named, others): (Run, Run) = if listed {
+        (RowSelector::select, RowSelector::skip)
+    } else {
+        (RowSelector::skip, RowSelector::select)
+    };
+    // Runs of named positions, with the other rows between them (adjacent runs are merged).
+    let mut selectors = Vec::new();
+    let mut at = 0u64;
+    for p in positions.iter().take_while(|&p| p < total) {
+        if p > at {
+            selectors.push(others((p - at) as usize));
+        }
+        selectors.push(named(1));
+        at = p + 1;
+    }
+    if at < total {
+        selectors.push(others((total - at) as usize));
+    }
+    RowSelection::from(selectors)
 }
 
 /// `b` with `schema`'s columns, by name and cast to their types (a missing one NULL).
@@ -524,4 +536,40 @@ fn open(
         &ExecutionPlanMetricsSet::new(),
     )?;
     Ok(reader)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_selection_names_exactly_the_listed_rows_or_exactly_the_others() {
+        let positions: RoaringTreemap = [0u64, 1, 5, 9, 42].into_iter().collect();
+        let kept: Vec<RowSelector> = selection(&positions, 10, false).iter().copied().collect();
+        assert_eq!(
+            kept,
+            vec![
+                RowSelector::skip(2),
+                RowSelector::select(3),
+                RowSelector::skip(1),
+                RowSelector::select(3),
+                RowSelector::skip(1),
+            ]
+        );
+        let listed: Vec<RowSelector> = selection(&positions, 12, true).iter().copied().collect();
+        assert_eq!(
+            listed,
+            vec![
+                RowSelector::select(2),
+                RowSelector::skip(3),
+                RowSelector::select(1),
+                RowSelector::skip(3),
+                RowSelector::select(1),
+                RowSelector::skip(2),
+            ]
+        );
+        assert_eq!(selection(&positions, 10, true).row_count(), 4);
+        assert_eq!(selection(&RoaringTreemap::new(), 4, false).row_count(), 4);
+        assert_eq!(selection(&RoaringTreemap::new(), 4, true).row_count(), 0);
+    }
 }

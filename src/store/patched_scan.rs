@@ -22,14 +22,12 @@ use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
-use roaring::RoaringTreemap;
 use sha2::Digest;
 
 use super::Store;
-use super::patch::{ActiveFile, active_files};
+use super::patch::{ActiveFile, active_files, selection};
 use crate::error::Result;
 
 /// A Delta table version with deletion vectors, scanned file by file with the kept rows as a
@@ -74,7 +72,7 @@ impl Store {
                 if !file.deleted.is_empty() {
                     f = f.with_extension(
                         datafusion::datasource::physical_plan::parquet::ParquetRowSelection::new(
-                            kept_rows(records, &file.deleted),
+                            selection(&file.deleted, records, false),
                         ),
                     );
                 }
@@ -89,23 +87,6 @@ impl Store {
             bytes,
         }))
     }
-}
-
-/// The rows of a file of `records` rows that `deleted` does not name.
-fn kept_rows(records: u64, deleted: &RoaringTreemap) -> RowSelection {
-    let mut selectors = Vec::new();
-    let mut at = 0u64;
-    for p in deleted.iter().take_while(|&p| p < records) {
-        if p > at {
-            selectors.push(RowSelector::select((p - at) as usize));
-        }
-        selectors.push(RowSelector::skip(1));
-        at = p + 1;
-    }
-    if at < records {
-        selectors.push(RowSelector::select((records - at) as usize));
-    }
-    RowSelection::from(selectors)
 }
 
 #[async_trait]
@@ -134,8 +115,13 @@ impl TableProvider for PatchedTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let mut source = ParquetSource::new(self.schema.clone())
-            .with_table_parquet_options(state.table_options().parquet.clone());
+        // The session's Parquet settings as they are now (delta-rs reads them the same way).
+        let options = datafusion::config::TableParquetOptions {
+            global: state.config().options().execution.parquet.clone(),
+            ..Default::default()
+        };
+        let mut source =
+            ParquetSource::new(self.schema.clone()).with_table_parquet_options(options);
         if let Some(predicate) = conjunction(filters.iter().cloned()) {
             let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
@@ -152,29 +138,5 @@ impl TableProvider for PatchedTable {
             .with_statistics(statistics)
             .build();
         Ok(DataSourceExec::from_data_source(config))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kept_rows_skip_exactly_the_deleted_positions() {
-        let deleted: RoaringTreemap = [0u64, 1, 5, 9, 42].into_iter().collect();
-        let kept = kept_rows(10, &deleted);
-        let selectors: Vec<RowSelector> = kept.iter().copied().collect();
-        assert_eq!(
-            selectors,
-            vec![
-                RowSelector::skip(2),
-                RowSelector::select(3),
-                RowSelector::skip(1),
-                RowSelector::select(3),
-                RowSelector::skip(1),
-            ]
-        );
-        assert_eq!(kept.row_count(), 6);
-        assert_eq!(kept_rows(4, &RoaringTreemap::new()).row_count(), 4);
     }
 }

@@ -8,6 +8,7 @@ use datafusion::catalog::streaming::StreamingTable;
 use datafusion::datasource::provider_as_source;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::LogicalPlanBuilder;
+use datafusion::parquet::schema::types::ColumnPath;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use deltalake::kernel::transaction::CommitProperties;
@@ -174,9 +175,22 @@ impl Store {
             .options_mut()
             .optimizer
             .enable_round_robin_repartition = false;
+        let mut writer = session
+            .config_options()
+            .execution
+            .parquet
+            .into_writer_properties_builder()
+            .map_err(in_table)?;
+        for column in self.repeated.get(name).into_iter().flatten() {
+            writer = writer.set_column_dictionary_page_size_limit(
+                ColumnPath::from(column.as_str()),
+                super::REPEATED_DICTIONARY_BYTES,
+            );
+        }
         let schema_before = latest.snapshot().ok().map(|s| s.schema());
         let mut builder = latest
             .write(Vec::new())
+            .with_writer_properties(writer.build())
             .with_input_plan(plan)
             .with_session_state(Arc::new(session))
             .with_save_mode(save)

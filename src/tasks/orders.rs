@@ -101,6 +101,10 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         return Ok(TaskOutcome::skipped("no resource type for this connector"));
     }
     let scope = super::dirty::scope(rc, &ctx, &catalog, task).await?;
+    if scope.is_some() {
+        // Every input is cut to the owners and accounts in scope.
+        crate::engine::filter_while_decoding(&ctx);
+    }
     phases.done("scope");
     let mut orders: Vec<Order> = Vec::new();
     let mut blocked_messages = Vec::new();
@@ -564,7 +568,14 @@ async fn orders_of(
             ])),
         )?
     };
-    let statuses = correlations.select(vec![col("account_key").alias("_sk"), col("status")])?;
+    let mut statuses = correlations.select(vec![col("account_key").alias("_sk"), col("status")])?;
+    let mut classes = classes;
+    if let Some((_, scope_accounts)) = &in_scope {
+        // Cut before the joins: built on the 1.1M classified accounts and correlations at 1M
+        // identities, the two joins took 0.4 s of a dirty run's 2.5 s of orders.
+        classes = classes.semi_on("_ck", scope_accounts.clone())?;
+        statuses = statuses.semi_on("_sk", scope_accounts.clone())?;
+    }
     view(
         ctx,
         "o_accounts",
@@ -1149,7 +1160,10 @@ fn assemble(rc: &RunContext<'_>, rt: &ResourceType, parts: &[RecordBatch]) -> Ve
                     let ty = types.get(attr).copied().unwrap_or(ColumnType::String);
                     let new_value = opt(new, i);
                     if order.change_type == "Added" && Some(attr) == key_scalar {
+                        // The account to create: `provisioning_orders.account_key` names it as
+                        // the file's `resource_key` does.
                         order.resource_key = new_value.clone();
+                        order.account_key = new_value.clone();
                     }
                     order.attributes.insert(
                         attr.to_string(),

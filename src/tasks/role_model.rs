@@ -1387,10 +1387,19 @@ async fn assigned_resources(
         "rt_roles",
         ctx.read_batch(text_batch(&[("role", roles)])?)?,
     )?;
-    let corr = ctx
+    let mut corr = ctx
         .table("correlations_new")
         .await?
         .filter(col("resource_type").eq(lit(rt.name.as_str())))?;
+    if let Some(d) = dirty {
+        // Only the recomputed owners' links: the query groups them by owner before it joins
+        // the owners (at 1M identities, 970K links grouped for 6K owners took 0.5 s).
+        let owners = d
+            .clone()
+            .filter(col("entity").eq(lit(rt.owner.as_str())))?
+            .select(vec![col("key").alias("k")])?;
+        corr = corr.semi_on("owner_key", owners)?;
+    }
     view(ctx, "rt_correlations", corr)?;
     let candidates = ctx.table(format!("rt_candidates__{}", rt.name)).await?;
     view(ctx, "rt_candidates", candidates)?;

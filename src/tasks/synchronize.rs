@@ -152,6 +152,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let parsed_here = !matches!(catalog.staged.get(connector), Some(s) if s.run_id == rc.run_id);
 
     let ctx = engine::context_at(rc.as_of);
+    if mode == SyncMode::Incremental {
+        engine::filter_while_decoding(&ctx);
+    }
     rc.store.register_all(&ctx, &catalog).await?;
 
     if mode == SyncMode::Initial {

@@ -438,6 +438,26 @@ fn json_orders_match_the_spec_shape_and_the_parquet_file() {
         serde_json::json!({"user_account_control": {"old": 512, "new": 514}})
     );
     assert_eq!(leaver["links"], serde_json::json!({}));
+    // An Added order names the account to create in `provisioning_orders` as in the file.
+    let added: Vec<(&str, &str)> = orders
+        .iter()
+        .filter(|o| o["change_type"] == "Added")
+        .map(|o| {
+            (
+                o["order_id"].as_str().unwrap(),
+                o["resource_key"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(!added.is_empty(), "day 2 has joiners");
+    for (id, key) in added {
+        assert_eq!(
+            env.scalar(&format!(
+                "select account_key from provisioning_orders where order_id = '{id}'"
+            )),
+            key
+        );
+    }
 
     // The Parquet file holds the same orders.
     let file = dir.join("ad.parquet");
