@@ -8,6 +8,8 @@ use datafusion::catalog::streaming::StreamingTable;
 use datafusion::datasource::provider_as_source;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::LogicalPlanBuilder;
+use datafusion::parquet::basic::Compression;
+use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::parquet::schema::types::ColumnPath;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
@@ -175,12 +177,9 @@ impl Store {
             .options_mut()
             .optimizer
             .enable_round_robin_repartition = false;
-        let mut writer = session
-            .config_options()
-            .execution
-            .parquet
-            .into_writer_properties_builder()
-            .map_err(in_table)?;
+        // delta-rs' own defaults (Parquet's, with Snappy), not the session's (zstd), which it
+        // would use for writer properties it is not given.
+        let mut writer = WriterProperties::builder().set_compression(Compression::SNAPPY);
         for column in self.repeated.get(name).into_iter().flatten() {
             writer = writer.set_column_dictionary_page_size_limit(
                 ColumnPath::from(column.as_str()),
