@@ -329,4 +329,81 @@ mod tests {
         assert_eq!(fields, ["a", "b"]);
         assert!(read("empty").iter().all(|b| b.num_rows() == 0));
     }
+
+    /// A repeated column keeps its dictionary past Parquet's 1 MiB default (where it would
+    /// fall back to plain values); a column not named keeps the default and falls back.
+    #[tokio::test]
+    async fn repeated_columns_stay_dictionary_encoded() {
+        use datafusion::parquet::basic::{Compression, Encoding, PageType};
+        use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap())
+            .unwrap()
+            .with_repeated_columns([("links".to_string(), vec!["account".to_string()])].into());
+        let catalog = store.catalog().await.unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("account", DataType::Utf8, true),
+            Field::new("group", DataType::Utf8, true),
+        ]));
+        // 40,000 accounts of about 60 bytes (2.4 MB of distinct values), each in two groups
+        // named alike: both columns hold 40,000 distinct values.
+        let name = |i: usize| format!("CN=Account {i:06},OU=Users,DC=corp,DC=example,DC=com");
+        let batches: Vec<RecordBatch> = (0..40_000usize)
+            .collect::<Vec<_>>()
+            .chunks(4000)
+            .map(|c| {
+                let accounts = c.iter().flat_map(|&i| [name(i), name(i)]);
+                let groups = c.iter().flat_map(|&i| [name(i), name(i + 40_000)]);
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(StringArray::from_iter_values(accounts)),
+                        Arc::new(StringArray::from_iter_values(groups)),
+                    ],
+                )
+                .unwrap()
+            })
+            .collect();
+        let rows = Rows {
+            schema: schema.clone(),
+            batches,
+            map: None,
+        };
+        store
+            .write_rows(&catalog, "links", rows, WriteMode::Overwrite, "run")
+            .await
+            .unwrap();
+        let file = std::fs::read_dir(dir.path().join("links"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .unwrap();
+        let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
+        let row_group = reader.get_row_group(0).unwrap();
+        // The encodings of a column's data pages (the dictionary page left out).
+        let data_pages = |i: usize| -> Vec<Encoding> {
+            row_group
+                .get_column_page_reader(i)
+                .unwrap()
+                .map(|p| p.unwrap())
+                .filter(|p| p.page_type() != PageType::DICTIONARY_PAGE)
+                .map(|p| p.encoding())
+                .collect()
+        };
+        let (account, group) = (data_pages(0), data_pages(1));
+        assert!(!account.is_empty());
+        assert!(
+            account.iter().all(|e| *e == Encoding::RLE_DICTIONARY),
+            "the repeated column fell back to plain values: {account:?}"
+        );
+        assert!(
+            group.contains(&Encoding::PLAIN),
+            "the other column keeps the 1 MiB default: {group:?}"
+        );
+        assert_eq!(
+            reader.metadata().row_group(0).column(0).compression(),
+            Compression::SNAPPY
+        );
+    }
 }
