@@ -25,10 +25,9 @@ const CLASSIFICATION_SQL: &str = include_str!("../../sql/classification.sql");
 /// committed class (`cls_committed`): one entity's, as `key`.
 const RELINKED_SQL: &str = "
     WITH now AS (
-        SELECT account_key, resource_type FROM (
-            SELECT account_key, resource_type,
-                   row_number() OVER (PARTITION BY account_key ORDER BY rt_order) AS n
-            FROM cls_linked) WHERE n = 1),
+        SELECT f.account_key, o._rt AS resource_type
+        FROM (SELECT account_key, min(rt_order) AS first_order FROM cls_linked GROUP BY account_key) f
+        JOIN cls_rt_order o ON o.rt_order = f.first_order),
     was AS (
         SELECT account_key, class AS resource_type FROM cls_committed
         WHERE class IN (SELECT _rt FROM cls_rt_order))

@@ -14,7 +14,7 @@
 //!   cast to the target column's type, as text
 //! - `assigned_links` (`resource_type`, `owner_key`, `link`, `value`): desired link values
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, Int32Array, Int64Array, RecordBatch, StringArray};
@@ -30,6 +30,7 @@ use crate::engine;
 use crate::error::{Error, Result};
 use crate::store::Catalog;
 
+const PROPOSED_SQL: &str = include_str!("../../sql/correlation_proposed.sql");
 const CORRELATIONS_SQL: &str = include_str!("../../sql/correlations.sql");
 const MATCHES_SQL: &str = include_str!("../../sql/correlation_matches.sql");
 const CANDIDATES_SQL: &str = include_str!("../../sql/correlation_candidates.sql");
@@ -87,13 +88,25 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                     col("k").alias("account_key"),
                 ])?;
                 recorrelated.push((keys, df.clone()));
-                materialize(&ctx, kept.union(df)?).await?
+                // Lazy: the kept rows are read once, by the merge below.
+                kept.union(df)?
             }
             None => df,
         };
-        phases.done("kept correlations");
-        let (linked, ambiguous, conflicts) = status_counts(df.clone()).await?;
-        phases.done("status counts");
+        correlations.push(df);
+    }
+    let correlations = union_all(correlations)?
+        .map(Ok)
+        .unwrap_or_else(|| empty(&ctx, correlations_schema()))?;
+    let correlations =
+        merge_other_types(&ctx, &catalog, "correlations", correlations, &rts).await?;
+    let correlations = materialize(&ctx, correlations).await?;
+    view(&ctx, "correlations_new", correlations.clone())?;
+    phases.done("correlations merged");
+    let statuses = status_counts(correlations.clone()).await?;
+    for rt in &rts {
+        let (linked, ambiguous, conflicts) =
+            statuses.get(rt.name.as_str()).copied().unwrap_or_default();
         if ambiguous > 0 {
             warnings.push(format!(
                 "{}: {ambiguous} ambiguous account(s) not linked",
@@ -107,16 +120,8 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             ));
         }
         counts.push(format!("{}: {linked} linked", rt.name));
-        correlations.push(df);
     }
-    let correlations = union_all(correlations)?
-        .map(Ok)
-        .unwrap_or_else(|| empty(&ctx, correlations_schema()))?;
-    let correlations =
-        merge_other_types(&ctx, &catalog, "correlations", correlations, &rts).await?;
-    let correlations = materialize(&ctx, correlations).await?;
-    view(&ctx, "correlations_new", correlations.clone())?;
-    phases.done("correlations merged");
+    phases.done("status counts");
     let recorrelated = if recorrelated.len() == rts.len() && !rts.is_empty() {
         let (keys, new): (Vec<_>, Vec<_>) = recorrelated.into_iter().unzip();
         Some((
@@ -360,13 +365,13 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     })
 }
 
-/// (linked, ambiguous, conflicts) of one resource type's correlations.
-async fn status_counts(df: DataFrame) -> Result<(i64, i64, i64)> {
+/// (linked, ambiguous, conflicts) of each resource type's correlations, in one pass.
+async fn status_counts(df: DataFrame) -> Result<HashMap<String, (i64, i64, i64)>> {
     use datafusion::functions_aggregate::expr_fn::sum;
     let count_if = |e: Expr| sum(when(e, lit(1i64)).otherwise(lit(0i64)).unwrap_or(lit(0i64)));
     let batches = df
         .aggregate(
-            vec![],
+            vec![cast(col("resource_type"), DataType::Utf8).alias("resource_type")],
             vec![
                 count_if(col("status").eq(lit("linked"))).alias("linked"),
                 count_if(col("status").eq(lit("ambiguous"))).alias("ambiguous"),
@@ -375,18 +380,27 @@ async fn status_counts(df: DataFrame) -> Result<(i64, i64, i64)> {
         )?
         .collect()
         .await?;
-    let get = |name: &str| -> i64 {
-        batches
-            .first()
-            .and_then(|b| b.column_by_name(name))
-            .and_then(|c| {
-                c.as_any()
-                    .downcast_ref::<Int64Array>()
-                    .map(|a| if a.is_null(0) { 0 } else { a.value(0) })
-            })
-            .unwrap_or(0)
-    };
-    Ok((get("linked"), get("ambiguous"), get("conflicts")))
+    let mut out = HashMap::new();
+    for b in &batches {
+        let rt = text_column(b, "resource_type");
+        let number = |name: &str, i: usize| -> i64 {
+            b.column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+                .map(|a| if a.is_null(i) { 0 } else { a.value(i) })
+                .unwrap_or(0)
+        };
+        for i in 0..b.num_rows() {
+            out.insert(
+                rt.value(i).to_string(),
+                (
+                    number("linked", i),
+                    number("ambiguous", i),
+                    number("conflicts", i),
+                ),
+            );
+        }
+    }
+    Ok(out)
 }
 
 fn text_column<'a>(b: &'a RecordBatch, name: &str) -> &'a StringArray {
@@ -1072,6 +1086,9 @@ async fn correlate(
     view(ctx, "corr_previous", previous)?;
     let matches = materialize(ctx, ctx.sql(MATCHES_SQL).await?).await?;
     view(ctx, "corr_matches", matches)?;
+    // Computed once: the duplicate rule reads it twice (owners' kept accounts, every account).
+    let proposed = materialize(ctx, ctx.sql(PROPOSED_SQL).await?).await?;
+    view(ctx, "corr_proposed", proposed)?;
     let result = ctx.sql(CORRELATIONS_SQL).await?;
     let result = materialize(ctx, result).await?;
     view(ctx, "rt_correlations", result.clone())?;

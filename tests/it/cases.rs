@@ -174,3 +174,53 @@ fn golden_cases() {
         run_case(&dir);
     }
 }
+
+/// SPEC 5 and 11.4: an owner matched by several accounts of a resource type keeps one linked
+/// account — an existing link first, then the first rule, then the smallest key (byte order);
+/// the others are `duplicate`.
+#[test]
+fn an_owner_keeps_its_existing_link_then_the_first_rule_then_the_smallest_key() {
+    let env = Env::new();
+    let text = std::fs::read_to_string(repo().join("datasets/cases/correlation/pipeline.toml"))
+        .unwrap()
+        .replace("${CASE_DAY:-day1}/hr", "../exports/hr")
+        .replace("${CASE_DAY:-day1}/app", "../exports/app");
+    env.write_pipeline(&text);
+    env.write(
+        "exports/hr/persons.csv",
+        "id,name,mail,status\nP1,Ann,ann@x.com,active\nP2,Bob,bob@x.com,active\n",
+    );
+    // P1: z1 by rule 1 (owner_id), b1 only by rule 2 (mail): the rule wins over the key.
+    // P2: n2 and m2 both by rule 1: the smaller key.
+    let day1 = "login,owner_id,email\nz1,P1,\nb1,,ann@x.com\nn2,P2,\nm2,P2,\n";
+    env.write("exports/app/accounts.csv", day1);
+    env.run("complete", &[], &[]).expect_code(0);
+    let correlations = || {
+        env.query(
+            "select account_key, owner_key, cast(rule as varchar), status from correlations \
+             order by account_key",
+        )
+    };
+    assert_eq!(
+        correlations(),
+        [
+            ["b1", "P1", "2", "duplicate"],
+            ["m2", "P2", "1", "linked"],
+            ["n2", "P2", "1", "duplicate"],
+            ["z1", "P1", "1", "linked"],
+        ]
+    );
+    // Day 2: a new account of P2 by rule 1 whose key is smaller than m2's; m2 keeps its link.
+    env.write("exports/app/accounts.csv", format!("{day1}a2,P2,\n"));
+    env.run("complete", &[], &[]).expect_code(0);
+    assert_eq!(
+        correlations(),
+        [
+            ["a2", "P2", "1", "duplicate"],
+            ["b1", "P1", "2", "duplicate"],
+            ["m2", "P2", "1", "linked"],
+            ["n2", "P2", "1", "duplicate"],
+            ["z1", "P1", "1", "linked"],
+        ]
+    );
+}

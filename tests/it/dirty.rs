@@ -460,6 +460,25 @@ fn incremental_runs_equal_a_complete_recomputation() {
         )
         .expect_code(0);
         let complete = state(&copy_s);
+        // The role model's counts (linked, ambiguous, conflicting) and its warnings are the
+        // complete recomputation's too.
+        let counts = |store: &str| -> Vec<String> {
+            let message = query(
+                store,
+                "select message from task_runs where task = 'roles' order by started_at desc limit 1",
+            );
+            message[0][0]
+                .split("; ")
+                .filter(|part| part.contains("linked") || part.contains("another owner"))
+                .map(str::to_string)
+                .collect()
+        };
+        let (dirty_counts, complete_counts) = (counts(&env.store()), counts(&copy_s));
+        assert!(
+            dirty_counts.iter().any(|c| c.starts_with("app_user: ")),
+            "iteration {iteration}: {dirty_counts:?}"
+        );
+        assert_eq!(dirty_counts, complete_counts, "iteration {iteration}");
         for (name, _, _) in COMPARED {
             assert_eq!(
                 incremental.get(name),

@@ -632,6 +632,66 @@ fn assigned_resources_hold_the_desired_scalar_values() {
     );
 }
 
+/// SPEC 5 and 11.15: an account linked by two resource types is classified by the first in file
+/// order, and one matched by two classification rules by the first rule in file order (both
+/// named so that the first is not the smallest name).
+#[test]
+fn classification_takes_the_first_resource_type_and_the_first_rule_in_file_order() {
+    let env = Env::new();
+    let extra_rules = r#"
+[[classification]]
+target = "account"
+name = "zz_first"
+rule = "login LIKE 'x%'"
+
+[[classification]]
+target = "account"
+name = "aa_second"
+rule = "login LIKE 'x%'"
+
+[[job]]"#;
+    let text = with_admin_type(&app_pipeline("status = 'active'"), "").replacen(
+        "\n[[job]]",
+        extra_rules,
+        1,
+    );
+    assert!(text.contains("aa_second"));
+    env.write_pipeline(&text);
+    write_company(&env, 4);
+    // P0100 owns one account, which both resource types link: app_user by `owner_id`,
+    // app_admin by the `adm_` login. `xray` has no owner and matches both extra rules.
+    let persons = std::fs::read_to_string(env.path("exports/hr/persons.csv")).unwrap();
+    env.write(
+        "exports/hr/persons.csv",
+        format!("{persons}P0100,Admin,IT,active,adm@x.com\n"),
+    );
+    let accounts = std::fs::read_to_string(env.path("exports/app/accounts.csv")).unwrap();
+    env.write(
+        "exports/app/accounts.csv",
+        format!("{accounts}adm_P0100,P0100,adm@x.com,IT,true\nxray,,,IT,true\n"),
+    );
+    env.run("complete", &[], &[]).expect_code(0);
+    assert_eq!(
+        env.query(
+            "select resource_type, status from correlations \
+             where account_key = 'adm_P0100' order by resource_type"
+        ),
+        [["app_admin", "linked"], ["app_user", "linked"]]
+    );
+    let expected = [
+        ["adm_P0100", "app_user"],
+        ["user0001", "app_user"],
+        ["xray", "zz_first"],
+    ];
+    assert_eq!(
+        env.query(
+            "select account_key, class from classification \
+             where account_key in ('adm_P0100', 'xray', 'user0001') order by account_key",
+        ),
+        expected
+    );
+}
+
 #[test]
 fn an_orphan_of_two_resource_types_gets_one_order_from_the_first() {
     let env = Env::new();
