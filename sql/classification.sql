@@ -3,20 +3,16 @@
 --   cls_accounts(account_key)                    every account of the entity
 --   cls_linked(account_key, resource_type, rt_order)  linked correlations
 --   cls_rt_order(_rt, rt_order)                  the entity's resource types, by file order
+--   cls_first_type(account_key, resource_type)   each linked account's first resource type
 --   cls_hits(account_key, rule_order)            classification rules that hold
 --   cls_rules(rule_order, class, protect)
 -- A linked account gets its resource type (the first in file order); any other account the
 -- first classification rule in file order that holds, else `orphan`. `protect` is true when any
 -- rule with protect = true holds, linked or not: such accounts never get orders.
--- The first resource type and the first rule are found by min() over their file order, then
--- named by a join: a window (row_number() per account) sorts every account, at 1M accounts
--- several times the cost of the grouping.
-WITH linked AS (
-    SELECT f.account_key, o._rt AS resource_type
-    FROM (SELECT account_key, min(rt_order) AS first_order FROM cls_linked GROUP BY account_key) f
-    JOIN cls_rt_order o ON o.rt_order = f.first_order
-),
-protected AS (
+-- The first resource type (cls_first_type) and the first rule are found by min() over their
+-- file order, then named by a join: a window (row_number() per account) sorts every account, at
+-- 1M accounts several times the cost of the grouping.
+WITH protected AS (
     SELECT DISTINCT h.account_key
     FROM cls_hits h JOIN cls_rules r ON r.rule_order = h.rule_order
     WHERE r.protect
@@ -34,7 +30,7 @@ SELECT a.account_key,
        END AS class,
        p.account_key IS NOT NULL AS protect
 FROM cls_accounts a
-LEFT JOIN linked l ON l.account_key = a.account_key
+LEFT JOIN cls_first_type l ON l.account_key = a.account_key
 LEFT JOIN ruled r ON r.account_key = a.account_key
 LEFT JOIN protected p ON p.account_key = a.account_key
 ORDER BY a.account_key

@@ -2,6 +2,9 @@
 --
 -- Views registered by generate_provisioning_orders:
 --   o_assigned(owner_key, account_key, state)        assigned_resources of the resource type
+--   o_added(owner_key)                               owners assigned an account they lack
+--                                                    (o_assigned without account_key, state
+--                                                    'assigned'), collected
 --   o_linked(account_key, owner_key)                 linked correlations
 --   o_accounts(account_key, class, protect, status)  every target account: classification and
 --                                                    correlation status
@@ -19,6 +22,8 @@
 --   o_current_scalars(account_key, attribute, value) the target's current values, same text form
 --   o_desired_links(owner_key, link, value)
 --   o_link_candidates(owner_key, account_key)       kept pairs whose links may differ
+--   o_candidate_current_links, o_candidate_desired_links  o_current_links of their accounts,
+--                                                    o_desired_links of their owners
 --   o_current_links(account_key, link, value)
 --   o_disable(account_key, attribute, value)         disable values per account
 --   o_managed(link, value)                           values named in the link rules
@@ -37,7 +42,7 @@ protected AS (
     SELECT account_key FROM o_accounts WHERE protect
 ),
 added AS (
-    SELECT owner_key FROM o_assigned WHERE account_key IS NULL AND state = 'assigned'
+    SELECT owner_key FROM o_added
 ),
 kept AS (
     SELECT owner_key, account_key FROM o_assigned WHERE account_key IS NOT NULL
@@ -122,9 +127,9 @@ identity_diff AS (
 link_add AS (
     SELECT k.owner_key, k.account_key, d.link, d.value
     FROM o_link_candidates k
-    JOIN o_desired_links d ON d.owner_key = k.owner_key
+    JOIN o_candidate_desired_links d ON d.owner_key = k.owner_key
     WHERE NOT EXISTS (
-        SELECT 1 FROM o_current_links c
+        SELECT 1 FROM o_candidate_current_links c
         WHERE c.account_key = k.account_key AND c.link = d.link AND c.value = d.value
     )
 ),
@@ -133,12 +138,12 @@ link_remove AS (
     -- values its rules name.
     SELECT k.owner_key, k.account_key, c.link, c.value
     FROM o_link_candidates k
-    JOIN o_current_links c ON c.account_key = k.account_key
+    JOIN o_candidate_current_links c ON c.account_key = k.account_key
     JOIN o_link_modes m ON m.link = c.link
     LEFT JOIN o_managed n ON n.link = c.link AND n.value = c.value
     WHERE (m.managed = 'all' OR n.link IS NOT NULL)
       AND NOT EXISTS (
-        SELECT 1 FROM o_desired_links d
+        SELECT 1 FROM o_candidate_desired_links d
         WHERE d.owner_key = k.owner_key AND d.link = c.link AND d.value = c.value
     )
 ),

@@ -22,7 +22,7 @@ pub use hits::true_positions_udf;
 pub use opaque::opaque_udf;
 pub use row_values::row_values_udf;
 pub use scrub::{contains_needle, replace_needles, scrub_udf};
-pub use sorted::{collect_in_order, decoded_schema, sorted_distinct, splice};
+pub use sorted::{collect_in_order, decoded_schema, sorted_distinct, splice, stream_in_order};
 pub use value_hash::value_hash_udf;
 
 static RUNTIME: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::RuntimeEnv>> =
@@ -144,6 +144,20 @@ pub fn context() -> SessionContext {
     opts.execution.parquet.schema_force_view_types = false;
     opts.sql_parser.map_string_types_to_utf8view = false;
     opts.execution.time_zone = Some("+00:00".to_string());
+    // A hash join whose build side is known to be small (a collected table: a scope, the
+    // added owners, link candidates) is built once on one core rather than both sides being
+    // hashed into partitions: repartitioning a probe side of millions of rows costs more on
+    // two cores than a single-threaded build of a few MB. DataFusion's defaults (1 MB, 128K
+    // rows) left those joins partitioned; at 1M identities these limits took the complete job
+    // from 66.8-67.0 s to 58.7-63.0 s (BENCHMARKS.md, nineteenth pass). The DATAFUSION_*
+    // variables still override them.
+    if std::env::var_os("DATAFUSION_OPTIMIZER_HASH_JOIN_SINGLE_PARTITION_THRESHOLD").is_none() {
+        opts.optimizer.hash_join_single_partition_threshold = 16 * 1024 * 1024;
+    }
+    if std::env::var_os("DATAFUSION_OPTIMIZER_HASH_JOIN_SINGLE_PARTITION_THRESHOLD_ROWS").is_none()
+    {
+        opts.optimizer.hash_join_single_partition_threshold_rows = 256 * 1024;
+    }
     if spill_friendly() {
         opts.optimizer.prefer_hash_join = false;
         // A plan of sort-merge joins has many sorts at once; each keeps this much memory it

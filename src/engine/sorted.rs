@@ -234,6 +234,20 @@ pub async fn collect_in_order(
     ctx: &SessionContext,
     df: DataFrame,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    Ok((schema, on_one_partition(ctx, df).collect().await?))
+}
+
+/// Like [`collect_in_order`], the rows as they come.
+pub async fn stream_in_order(
+    ctx: &SessionContext,
+    df: DataFrame,
+) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
+    on_one_partition(ctx, df).execute_stream().await
+}
+
+/// `df` planned on a single partition.
+fn on_one_partition(ctx: &SessionContext, df: DataFrame) -> DataFrame {
     let mut config = ctx.copied_config();
     config.options_mut().execution.target_partitions = 1;
     // The state shares the session's catalogs: building it must not register a new (empty)
@@ -245,11 +259,7 @@ pub async fn collect_in_order(
     let state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
         .with_config(config)
         .build();
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let batches = DataFrame::new(state, df.into_unoptimized_plan())
-        .collect()
-        .await?;
-    Ok((schema, batches))
+    DataFrame::new(state, df.into_unoptimized_plan())
 }
 
 /// [`sort_unique_encoded`] on a blocking thread; with `encoded` false, the batches are

@@ -21,13 +21,16 @@ use crate::error::{Error, Result};
 
 const TABLE: &str = "classification";
 const CLASSIFICATION_SQL: &str = include_str!("../../sql/classification.sql");
-/// The accounts whose first linked resource type (`cls_linked`, `cls_rt_order`) is not their
-/// committed class (`cls_committed`): one entity's, as `key`.
+/// Each linked account's first resource type in file order: the class it gets. Found by min()
+/// over the file order, then named by a join (a row_number() window per account sorts them all).
+const FIRST_TYPE_SQL: &str = "
+    SELECT f.account_key, o._rt AS resource_type
+    FROM (SELECT account_key, min(rt_order) AS first_order FROM cls_linked GROUP BY account_key) f
+    JOIN cls_rt_order o ON o.rt_order = f.first_order";
+/// The accounts whose first linked resource type (`cls_first_type`) is not their committed
+/// class (`cls_committed`): one entity's, as `key`.
 const RELINKED_SQL: &str = "
-    WITH now AS (
-        SELECT f.account_key, o._rt AS resource_type
-        FROM (SELECT account_key, min(rt_order) AS first_order FROM cls_linked GROUP BY account_key) f
-        JOIN cls_rt_order o ON o.rt_order = f.first_order),
+    WITH now AS (SELECT account_key, resource_type FROM cls_first_type),
     was AS (
         SELECT account_key, class AS resource_type FROM cls_committed
         WHERE class IN (SELECT _rt FROM cls_rt_order))
@@ -113,6 +116,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             ])?,
         };
         view(&ctx, "cls_linked", linked)?;
+        view(&ctx, "cls_first_type", ctx.sql(FIRST_TYPE_SQL).await?)?;
         if let Some(scope) = &scope {
             let in_scope = scope
                 .accounts
