@@ -22,7 +22,9 @@ pub use hits::true_positions_udf;
 pub use opaque::opaque_udf;
 pub use row_values::row_values_udf;
 pub use scrub::{contains_needle, replace_needles, scrub_udf};
-pub use sorted::{collect_in_order, decoded_schema, sorted_distinct, splice, stream_in_order};
+pub use sorted::{
+    collect_in_order, decoded_schema, sorted_difference, sorted_distinct, splice, stream_in_order,
+};
 pub use value_hash::value_hash_udf;
 
 static RUNTIME: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::RuntimeEnv>> =

@@ -741,6 +741,130 @@ mod tests {
         }
     }
 
+    /// `batches` as the stored rows of a table, streamed in order.
+    async fn stored_stream(
+        batches: Vec<RecordBatch>,
+    ) -> datafusion::physical_plan::SendableRecordBatchStream {
+        let ctx = crate::engine::context();
+        let schema = batches[0].schema();
+        let df = ctx
+            .read_table(super::super::mem_table(schema, batches).unwrap())
+            .unwrap();
+        stream_in_order(&ctx, df).await.unwrap()
+    }
+
+    fn member_pairs(range: impl Iterator<Item = u64>) -> Vec<(String, String)> {
+        range
+            .map(|i| (format!("cn=u{},dc=x", i / 13), format!("g{}", i % 13)))
+            .collect()
+    }
+
+    fn batches_of(pairs: &[(String, String)], rows: usize) -> Vec<RecordBatch> {
+        pairs
+            .chunks(rows)
+            .map(|c| {
+                batch(
+                    &c.iter()
+                        .map(|(a, b)| (Some(a.as_str()), b.as_str()))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_merge_of_sorted_sides_finds_the_rows_of_one_side_only() {
+        // 60K pairs each side (windows of 4096 rows and batch ends fall inside equal stretches),
+        // about 1% of them on one side only: single rows, a run of 300, and each side's last.
+        let all = member_pairs(0..60_500);
+        let desired_only = |i: usize| i % 97 == 5 || (20_000..20_300).contains(&i) || i == 60_499;
+        let stored_only = |i: usize| i % 89 == 7 || i == 60_498;
+        let desired: Vec<_> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !stored_only(*i))
+            .map(|(_, p)| p.clone())
+            .collect();
+        let stored: Vec<_> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !desired_only(*i))
+            .map(|(_, p)| p.clone())
+            .collect();
+        let schema = batch(&[]).schema();
+        let sorted = |rows: Vec<(String, String)>, n: usize| {
+            sort_unique_encoded(&schema, batches_of(&rows, 1000), n)
+                .unwrap()
+                .1
+        };
+        // The desired pairs dictionary-encoded (as sorted in memory), the stored plain.
+        let desired = sorted(desired, 7_000);
+        let stored: Vec<RecordBatch> = sorted(stored, 5_000)
+            .iter()
+            .map(|b| super::super::cast_batch(b, &schema).unwrap())
+            .collect();
+        let (added, removed) =
+            sorted_difference(&schema, &desired, stored_stream(stored.clone()).await)
+                .await
+                .unwrap()
+                .expect("both sides sorted");
+        let expect = |only: &dyn Fn(usize) -> bool| {
+            let mut rows: Vec<_> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| only(*i))
+                .map(|(_, p)| p.clone())
+                .collect();
+            rows.sort();
+            rows
+        };
+        let rows = |batches: &[RecordBatch]| {
+            let all = datafusion::arrow::compute::concat_batches(&schema, batches).unwrap();
+            let (a, b) = (
+                datafusion::arrow::array::AsArray::as_string::<i32>(all.column(0)),
+                datafusion::arrow::array::AsArray::as_string::<i32>(all.column(1)),
+            );
+            (0..all.num_rows())
+                .map(|i| (a.value(i).to_string(), b.value(i).to_string()))
+                .collect::<Vec<_>>()
+        };
+        // An index on both lists is on neither side.
+        let (added, removed) = (rows(&added), rows(&removed));
+        let added_expected = expect(&|i| desired_only(i) && !stored_only(i));
+        let removed_expected = expect(&|i| stored_only(i) && !desired_only(i));
+        assert!(
+            added == added_expected,
+            "added: {} rows, {} expected",
+            added.len(),
+            added_expected.len()
+        );
+        assert!(
+            removed == removed_expected,
+            "removed: {} rows, {} expected",
+            removed.len(),
+            removed_expected.len()
+        );
+        assert!(added.len() > 900 && removed.len() > 600);
+
+        // Stored rows out of order, repeated or NULL: not a merge.
+        let mut swapped = stored.clone();
+        swapped.swap(1, 2);
+        let mut repeated = stored.clone();
+        repeated.insert(3, stored[2].slice(stored[2].num_rows() - 1, 1));
+        let mut nulls = stored.clone();
+        nulls.push(batch(&[(None, "zz")]));
+        for (what, s) in [
+            ("swapped", swapped),
+            ("repeated", repeated),
+            ("null", nulls),
+        ] {
+            let out = sorted_difference(&schema, &desired, stored_stream(s).await)
+                .await
+                .unwrap();
+            assert!(out.is_none(), "{what}");
+        }
+    }
+
     /// Sorted in memory, the strings come as dictionaries; a frame over them with the plain
     /// schema reads them back as text, and the store writes them as text.
     #[tokio::test]
@@ -919,5 +1043,282 @@ mod tests {
         let df = ctx.read_table(table).unwrap();
         let (_, out) = collect_in_order(&ctx, df).await.unwrap();
         assert_eq!(pairs(&out), rows);
+    }
+}
+
+/// The rows only in `desired` (added) and the rows only in `stored` (removed), both sides
+/// sorted on all their columns (ascending, strings by their bytes, as [`sorted_distinct`]
+/// gives them and a table written from it is stored) and each row once: a merge of the two
+/// sequences, `stored` streamed. A synchronization's 13.6M membership pairs against the
+/// 13.6M stored ones took two hash joins, each holding one side whole in its table (9 s and
+/// the task's memory peak at 1M identities). Equal stretches are compared a window of
+/// columns at a time; rows are stepped one by one only around a difference. `None` when a
+/// side holds a NULL or `stored` turns out not to be strictly sorted: the caller then
+/// compares the sets otherwise.
+///
+/// `desired` may be dictionary-encoded; the rows of both sides come as `schema` (plain).
+pub async fn sorted_difference(
+    schema: &SchemaRef,
+    desired: &[RecordBatch],
+    mut stored: datafusion::physical_plan::SendableRecordBatchStream,
+) -> Result<Option<(Vec<RecordBatch>, Vec<RecordBatch>)>> {
+    let mut merge = Merge::default();
+    let mut desired = desired.iter().filter(|b| b.num_rows() > 0);
+    let mut d: Option<Side> = None;
+    let mut c: Option<Side> = None;
+    let mut stored_done = false;
+    loop {
+        if d.as_ref().is_none_or(Side::done) {
+            if let Some(old) = d.take() {
+                merge.added.extend(old.flush()?);
+            }
+            match desired.next() {
+                Some(b) => {
+                    let b = super::cast_batch(b, schema)?;
+                    if b.columns().iter().any(|a| a.null_count() > 0) {
+                        return Ok(None);
+                    }
+                    d = Some(Side::new(b));
+                }
+                None => break,
+            }
+        }
+        if c.as_ref().is_none_or(Side::done) {
+            let last = match c.take() {
+                Some(old) => {
+                    let last = old.batch.slice(old.batch.num_rows() - 1, 1);
+                    merge.removed.extend(old.flush()?);
+                    Some(last)
+                }
+                None => None,
+            };
+            match next_nonempty(&mut stored, schema).await? {
+                Some(b) if strictly_sorted(last.as_ref(), &b)? => c = Some(Side::new(b)),
+                Some(_) => return Ok(None),
+                None => {
+                    stored_done = true;
+                    break;
+                }
+            }
+        }
+        let (dd, cc) = (d.as_mut().expect("loaded"), c.as_mut().expect("loaded"));
+        if !merge.step(dd, cc)? {
+            return Ok(None);
+        }
+    }
+    // What one side has beyond the other's end.
+    if let Some(mut dd) = d {
+        dd.take_rest();
+        merge.added.extend(dd.flush()?);
+    }
+    for b in desired {
+        merge.added.push(super::cast_batch(b, schema)?);
+    }
+    if !stored_done {
+        let mut last = None;
+        if let Some(mut cc) = c {
+            last = Some(cc.batch.slice(cc.batch.num_rows() - 1, 1));
+            cc.take_rest();
+            merge.removed.extend(cc.flush()?);
+        }
+        while let Some(b) = next_nonempty(&mut stored, schema).await? {
+            if !strictly_sorted(last.as_ref(), &b)? {
+                return Ok(None);
+            }
+            last = Some(b.slice(b.num_rows() - 1, 1));
+            merge.removed.push(b);
+        }
+    }
+    Ok(Some((merge.added, merge.removed)))
+}
+
+/// The next batch of `stream` with rows, as `schema`.
+async fn next_nonempty(
+    stream: &mut datafusion::physical_plan::SendableRecordBatchStream,
+    schema: &SchemaRef,
+) -> Result<Option<RecordBatch>> {
+    while let Some(b) = stream.next().await {
+        let b = b?;
+        if b.num_rows() > 0 {
+            return Ok(Some(super::cast_batch(&b, schema)?));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the rows of `b` have no NULL and each sorts strictly after the one before it
+/// (`last`, the row before the batch, included), on all columns in order.
+fn strictly_sorted(last: Option<&RecordBatch>, b: &RecordBatch) -> Result<bool> {
+    if b.columns().iter().any(|a| a.null_count() > 0) {
+        return Ok(false);
+    }
+    if let Some(l) = last {
+        let comparators = l
+            .columns()
+            .iter()
+            .zip(b.columns())
+            .map(|(x, y)| make_comparator(x, y, SortOptions::default()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let order = comparators
+            .iter()
+            .map(|f| f(l.num_rows() - 1, 0))
+            .find(|o| o.is_ne());
+        if order != Some(std::cmp::Ordering::Less) {
+            return Ok(false);
+        }
+    }
+    let n = b.num_rows();
+    if n < 2 {
+        return Ok(true);
+    }
+    // Row i+1 after row i: greater on a column, the columns before it equal.
+    let mut after: Option<BooleanArray> = None;
+    let mut equal_so_far: Option<BooleanArray> = None;
+    for a in b.columns() {
+        let (prev, next) = (a.slice(0, n - 1), a.slice(1, n - 1));
+        let gt = cmp::gt(&next, &prev)?;
+        let eq = cmp::eq(&next, &prev)?;
+        let (g, e) = match (after, equal_so_far) {
+            (Some(after), Some(so_far)) => (
+                boolean::or(&after, &boolean::and(&so_far, &gt)?)?,
+                boolean::and(&so_far, &eq)?,
+            ),
+            _ => (gt, eq),
+        };
+        after = Some(g);
+        equal_so_far = Some(e);
+    }
+    Ok(after.is_some_and(|a| a.true_count() == n - 1))
+}
+
+/// One side of [`sorted_difference`]: a batch, the next row to compare and the rows found
+/// only on this side.
+struct Side {
+    batch: RecordBatch,
+    at: usize,
+    only: Vec<u32>,
+}
+
+impl Side {
+    fn new(batch: RecordBatch) -> Self {
+        Self {
+            batch,
+            at: 0,
+            only: Vec::new(),
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.at == self.batch.num_rows()
+    }
+
+    fn left(&self) -> usize {
+        self.batch.num_rows() - self.at
+    }
+
+    /// The rows not compared yet are found only on this side.
+    fn take_rest(&mut self) {
+        self.only
+            .extend(self.at as u32..self.batch.num_rows() as u32);
+        self.at = self.batch.num_rows();
+    }
+
+    /// The rows found only on this side, as one batch (none without any).
+    fn flush(self) -> Result<Option<RecordBatch>> {
+        if self.only.is_empty() {
+            return Ok(None);
+        }
+        if self.only.len() == self.batch.num_rows() {
+            return Ok(Some(self.batch));
+        }
+        let indices = datafusion::arrow::array::UInt32Array::from(self.only);
+        Ok(Some(datafusion::arrow::compute::take_record_batch(
+            &self.batch,
+            &indices,
+        )?))
+    }
+}
+
+/// The rows found only on each side so far, and whether the last rows compared were equal
+/// (then the next ones are compared a window at a time).
+#[derive(Default)]
+struct Merge {
+    added: Vec<RecordBatch>,
+    removed: Vec<RecordBatch>,
+    stepping: bool,
+    /// Rows to compare at once next: doubled after each window found equal, back to the
+    /// least after a difference (a window costs its rows whatever it finds, and a day's
+    /// changes come about every 50 rows).
+    window: usize,
+}
+
+/// The fewest and the most rows compared at once while the sides agree.
+const WINDOW: (usize, usize) = (32, 8192);
+
+impl Merge {
+    /// Compares rows of `d` and `c` until one of them is done; `false` if the columns cannot
+    /// be compared.
+    fn step(&mut self, d: &mut Side, c: &mut Side) -> Result<bool> {
+        let options = SortOptions {
+            descending: false,
+            nulls_first: true,
+        };
+        let comparators = d
+            .batch
+            .columns()
+            .iter()
+            .zip(c.batch.columns())
+            .map(|(a, b)| make_comparator(a, b, options))
+            .collect::<std::result::Result<Vec<_>, _>>();
+        let Ok(comparators) = comparators else {
+            return Ok(false);
+        };
+        while !d.done() && !c.done() {
+            if self.stepping {
+                let order = comparators
+                    .iter()
+                    .map(|f| f(d.at, c.at))
+                    .find(|o| o.is_ne())
+                    .unwrap_or(std::cmp::Ordering::Equal);
+                match order {
+                    std::cmp::Ordering::Less => {
+                        d.only.push(d.at as u32);
+                        d.at += 1;
+                    }
+                    std::cmp::Ordering::Greater => {
+                        c.only.push(c.at as u32);
+                        c.at += 1;
+                    }
+                    std::cmp::Ordering::Equal => {
+                        d.at += 1;
+                        c.at += 1;
+                        self.stepping = false;
+                    }
+                }
+                continue;
+            }
+            // Equal rows up to the first difference of a window.
+            let n = d.left().min(c.left()).min(self.window.max(WINDOW.0));
+            let mut differs: Option<BooleanArray> = None;
+            for (a, b) in d.batch.columns().iter().zip(c.batch.columns()) {
+                let x = cmp::distinct(&a.slice(d.at, n), &b.slice(c.at, n))?;
+                differs = Some(match differs {
+                    None => x,
+                    Some(y) => boolean::or(&x, &y)?,
+                });
+            }
+            let same = differs
+                .and_then(|x| x.values().set_indices().next())
+                .unwrap_or(n);
+            d.at += same;
+            c.at += same;
+            if same < n {
+                self.stepping = true;
+                self.window = WINDOW.0;
+            } else {
+                self.window = (self.window * 2).clamp(WINDOW.0, WINDOW.1);
+            }
+        }
+        Ok(true)
     }
 }

@@ -143,6 +143,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         )));
     }
 
+    let mut phases = super::Phases::new("synchronize");
     let mut prepared = match catalog.staged.get(connector) {
         Some(s) if s.run_id == rc.run_id && s.mode == mode.name() => {
             load_staging(rc, &catalog, connector, mode).await?
@@ -150,6 +151,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         _ => prepare_synchronization::prepare(rc, &catalog, connector, mode).await?,
     };
     let parsed_here = !matches!(catalog.staged.get(connector), Some(s) if s.run_id == rc.run_id);
+    phases.done("prepare");
 
     let ctx = engine::context_at(rc.as_of);
     if mode == SyncMode::Incremental {
@@ -179,6 +181,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             .expect("invariant: prepared every entity");
         let held = prepared.held_keys(&e.name);
         plans.push(plan_entity(&ctx, rc, &catalog, e, staged, &held, mode, valid_from).await?);
+        phases.done(&e.name);
     }
     // Keys after this synchronization, for links of any connector that reference these entities.
     for e in &rc.pipeline.entities {
@@ -213,6 +216,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         // Pairs parsed by this task had their endpoints checked against the same keys.
         let checked = parsed_here && staged.is_some() && mode != SyncMode::Incremental;
         plans.push(plan_link(&ctx, rc, &catalog, l, staged, checked, mode, valid_from).await?);
+        phases.done(&l.name);
     }
 
     let rejected = prepared.rejected.len() as u64;
@@ -407,6 +411,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     }
     failpoint(&format!("sync.commit.{steps}"));
     rc.store.commit(catalog, change).await?;
+    phases.done("commit");
     outcome.rows_written = written;
     Ok(outcome)
 }
@@ -744,6 +749,79 @@ pub(super) async fn next_history(
         batches,
         map: None,
     })
+}
+
+/// A link's next history when its added and removed pairs are known (both sorted, from the
+/// merge with the stored pairs): the committed history as stored, sorted, with the open rows
+/// of the removed pairs closed now, and one row per changed pair placed among them (an
+/// `insert` opened now, a `delete` opened and closed now) — the rows [`next_history`] gives,
+/// without turning each of the 13.6M pairs of 1M identities into a key three times and
+/// sorting the whole history again (with 1% of the memberships changed, the task's peak fell
+/// from 8.6 to 5.3 GB). `None` when the committed history is missing or not in order; the
+/// caller then uses [`next_history`].
+#[allow(clippy::too_many_arguments)]
+async fn link_history(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    history_name: &str,
+    state_schema: &SchemaRef,
+    (f, t): (&str, &str),
+    (added, removed): &(Vec<RecordBatch>, Vec<RecordBatch>),
+    run_id: &str,
+    valid_from: i64,
+) -> Result<Option<Rows>> {
+    if !catalog.tables.contains_key(history_name) {
+        return Ok(None);
+    }
+    let schema = history_schema(state_schema);
+    let names: Vec<Expr> = schema.fields().iter().map(|c| quoted(c.name())).collect();
+    let history = committed(ctx, catalog, history_name, &schema).await?;
+    let removed_pairs = frame(ctx, state_schema, removed)?;
+    // Each stored row with whether its pair is removed: the removed pairs are the hash table,
+    // and the join keeps the stored order of the rows it probes.
+    let kept = if removed.iter().all(|b| b.num_rows() == 0) {
+        history
+    } else {
+        removed_pairs
+            .clone()
+            .select(vec![quoted(f).alias("_of"), quoted(t).alias("_ot")])?
+            .join(history, JoinType::RightMark, &["_of", "_ot"], &[f, t], None)?
+            .with_column(
+                "_valid_to",
+                when(
+                    col("mark").and(col("_valid_to").is_null()),
+                    ts_lit(valid_from),
+                )
+                .otherwise(col("_valid_to"))?,
+            )?
+            .select(names.clone())?
+    };
+    let (_, kept) = engine::collect_in_order(ctx, kept).await?;
+    let changed = |pairs: DataFrame, change: &str, closed: bool| -> Result<DataFrame> {
+        let valid_to = if closed {
+            ts_lit(valid_from)
+        } else {
+            cast(lit(ScalarValue::Null), timestamp_type())
+        };
+        Ok(pairs
+            .with_column("_valid_from", ts_lit(valid_from))?
+            .with_column("_valid_to", valid_to)?
+            .with_column("_change", lit(change))?
+            .with_column("_run_id", lit(run_id))?
+            .select(names.clone())?)
+    };
+    let new = changed(frame(ctx, state_schema, added)?, "insert", false)?
+        .union(changed(removed_pairs, "delete", true)?)?
+        .sort(vec![quoted(f).sort(true, true), quoted(t).sort(true, true)])?
+        .collect()
+        .await?;
+    // A pair's stored rows all opened before this run: its new row goes after them.
+    let spliced = engine::splice(&schema, &kept, &new, &[f, t, "_valid_from"])?;
+    Ok(spliced.map(|batches| Rows {
+        schema,
+        batches,
+        map: None,
+    }))
 }
 
 /// A first load's history rows of a state batch: the state's columns, opened at `valid_from`
@@ -1198,16 +1276,30 @@ async fn plan_link(
             None,
         )?
     };
+    let mut phases = super::Phases::new("synchronize");
     // Sorted, each pair once.
     let (encoded, desired_batches) = engine::sorted_distinct(ctx, desired).await?;
+    phases.done("link pairs sorted");
     // The pairs stay dictionary-encoded until they are written; frames decode them as read.
     let desired_schema = engine::decoded_schema(&encoded);
     let desired = frame(ctx, &desired_schema, &desired_batches)?;
 
-    // A pair has no values: it is inserted or deleted, found by anti-joins on the pair (on a
-    // first load every desired pair is inserted).
+    // A pair has no values: it is inserted or deleted, found by a merge of the sorted pairs
+    // with the stored ones, which the table keeps in the same order (on a first load every
+    // desired pair is inserted). Should the stored pairs not be in order, by anti-joins.
+    let merged = if base_rows == 0 {
+        None
+    } else {
+        let stored = engine::stream_in_order(ctx, current.clone()).await?;
+        engine::sorted_difference(&desired_schema, &desired_batches, stored).await?
+    };
     let (added, removed) = if base_rows == 0 {
         (desired.clone(), current.clone())
+    } else if let Some((added, removed)) = &merged {
+        (
+            frame(ctx, &desired_schema, added)?,
+            frame(ctx, &desired_schema, removed)?,
+        )
     } else {
         let added = other(current.clone())?.join(
             desired.clone(),
@@ -1230,6 +1322,7 @@ async fn plan_link(
     };
     let inserted = added.clone().count().await? as u64;
     let deleted = removed.clone().count().await? as u64;
+    phases.done("link diff");
     let mut plan = TablePlan {
         name: l.name.clone(),
         thresholds: l.thresholds.clone(),
@@ -1267,20 +1360,43 @@ async fn plan_link(
         "delete",
         key().alias("_ck"),
     )?)?;
-    let history = next_history(
-        ctx,
-        catalog,
-        &format!("{}__history", l.name),
-        &key,
-        pair(),
-        (&desired_schema, &desired_batches),
-        current,
-        rows,
-        &rc.run_id,
-        valid_from,
-        None,
-    )
-    .await?;
+    let history_name = format!("{}__history", l.name);
+    let spliced = match &merged {
+        Some(sides) => {
+            link_history(
+                ctx,
+                catalog,
+                &history_name,
+                &desired_schema,
+                (f, t),
+                sides,
+                &rc.run_id,
+                valid_from,
+            )
+            .await?
+        }
+        None => None,
+    };
+    let history = match spliced {
+        Some(history) => history,
+        None => {
+            next_history(
+                ctx,
+                catalog,
+                &history_name,
+                &key,
+                pair(),
+                (&desired_schema, &desired_batches),
+                current,
+                rows,
+                &rc.run_id,
+                valid_from,
+                None,
+            )
+            .await?
+        }
+    };
+    phases.done("link history");
     plan.new_state = Some((schema, desired_batches));
     plan.new_history = Some(history);
     Ok(plan)

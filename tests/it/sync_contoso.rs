@@ -299,3 +299,126 @@ fn incremental_change_set_applies_commands_and_warns() {
         ["000135", "000156", "000174", "000306", "000307", "000308"]
     );
 }
+
+/// The rows of the latest version of `table`, as its files store them (in the order its last
+/// commit added them): `columns` of each row, as text.
+fn stored_rows(env: &Env, table: &str, columns: &[&str]) -> Vec<Vec<String>> {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let commits = delta_commits(env, table);
+    let last = commits.last().expect("the table has commits");
+    let mut rows = Vec::new();
+    for add in last.iter().filter_map(|a| a["add"]["path"].as_str()) {
+        let file = std::fs::File::open(env.path(&format!("store/{table}/{add}"))).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let shown: Vec<_> = columns
+                .iter()
+                .map(|c| {
+                    let column = batch.column(batch.schema().index_of(c).unwrap()).clone();
+                    (column, FormatOptions::default())
+                })
+                .collect();
+            let formatters: Vec<_> = shown
+                .iter()
+                .map(|(c, o)| ArrayFormatter::try_new(c.as_ref(), o).unwrap())
+                .collect();
+            for i in 0..batch.num_rows() {
+                rows.push(formatters.iter().map(|f| f.value(i).to_string()).collect());
+            }
+        }
+    }
+    rows
+}
+
+/// A complete synchronization finds the changed memberships by a merge of the sorted pairs
+/// with the stored ones, and places their history rows among the stored history rows
+/// (sorted by pair, then validity): a pair removed one day and back the next has its three
+/// rows in order, no pair removed keeps an open row, and the tables stay sorted.
+#[test]
+fn memberships_removed_then_restored_keep_their_history_in_order() {
+    let env = contoso_env();
+    env.run("complete", &[], &[("CONTOSO_DAY", "day1")])
+        .expect_code(0);
+    let day2 = env.run("complete", &[], &[("CONTOSO_DAY", "day2")]);
+    day2.expect_code(0);
+    let run2 = run_id_of(&day2);
+    // Day 1's exports again: day 2's 17 removed pairs come back, its 3 new ones go.
+    let day3 = env.run("complete", &[], &[("CONTOSO_DAY", "day1")]);
+    day3.expect_code(0);
+    let run3 = run_id_of(&day3);
+    assert!(
+        day3.stdout
+            .contains("ad_member_of: 17 inserted, 0 updated, 3 deleted"),
+        "{}",
+        day3.stdout
+    );
+    assert_eq!(env.scalar("select count(*) from ad_member_of"), "1142");
+    // A pair removed on day 2 (one of those whose account still exists) and back on day 3.
+    let pair = env.query(&format!(
+        "select h.account_dn, h.group_dn from ad_member_of__history h \
+         join ad_account a on a.dn = h.account_dn \
+         where h._run_id = '{run2}' and h._change = 'delete' order by 1, 2 limit 1"
+    ));
+    assert_eq!(
+        pair.len(),
+        1,
+        "day 2 removed a membership of a kept account"
+    );
+    let (account, group) = (&pair[0][0], &pair[0][1]);
+    let rows = env.query(&format!(
+        "select _change, _run_id = '{run2}', _run_id = '{run3}', _valid_to is null, \
+                _valid_from = _valid_to \
+         from ad_member_of__history \
+         where account_dn = '{account}' and group_dn = '{group}' \
+         order by _valid_from, _valid_to nulls last"
+    ));
+    let expected = [
+        ["insert", "false", "false", "false", "false"], // day 1, closed on day 2
+        ["delete", "true", "false", "false", "true"],   // day 2's tombstone
+        ["insert", "false", "true", "true", ""],        // day 3, open (NULL end)
+    ];
+    assert_eq!(
+        rows,
+        expected.map(|r| r.map(String::from).to_vec()),
+        "{account} {group}"
+    );
+    // Day 2's pairs removed on day 3: closed, none left open.
+    assert_eq!(
+        env.scalar(
+            "select count(*) from ad_member_of__history h where h._valid_to is null \
+             and not exists (select 1 from ad_member_of m \
+                             where m.account_dn = h.account_dn and m.group_dn = h.group_dn)"
+        ),
+        "0"
+    );
+    assert_eq!(
+        env.scalar(&format!(
+            "select count(*) from ad_member_of__history where _run_id = '{run3}' and _change = 'delete'"
+        )),
+        "3"
+    );
+    // Every stored pair has exactly one open history row.
+    assert_eq!(
+        env.scalar("select count(*) from ad_member_of__history where _valid_to is null"),
+        "1142"
+    );
+    // Both tables are stored sorted: the next run's merge and placement rely on it.
+    let state = stored_rows(&env, "ad_member_of", &["account_dn", "group_dn"]);
+    assert_eq!(state.len(), 1142);
+    assert!(state.windows(2).all(|w| w[0] < w[1]), "ad_member_of sorted");
+    let history = stored_rows(
+        &env,
+        "ad_member_of__history",
+        &["account_dn", "group_dn", "_valid_from"],
+    );
+    assert!(history.len() > 1142 + 17 + 3);
+    assert!(
+        history.windows(2).all(|w| w[0] < w[1]),
+        "ad_member_of__history sorted by pair and opening"
+    );
+}
