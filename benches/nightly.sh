@@ -14,26 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
 REPEATS=${2:-1}
-BIN="${IGAFLOW_BIN:-${CARGO_TARGET_DIR:-target}/release/igaflow}"
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
-AS_OF=2026-11-25
-COMPANY=${COMPANY:-}
-if [ -z "$COMPANY" ]; then
-  COMPANY="$WORK/company"
-  "$BIN" generate --identities "$N" --seed 7 "$COMPANY" > /dev/null
-fi
+source benches/company.sh
 echo "igaflow nightly complete job, $(nproc) cores, $(date -u +%FT%TZ), $BIN"
-
-timed() { # command… → "wall peak_mib"
-  /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" > "$WORK/out" 2>&1 || { cat "$WORK/out"; return 1; }
-  awk '{printf "%s %d", $1, $2 / 1024}' "$WORK/time"
-}
-tasks() { # store → the last run's tasks with their status and seconds
-  "$BIN" sql --store "$1" --format csv \
-    "select task, status, round(extract(epoch from ended_at - started_at), 2) as s from task_runs where run_id = (select run_id from runs order by started_at desc limit 1) order by started_at" \
-    | tail -n +2 | tr '\n' ' '
-}
 
 for i in $(seq 1 "$REPEATS"); do
   rm -rf "$WORK/store" "$WORK/again" "$WORK/day2"
@@ -43,5 +25,5 @@ for i in $(seq 1 "$REPEATS"); do
   read -r A AM <<< "$(timed "$BIN" run "$COMPANY/pipeline" --job complete --store "$WORK/again" --as-of $AS_OF --quiet)"
   read -r D DM <<< "$(GEN_DAY=day2 timed "$BIN" run "$COMPANY/pipeline" --job complete --store "$WORK/day2" --as-of 2026-11-26 --quiet)"
   echo "repeat $i: empty store ${C} s (${CM} MiB); same exports again ${A} s (${AM} MiB); day 2 ${D} s (${DM} MiB)"
-  echo "  day 2 tasks: $(tasks "$WORK/day2")"
+  echo "  day 2 tasks: $(tasks "$WORK/day2" "task, status")"
 done

@@ -13,21 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
 REPEATS=${2:-3}
-BIN="${IGAFLOW_BIN:-${CARGO_TARGET_DIR:-target}/release/igaflow}"
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
-AS_OF=2026-11-25
-COMPANY=${COMPANY:-}
-if [ -z "$COMPANY" ]; then
-  COMPANY="$WORK/company"
-  "$BIN" generate --identities "$N" --seed 7 "$COMPANY" > /dev/null
-fi
+source benches/company.sh
 echo "igaflow incremental/complete ratio, $(nproc) cores, $(date -u +%FT%TZ), $BIN"
-
-timed() { # command… → "wall peak_mib"
-  /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" > "$WORK/out" 2>&1 || { cat "$WORK/out"; return 1; }
-  awk '{printf "%s %d", $1, $2 / 1024}' "$WORK/time"
-}
 
 RATIOS=()
 for i in $(seq 1 "$REPEATS"); do
@@ -37,9 +24,7 @@ for i in $(seq 1 "$REPEATS"); do
   read -r I IM <<< "$(GEN_DAY=incremental timed "$BIN" run "$COMPANY/pipeline" --job incremental --store "$WORK/store_inc" --as-of $AS_OF --quiet)"
   R=$(python3 -c "print(f'{100 * $I / $C:.1f}')")
   RATIOS+=("$R")
-  TASKS=$("$BIN" sql --store "$WORK/store_inc" --format csv \
-    "select task, round(extract(epoch from ended_at - started_at), 2) as s from task_runs where run_id = (select run_id from runs order by started_at desc limit 1) order by started_at" \
-    | tail -n +2 | tr '\n' ' ')
+  TASKS=$(tasks "$WORK/store_inc")
   echo "pair $i: complete ${C} s (${CM} MiB), incremental ${I} s (${IM} MiB) = ${R}%  [${TASKS}]"
 done
 python3 -c "import statistics,sys; print(f'median ratio: {statistics.median(map(float, sys.argv[1:])):.1f}%')" "${RATIOS[@]}"

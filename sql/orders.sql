@@ -41,9 +41,6 @@ WITH
 protected AS (
     SELECT account_key FROM o_accounts WHERE protect
 ),
-added AS (
-    SELECT owner_key FROM o_added
-),
 kept AS (
     SELECT owner_key, account_key FROM o_assigned WHERE account_key IS NOT NULL
 ),
@@ -169,19 +166,19 @@ part_added AS (
     SELECT 'Added' AS change_type, 'added' AS kind, owner_key, CAST(NULL AS VARCHAR) AS account_key,
            'order' AS part, CAST(NULL AS VARCHAR) AS name,
            CAST(NULL AS VARCHAR) AS old_value, CAST(NULL AS VARCHAR) AS new_value
-    FROM added
+    FROM o_added
 ),
 part_added_attributes AS (
     SELECT 'Added' AS change_type, 'added' AS kind, a.owner_key, CAST(NULL AS VARCHAR) AS account_key,
            'attribute' AS part, d.attribute AS name, CAST(NULL AS VARCHAR) AS old_value,
            d.value AS new_value
-    FROM added a JOIN o_desired_scalars d ON d.owner_key = a.owner_key
+    FROM o_added a JOIN o_desired_scalars d ON d.owner_key = a.owner_key
     WHERE d.value IS NOT NULL
 ),
 part_added_links AS (
     SELECT 'Added' AS change_type, 'added' AS kind, a.owner_key, CAST(NULL AS VARCHAR) AS account_key,
            'add' AS part, d.link AS name, CAST(NULL AS VARCHAR) AS old_value, d.value AS new_value
-    FROM added a JOIN o_desired_links d ON d.owner_key = a.owner_key
+    FROM o_added a JOIN o_desired_links d ON d.owner_key = a.owner_key
 ),
 part_scalars AS (
     -- A value the lifecycle's deactivation sets (held_disabled) makes the order a disabling

@@ -774,23 +774,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_merge_of_sorted_sides_finds_the_rows_of_one_side_only() {
-        // 60K pairs each side (windows of 4096 rows and batch ends fall inside equal stretches),
-        // about 1% of them on one side only: single rows, a run of 300, and each side's last.
+        // 60K pairs each side (windows and batch ends fall inside equal stretches), about 1%
+        // of them on one side only: single rows, a run of 300, and each side's last.
         let all = member_pairs(0..60_500);
         let desired_only = |i: usize| i % 97 == 5 || (20_000..20_300).contains(&i) || i == 60_499;
         let stored_only = |i: usize| i % 89 == 7 || i == 60_498;
-        let desired: Vec<_> = all
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !stored_only(*i))
-            .map(|(_, p)| p.clone())
-            .collect();
-        let stored: Vec<_> = all
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !desired_only(*i))
-            .map(|(_, p)| p.clone())
-            .collect();
+        // The pairs whose index `keep` accepts.
+        let pick = |keep: &dyn Fn(usize) -> bool| -> Vec<(String, String)> {
+            all.iter()
+                .enumerate()
+                .filter(|(i, _)| keep(*i))
+                .map(|(_, p)| p.clone())
+                .collect()
+        };
+        let desired = pick(&|i| !stored_only(i));
+        let stored = pick(&|i| !desired_only(i));
         let schema = batch(&[]).schema();
         let sorted = |rows: Vec<(String, String)>, n: usize| {
             sort_unique_encoded(&schema, batches_of(&rows, 1000), n)
@@ -809,12 +807,7 @@ mod tests {
                 .unwrap()
                 .expect("both sides sorted");
         let expect = |only: &dyn Fn(usize) -> bool| {
-            let mut rows: Vec<_> = all
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| only(*i))
-                .map(|(_, p)| p.clone())
-                .collect();
+            let mut rows = pick(only);
             rows.sort();
             rows
         };
