@@ -188,6 +188,9 @@ pub fn context() -> SessionContext {
 /// incremental run (an incremental synchronization at 1M identities: 0.8 → 0.5 s); a complete
 /// run keeps decoding whole columns, which is cheaper when most rows are kept.
 pub fn filter_while_decoding(ctx: &SessionContext) {
+    if std::env::var_os("DATAFUSION_EXECUTION_PARQUET_PUSHDOWN_FILTERS").is_some() {
+        return;
+    }
     ctx.state_ref()
         .write()
         .config_mut()

@@ -175,7 +175,7 @@ impl NewTable {
         if let Some(version) = version.filter(|v| *v != u64::MAX && patching) {
             let found = rc
                 .store
-                .find_replaced(ctx, name, version, r.keys.clone(), &r.on, &schema)
+                .find_replaced(name, version, r.keys.clone(), &r.on, &schema)
                 .await?;
             if let Some((patch, removed)) = found {
                 if same_rows(ctx, &schema, &removed, &new).await? {

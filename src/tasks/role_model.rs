@@ -67,16 +67,18 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let mut counts = Vec::new();
     let mut correlated_again = 0;
     for rt in &rts {
-        let affected = match (&scope, &before) {
+        let (affected, slices) = match (&scope, &before) {
             (Some(s), Some(b)) => {
-                let a = materialize(&ctx, affected_accounts(&ctx, rt, s, b.clone()).await?).await?;
+                let slices = KeySlices::read(&ctx, rt).await?;
+                let a = affected_accounts(&ctx, rt, s, b.clone(), &slices).await?;
+                let a = materialize(&ctx, a).await?;
                 correlated_again += a.clone().count().await?;
-                Some(a)
+                (Some(a), Some(slices))
             }
-            _ => None,
+            _ => (None, None),
         };
         phases.done("affected accounts");
-        let df = correlate(rc, &ctx, &catalog, rt, affected.as_ref()).await?;
+        let df = correlate(rc, &ctx, &catalog, rt, affected.as_ref(), slices).await?;
         let df = materialize(&ctx, df).await?;
         phases.done("correlate");
         let df = match affected {
@@ -883,6 +885,36 @@ fn not_correlated_again(
         )?)
 }
 
+/// One resource type's rows of `correlation_keys`, each side (`key`, `rule`, `value`), read
+/// once for a dirty role model: finding the affected accounts and correlating them join each
+/// side three times, and at 1M identities each read of a side decodes 2M keys and values
+/// again (0.2-0.3 s) to keep a few thousand rows.
+struct KeySlices {
+    owner: DataFrame,
+    target: DataFrame,
+}
+
+impl KeySlices {
+    async fn read(ctx: &SessionContext, rt: &ResourceType) -> Result<Self> {
+        let all = ctx.table(correlation_keys::TABLE).await?;
+        let side = |side: &str| -> Result<DataFrame> {
+            Ok(all
+                .clone()
+                .filter(
+                    col("resource_type")
+                        .eq(lit(rt.name.as_str()))
+                        .and(col("side").eq(lit(side))),
+                )?
+                .select(vec![col("key"), col("rule"), col("value")])?)
+        };
+        let (owner, target) = futures::try_join!(
+            materialize(ctx, side("owner")?),
+            materialize(ctx, side("target")?)
+        )?;
+        Ok(Self { owner, target })
+    }
+}
+
 /// The accounts of one resource type whose correlation may differ from the committed one, as
 /// a frame of `k` (SPEC 11.1–11.4 read backwards):
 /// - the changed accounts;
@@ -900,23 +932,22 @@ async fn affected_accounts(
     rt: &ResourceType,
     scope: &super::dirty::Scope,
     before: DataFrame,
+    now: &KeySlices,
 ) -> Result<DataFrame> {
-    let of_rt = |df: DataFrame, side: &str| -> Result<DataFrame> {
-        Ok(df.filter(
+    let before = before
+        .filter(
             col("resource_type")
                 .eq(lit(rt.name.as_str()))
-                .and(col("side").eq(lit(side))),
-        )?)
-    };
-    let now = ctx.table(correlation_keys::TABLE).await?;
+                .and(col("side").eq(lit("owner"))),
+        )?
+        .select(vec![col("key"), col("rule"), col("value")])?;
     let changed_owners = scope
         .owners
         .clone()
         .filter(col("entity").eq(lit(rt.owner.as_str())))?
         .select(vec![col("key").alias("k")])?;
     let owner_values = |keys: DataFrame| -> Result<DataFrame> {
-        of_rt(keys, "owner")?
-            .semi_on("key", changed_owners.clone())?
+        keys.semi_on("key", changed_owners.clone())?
             .select(vec![
                 col("rule").alias("_rule"),
                 col("value").alias("_value"),
@@ -925,12 +956,12 @@ async fn affected_accounts(
     };
     let values = materialize(
         ctx,
-        owner_values(now.clone())?
+        owner_values(now.owner.clone())?
             .union(owner_values(before)?)?
             .distinct()?,
     )
     .await?;
-    let targets = of_rt(now.clone(), "target")?;
+    let targets = now.target.clone();
     let committed = ctx
         .table("correlations")
         .await?
@@ -961,6 +992,8 @@ async fn affected_accounts(
     ];
     let first = materialize(ctx, union_all(first)?.expect("four").distinct()?).await?;
     // Their owners, committed and found now (every owner a rule of theirs finds).
+    // As written: the statistics make the owner keys (2M rows at 1M identities) look like
+    // the smaller side of the inner join below, built on the found values' 11K rows instead.
     let owners = committed
         .clone()
         .semi_on("account_key", first.clone())?
@@ -974,7 +1007,7 @@ async fn affected_accounts(
                     col("value").alias("_value"),
                 ])?
                 .join(
-                    of_rt(now, "owner")?,
+                    now.owner.clone(),
                     JoinType::Inner,
                     &["_rule", "_value"],
                     &["rule", "value"],
@@ -983,7 +1016,7 @@ async fn affected_accounts(
                 .select(vec![col("key").alias("k")])?,
         )?
         .distinct()?;
-    let owners = materialize(ctx, owners).await?;
+    let owners = materialize(ctx, engine::as_written(owners)).await?;
     Ok(first
         .union(
             committed
@@ -999,6 +1032,7 @@ async fn correlate(
     catalog: &Catalog,
     rt: &ResourceType,
     affected: Option<&DataFrame>,
+    slices: Option<KeySlices>,
 ) -> Result<DataFrame> {
     // Dirty: only the affected accounts (a frame of `k`), against every owner.
     let only_affected = |df: DataFrame| -> Result<DataFrame> {
@@ -1013,27 +1047,39 @@ async fn correlate(
         "corr_targets",
         only_affected(target.select(vec![key_text(rc, &rt.target).alias("account_key")])?)?,
     )?;
-    let keys = if rt.correlation.is_empty() {
-        empty(ctx, utf8(&["resource_type", "side", "key", "value"]))?.select(vec![
-            col("resource_type"),
-            col("side"),
-            col("key"),
-            cast(lit(0i64), DataType::Int64).alias("rule"),
-            col("value"),
-        ])?
-    } else {
-        require(
-            ctx,
-            catalog,
-            correlation_keys::TABLE,
-            "compute_correlation_keys",
-        )
-        .await?
-        .filter(col("resource_type").eq(lit(rt.name.as_str())))?
+    let (owner_keys, target_keys) = match slices {
+        Some(s) => (s.owner, s.target),
+        None if rt.correlation.is_empty() => {
+            let none = empty(ctx, utf8(&["key", "value"]))?.select(vec![
+                col("key"),
+                cast(lit(0i64), DataType::Int64).alias("rule"),
+                col("value"),
+            ])?;
+            (none.clone(), none)
+        }
+        None => {
+            let keys = require(
+                ctx,
+                catalog,
+                correlation_keys::TABLE,
+                "compute_correlation_keys",
+            )
+            .await?
+            .filter(col("resource_type").eq(lit(rt.name.as_str())))?;
+            let side = |side: &str| -> Result<DataFrame> {
+                Ok(keys
+                    .clone()
+                    .filter(col("side").eq(lit(side)))?
+                    .select(vec![col("key"), col("rule"), col("value")])?)
+            };
+            (side("owner")?, side("target")?)
+        }
     };
-    let target_keys = only_affected(keys.clone().filter(col("side").eq(lit("target")))?.select(
-        vec![col("key").alias("account_key"), col("rule"), col("value")],
-    )?)?;
+    let target_keys = only_affected(target_keys.select(vec![
+        col("key").alias("account_key"),
+        col("rule"),
+        col("value"),
+    ])?)?;
     let target_keys = match affected {
         // Collected, so that the joins know the few rows and build on them.
         Some(_) => materialize(ctx, target_keys).await?,
@@ -1043,7 +1089,7 @@ async fn correlate(
     view(
         ctx,
         "corr_owner_keys",
-        keys.filter(col("side").eq(lit("owner")))?.select(vec![
+        owner_keys.select(vec![
             col("key").alias("owner_key"),
             col("rule"),
             col("value"),

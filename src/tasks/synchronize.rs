@@ -1084,14 +1084,7 @@ async fn patch_entity(
     let version = |t: &str| catalog.tables.get(t).copied().unwrap_or_default();
     let Some((state_patch, old_rows)) = rc
         .store
-        .find_replaced(
-            ctx,
-            &e.name,
-            version(&e.name),
-            replaced.clone(),
-            &on,
-            &schema,
-        )
+        .find_replaced(&e.name, version(&e.name), replaced.clone(), &on, &schema)
         .await?
     else {
         return Ok(None);
@@ -1101,7 +1094,6 @@ async fn patch_entity(
     let Some((history_patch, old_history)) = rc
         .store
         .find_replaced(
-            ctx,
             &history_name,
             version(&history_name),
             replaced,
