@@ -17,8 +17,10 @@ timed() { # command… → "wall peak_mib"
   awk '{printf "%s %d", $1, $2 / 1024}' "$WORK/time"
 }
 
+# Seconds from the microsecond timestamps: DataFusion 55's `extract(epoch from ended_at -
+# started_at)` drops the fraction of an interval of a second or more (3.51 s gives 3.0).
 tasks() { # store [columns] → the last run's tasks with the columns (default: task) and seconds
   "$BIN" sql --store "$1" --format csv \
-    "select ${2:-task}, round(extract(epoch from ended_at - started_at), 2) as s from task_runs where run_id = (select run_id from runs order by started_at desc limit 1) order by started_at" \
+    "select ${2:-task}, round((cast(ended_at as bigint) - cast(started_at as bigint)) / 1e6, 2) as s from task_runs where run_id = (select run_id from runs order by started_at desc limit 1) order by started_at" \
     | tail -n +2 | tr '\n' ' '
 }

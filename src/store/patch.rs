@@ -188,39 +188,8 @@ impl Store {
         {
             return Ok(None);
         }
-        // The positions of the rows whose key is replaced: the key columns of every file read
-        // (one task per file) and each row looked up in the replaced keys.
-        let key_types: Vec<DataType> = keys
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.data_type().clone())
-            .collect();
-        let wanted = Arc::new(KeySet::of(&keys.collect().await?)?);
         let files = Arc::new(files);
-        let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let tasks: Vec<_> = (0..files.len())
-            .flat_map(|i| (0..parts).map(move |part| (i, part)))
-            .map(|(i, part)| {
-                let (objects, files, wanted) =
-                    (self.objects.clone(), files.clone(), wanted.clone());
-                let on: Vec<String> = on.iter().map(|c| c.to_string()).collect();
-                let key_types = key_types.clone();
-                let task = tokio::spawn(async move {
-                    let share = (part, parts);
-                    positions_of(&objects, &files[i], share, &on, &key_types, &wanted).await
-                });
-                (i, task)
-            })
-            .collect();
-        let mut positions = vec![RoaringTreemap::new(); files.len()];
-        for (i, task) in tasks {
-            let found = task
-                .await
-                .map_err(|e| Error::store(format!("table {name}: {e}")))?
-                .map_err(|e| Error::store(format!("table {name}: {e}")))?;
-            positions[i] |= found;
-        }
+        let positions = self.key_positions(name, files.clone(), keys, on).await?;
         // The replaced rows themselves, read by position from the files holding them.
         let mut touched = Vec::new();
         let mut removed = Vec::new();
@@ -253,6 +222,83 @@ impl Store {
             },
             removed,
         )))
+    }
+
+    /// The committed rows of table `name` at `version` whose columns `on` equal a row of
+    /// `keys`, read by position, with `schema`: what a semi join of the table with the keys
+    /// gives, without decoding its other columns for every row. `None` when the table's files
+    /// cannot be read that way (see [`active_files`]).
+    pub async fn rows_of_keys(
+        &self,
+        name: &str,
+        version: u64,
+        keys: DataFrame,
+        on: &[&str],
+        schema: &SchemaRef,
+    ) -> Result<Option<Vec<RecordBatch>>> {
+        let table = self.delta_at(name, version).await?;
+        let Some(active) = active_files(self, name, &table).await? else {
+            return Ok(None);
+        };
+        let files = Arc::new(active.into_iter().map(|a| a.file).collect::<Vec<_>>());
+        let positions = self.key_positions(name, files.clone(), keys, on).await?;
+        let mut rows = Vec::new();
+        for (file, found) in files.iter().zip(positions) {
+            if found.is_empty() {
+                continue;
+            }
+            let read = read_rows(self, file, &found)
+                .await
+                .map_err(|e| Error::store(format!("table {name}: {e}")))?;
+            for b in read {
+                rows.push(conform_batch(&b, schema)?);
+            }
+        }
+        Ok(Some(rows))
+    }
+
+    /// For each of `files` (of table `name`), the positions of its committed rows whose columns
+    /// `on` equal a row of `keys`.
+    async fn key_positions(
+        &self,
+        name: &str,
+        files: Arc<Vec<DataFile>>,
+        keys: DataFrame,
+        on: &[&str],
+    ) -> Result<Vec<RoaringTreemap>> {
+        // The positions of the rows whose key is replaced: the key columns of every file read
+        // (one task per file) and each row looked up in the replaced keys.
+        let key_types: Vec<DataType> = keys
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let wanted = Arc::new(KeySet::of(&keys.collect().await?)?);
+        let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let tasks: Vec<_> = (0..files.len())
+            .flat_map(|i| (0..parts).map(move |part| (i, part)))
+            .map(|(i, part)| {
+                let (objects, files, wanted) =
+                    (self.objects.clone(), files.clone(), wanted.clone());
+                let on: Vec<String> = on.iter().map(|c| c.to_string()).collect();
+                let key_types = key_types.clone();
+                let task = tokio::spawn(async move {
+                    let share = (part, parts);
+                    positions_of(&objects, &files[i], share, &on, &key_types, &wanted).await
+                });
+                (i, task)
+            })
+            .collect();
+        let mut positions = vec![RoaringTreemap::new(); files.len()];
+        for (i, task) in tasks {
+            let found = task
+                .await
+                .map_err(|e| Error::store(format!("table {name}: {e}")))?
+                .map_err(|e| Error::store(format!("table {name}: {e}")))?;
+            positions[i] |= found;
+        }
+        Ok(positions)
     }
 
     /// Commits a [`Patch`] and the rows replacing the deleted ones as the next Delta version

@@ -393,3 +393,31 @@ impl SemiOn for DataFrame {
         Ok(keys.join(self, JoinType::RightSemi, &["k"], &[on], None)?)
     }
 }
+
+/// The committed rows of table `name` whose column `on` is among `keys` (a frame with one
+/// column `k`): `table.semi_on(on, keys)`, `table` being the session's frame of the table. At
+/// 1M identities a scope holds a few thousand of a million owners, and the semi join decodes
+/// the key column of every row and probes it (0.8 s of CPU for the 13.6M memberships); here
+/// the store looks the keys up in the key column ([`crate::store::Store::rows_of_keys`]) and
+/// reads back the rows found. The semi join where the store cannot.
+pub async fn keyed(
+    rc: &RunContext<'_>,
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    name: &str,
+    table: DataFrame,
+    on: &str,
+    keys: &DataFrame,
+) -> Result<DataFrame> {
+    if let Some(&version) = catalog.tables.get(name).filter(|v| **v != u64::MAX) {
+        let schema = Arc::new(table.schema().as_arrow().clone());
+        let found = rc
+            .store
+            .rows_of_keys(name, version, keys.clone(), &[on], &schema)
+            .await?;
+        if let Some(rows) = found {
+            return super::frames::frame(ctx, &schema, &rows);
+        }
+    }
+    table.semi_on(on, keys.clone())
+}

@@ -516,17 +516,22 @@ async fn orders_of(
     // diffs join them (otherwise each join still reads the whole link tables), and collected
     // once: every piece of the orders query reads them again.
     let dirty = in_scope.is_some();
-    let of_owners = |df: DataFrame| -> Result<DataFrame> {
-        Ok(match &in_scope {
-            Some((owners, _)) => df.semi_on("owner_key", owners.clone())?,
-            None => df,
-        })
+    // A stored table's rows of the owners (accounts) in scope, found by key in the store.
+    let of_owners_keyed = async |name: &str, df: DataFrame| -> Result<DataFrame> {
+        match &in_scope {
+            Some((owners, _)) => {
+                super::dirty::keyed(rc, ctx, catalog, name, df, "owner_key", owners).await
+            }
+            None => Ok(df),
+        }
     };
-    let of_accounts = |df: DataFrame| -> Result<DataFrame> {
-        Ok(match &in_scope {
-            Some((_, accounts)) => df.semi_on("account_key", accounts.clone())?,
-            None => df,
-        })
+    let of_accounts_keyed = async |name: &str, df: DataFrame, on: &str| -> Result<DataFrame> {
+        match &in_scope {
+            Some((_, accounts)) => {
+                super::dirty::keyed(rc, ctx, catalog, name, df, on, accounts).await
+            }
+            None => Ok(df),
+        }
     };
     view(
         ctx,
@@ -600,10 +605,14 @@ async fn orders_of(
         scoped(
             ctx,
             dirty,
-            of_owners(
-                of_rt(require(ctx, catalog, "assigned_scalars", "compute_role_model").await?)?
-                    .select(vec![col("owner_key"), col("attribute"), col("value")])?,
-            )?,
+            of_rt(
+                of_owners_keyed(
+                    "assigned_scalars",
+                    require(ctx, catalog, "assigned_scalars", "compute_role_model").await?,
+                )
+                .await?,
+            )?
+            .select(vec![col("owner_key"), col("attribute"), col("value")])?,
         )
         .await?,
     )?;
@@ -710,10 +719,14 @@ async fn orders_of(
         scoped(
             ctx,
             dirty,
-            of_owners(
-                of_rt(require(ctx, catalog, "assigned_links", "compute_role_model").await?)?
-                    .select(vec![col("owner_key"), col("link"), col("value")])?,
-            )?,
+            of_rt(
+                of_owners_keyed(
+                    "assigned_links",
+                    require(ctx, catalog, "assigned_links", "compute_role_model").await?,
+                )
+                .await?,
+            )?
+            .select(vec![col("owner_key"), col("link"), col("value")])?,
         )
         .await?,
     )?;
@@ -728,15 +741,10 @@ async fn orders_of(
     // Dirty: the target rows of the accounts in scope, read once for every column below (cut
     // column by column, each would scan the whole target table again).
     let scoped_target = match &in_scope {
-        Some((_, accounts)) => super::role_model::materialize(
-            ctx,
-            target
-                .clone()
-                .with_column("_scope_key", account_key.clone())?
-                .semi_on("_scope_key", accounts.clone())?,
-        )
-        .await?
-        .drop_columns(&["_scope_key"])?,
+        Some(_) => {
+            let rows = of_accounts_keyed(&rt.target, target.clone(), &target_entity.key).await?;
+            super::role_model::materialize(ctx, rows).await?
+        }
         None => target.clone(),
     };
     let mut current = Vec::new();
@@ -769,13 +777,13 @@ async fn orders_of(
         if !catalog.tables.contains_key(&l.link) {
             continue;
         }
-        current_links.push(of_accounts(ctx.table(l.link.as_str()).await?.select(
-            vec![
-                cast(quoted(&link.from.column), DataType::Utf8).alias("account_key"),
-                lit(l.link.as_str()).alias("link"),
-                cast(quoted(&link.to.column), DataType::Utf8).alias("value"),
-            ],
-        )?)?);
+        let stored = ctx.table(l.link.as_str()).await?;
+        let stored = of_accounts_keyed(l.link.as_str(), stored, &link.from.column).await?;
+        current_links.push(stored.select(vec![
+            cast(quoted(&link.from.column), DataType::Utf8).alias("account_key"),
+            lit(l.link.as_str()).alias("link"),
+            cast(quoted(&link.to.column), DataType::Utf8).alias("value"),
+        ])?);
     }
     view(
         ctx,
