@@ -191,20 +191,14 @@ impl Store {
         let files = Arc::new(files);
         let positions = self.key_positions(name, files.clone(), keys, on).await?;
         // The replaced rows themselves, read by position from the files holding them.
+        let removed = self.read_found(name, &files, &positions, schema).await?;
         let mut touched = Vec::new();
-        let mut removed = Vec::new();
         let mut removed_rows = 0;
         for (i, ((add, remove), found)) in actions.into_iter().zip(positions).enumerate() {
             if found.is_empty() {
                 continue;
             }
             removed_rows += found.len();
-            let rows = read_rows(self, &files[i], &found)
-                .await
-                .map_err(|e| Error::store(format!("table {name}: {e}")))?;
-            for b in rows {
-                removed.push(conform_batch(&b, schema)?);
-            }
             let mut deleted = files[i].deleted.clone();
             deleted |= found;
             touched.push(Touched {
@@ -242,19 +236,32 @@ impl Store {
         };
         let files = Arc::new(active.into_iter().map(|a| a.file).collect::<Vec<_>>());
         let positions = self.key_positions(name, files.clone(), keys, on).await?;
+        Ok(Some(
+            self.read_found(name, &files, &positions, schema).await?,
+        ))
+    }
+
+    /// The rows of `files` (of table `name`) at `positions` (one set per file), in `schema`.
+    async fn read_found(
+        &self,
+        name: &str,
+        files: &[DataFile],
+        positions: &[RoaringTreemap],
+        schema: &SchemaRef,
+    ) -> Result<Vec<RecordBatch>> {
         let mut rows = Vec::new();
         for (file, found) in files.iter().zip(positions) {
             if found.is_empty() {
                 continue;
             }
-            let read = read_rows(self, file, &found)
+            let read = read_rows(self, file, found)
                 .await
                 .map_err(|e| Error::store(format!("table {name}: {e}")))?;
             for b in read {
                 rows.push(conform_batch(&b, schema)?);
             }
         }
-        Ok(Some(rows))
+        Ok(rows)
     }
 
     /// For each of `files` (of table `name`), the positions of its committed rows whose columns
@@ -266,8 +273,8 @@ impl Store {
         keys: DataFrame,
         on: &[&str],
     ) -> Result<Vec<RoaringTreemap>> {
-        // The positions of the rows whose key is replaced: the key columns of every file read
-        // (one task per file) and each row looked up in the replaced keys.
+        // The key columns of every file read (a task per share of its row groups, one share
+        // per core) and each row looked up in the keys.
         let key_types: Vec<DataType> = keys
             .schema()
             .fields()

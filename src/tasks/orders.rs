@@ -516,15 +516,19 @@ async fn orders_of(
     // diffs join them (otherwise each join still reads the whole link tables), and collected
     // once: every piece of the orders query reads them again.
     let dirty = in_scope.is_some();
-    // A stored table's rows of the owners (accounts) in scope, found by key in the store.
-    let of_owners_keyed = async |name: &str, df: DataFrame| -> Result<DataFrame> {
-        match &in_scope {
+    // A role-model table's `owner_key`, `column`, `value` of this resource type, cut to the
+    // owners in scope (found by key in the store).
+    let desired = async |table: &str, column: &str| -> Result<DataFrame> {
+        let df = require(ctx, catalog, table, "compute_role_model").await?;
+        let df = match &in_scope {
             Some((owners, _)) => {
-                super::dirty::keyed(rc, ctx, catalog, name, df, "owner_key", owners).await
+                super::dirty::keyed(rc, ctx, catalog, table, df, "owner_key", owners).await?
             }
-            None => Ok(df),
-        }
+            None => df,
+        };
+        Ok(of_rt(df)?.select(vec![col("owner_key"), col(column), col("value")])?)
     };
+    // A stored table's rows of the accounts in scope, found by key in the store.
     let of_accounts_keyed = async |name: &str, df: DataFrame, on: &str| -> Result<DataFrame> {
         match &in_scope {
             Some((_, accounts)) => {
@@ -602,19 +606,7 @@ async fn orders_of(
     view(
         ctx,
         "o_desired_scalars",
-        scoped(
-            ctx,
-            dirty,
-            of_rt(
-                of_owners_keyed(
-                    "assigned_scalars",
-                    require(ctx, catalog, "assigned_scalars", "compute_role_model").await?,
-                )
-                .await?,
-            )?
-            .select(vec![col("owner_key"), col("attribute"), col("value")])?,
-        )
-        .await?,
+        scoped(ctx, dirty, desired("assigned_scalars", "attribute").await?).await?,
     )?;
     // Values update_identities computed for accounts under anonymization (status 3 or 4):
     // they win over the role model's, which knows only the owner's real data until the
@@ -716,19 +708,7 @@ async fn orders_of(
     view(
         ctx,
         "o_desired_links",
-        scoped(
-            ctx,
-            dirty,
-            of_rt(
-                of_owners_keyed(
-                    "assigned_links",
-                    require(ctx, catalog, "assigned_links", "compute_role_model").await?,
-                )
-                .await?,
-            )?
-            .select(vec![col("owner_key"), col("link"), col("value")])?,
-        )
-        .await?,
+        scoped(ctx, dirty, desired("assigned_links", "link").await?).await?,
     )?;
 
     // Current values of the scalar and disable columns, as text of the column type.
