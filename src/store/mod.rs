@@ -59,7 +59,14 @@ pub struct Store {
     /// Text columns, by table, whose values repeat across many rows (see
     /// [`Store::with_repeated_columns`]).
     repeated: HashMap<String, Vec<String>>,
+    /// The data files (with their deleted rows) of committed table versions that key lookups
+    /// read ([`Store::rows_of_keys`]): a committed version never changes, and a dirty task
+    /// looks several tables up more than once, each open of a Delta table replaying its log.
+    versions: std::sync::Mutex<HashMap<(String, u64), VersionFiles>>,
 }
+
+/// A committed table version's data files, `None` when they cannot be read by position.
+type VersionFiles = Option<Arc<Vec<patch::DataFile>>>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,6 +103,7 @@ impl Store {
                 storage_options,
                 commits: Default::default(),
                 repeated: HashMap::new(),
+                versions: Default::default(),
             });
         }
         let path = match uri.strip_prefix("file://") {
@@ -117,6 +125,7 @@ impl Store {
             storage_options: HashMap::new(),
             commits: Default::default(),
             repeated: HashMap::new(),
+            versions: Default::default(),
         })
     }
 

@@ -230,15 +230,31 @@ impl Store {
         on: &[&str],
         schema: &SchemaRef,
     ) -> Result<Option<Vec<RecordBatch>>> {
-        let table = self.delta_at(name, version).await?;
-        let Some(active) = active_files(self, name, &table).await? else {
+        let Some(files) = self.files_at(name, version).await? else {
             return Ok(None);
         };
-        let files = Arc::new(active.into_iter().map(|a| a.file).collect::<Vec<_>>());
         let positions = self.key_positions(name, files.clone(), keys, on).await?;
         Ok(Some(
             self.read_found(name, &files, &positions, schema).await?,
         ))
+    }
+
+    /// The data files of table `name` at committed `version`, `None` when they cannot be read
+    /// by position (see [`active_files`]); remembered for the next lookup.
+    async fn files_at(&self, name: &str, version: u64) -> Result<super::VersionFiles> {
+        let id = (name.to_string(), version);
+        if let Some(known) = self.versions.lock().expect("not poisoned").get(&id) {
+            return Ok(known.clone());
+        }
+        let table = self.delta_at(name, version).await?;
+        let files = active_files(self, name, &table)
+            .await?
+            .map(|active| Arc::new(active.into_iter().map(|a| a.file).collect::<Vec<_>>()));
+        self.versions
+            .lock()
+            .expect("not poisoned")
+            .insert(id, files.clone());
+        Ok(files)
     }
 
     /// The rows of `files` (of table `name`) at `positions` (one set per file), in `schema`.

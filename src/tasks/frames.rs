@@ -157,6 +157,7 @@ impl NewTable {
         distinct: bool,
     ) -> Result<Self> {
         let sort = || order.iter().map(|c| quoted(c).sort(true, true)).collect();
+        let started = std::time::Instant::now();
         let (schema, new) = if distinct {
             // Decoded: the kept rows, read from the store, are plain text.
             let (encoded, new) = engine::sorted_distinct(ctx, r.new).await?;
@@ -172,11 +173,18 @@ impl NewTable {
         let rows = |v: &[RecordBatch]| v.iter().map(RecordBatch::num_rows).sum::<usize>();
         let version = read.tables.get(name).copied();
         let patching = rc.pipeline.deletion_vectors && !rc.dry_run;
+        let computed = started.elapsed().as_secs_f64();
         if let Some(version) = version.filter(|v| *v != u64::MAX && patching) {
             let found = rc
                 .store
                 .find_replaced(name, version, r.keys.clone(), &r.on, &schema)
                 .await?;
+            tracing::debug!(
+                table = name,
+                computed = format!("{computed:.3}"),
+                found = format!("{:.3}", started.elapsed().as_secs_f64() - computed),
+                "replaced rows"
+            );
             if let Some((patch, removed)) = found {
                 if same_rows(ctx, &schema, &removed, &new).await? {
                     let rows = patch.rows_after(0);

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::dirty::SemiOn;
+use super::dirty::{SemiOn, Side};
 use super::frames::{NewTable, commit_tables, committed, quoted, require, session};
 use super::role_model::{empty, text_batch, union_all, view};
 use super::{RunContext, TaskOutcome, TaskStatus};
@@ -105,13 +105,29 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         // Every input is cut to the owners and accounts in scope.
         crate::engine::filter_while_decoding(&ctx);
     }
+    let scope_rows = match &scope {
+        Some(sc) => {
+            let acted_on = match catalog.tables.contains_key("identity_states") {
+                true => Some(
+                    ctx.table("identity_states")
+                        .await?
+                        .filter(col("run_id").eq(lit(rc.run_id.as_str())))?
+                        .select(vec![cast(col("account_key"), DataType::Utf8).alias("k")])?,
+                ),
+                false => None,
+            };
+            let _ = require(&ctx, &catalog, "correlations", "compute_role_model").await?;
+            Some(super::dirty::ScopeRows::new(rc, &ctx, &catalog, sc, acted_on).await?)
+        }
+        None => None,
+    };
     phases.done("scope");
     let mut orders: Vec<Order> = Vec::new();
     let mut blocked_messages = Vec::new();
     let mut scopes: Vec<DataFrame> = Vec::new();
     for rt in &rts {
         let (mut rt_orders, base, rt_scope) =
-            orders_of(rc, &ctx, &catalog, rt, scope.as_ref()).await?;
+            orders_of(rc, &ctx, &catalog, rt, scope.as_ref(), scope_rows.as_ref()).await?;
         scopes.extend(rt_scope);
         // Orders released before (by --force, or under the thresholds) are not held back again
         // while they wait for fulfilment: only the others count, and only they are blocked.
@@ -448,6 +464,7 @@ async fn orders_of(
     catalog: &Catalog,
     rt: &ResourceType,
     scope: Option<&super::dirty::Scope>,
+    scope_rows: Option<&super::dirty::ScopeRows>,
 ) -> Result<(Vec<Order>, u64, Option<DataFrame>)> {
     let target_entity = rc
         .pipeline
@@ -457,7 +474,8 @@ async fn orders_of(
     let rt_name = lit(rt.name.as_str());
     let of_rt = |df: DataFrame| df.filter(col("resource_type").eq(rt_name.clone()));
 
-    let assigned = of_rt(require(ctx, catalog, "assigned_resources", "compute_role_model").await?)?;
+    let assigned_table = require(ctx, catalog, "assigned_resources", "compute_role_model").await?;
+    let assigned = of_rt(assigned_table.clone())?;
     let correlations = of_rt(require(ctx, catalog, "correlations", "compute_role_model").await?)?;
     let linked = correlations
         .clone()
@@ -469,6 +487,8 @@ async fn orders_of(
     let mut assigned = assigned;
     let mut linked = linked;
     let mut in_scope: Option<(DataFrame, DataFrame)> = None;
+    // Dirty: the statuses of the accounts in scope.
+    let mut statuses: Option<DataFrame> = None;
     if let Some(sc) = scope {
         let d_owners = sc
             .owners
@@ -494,22 +514,77 @@ async fn orders_of(
                     .select(vec![cast(col("account_key"), DataType::Utf8).alias("k")])?,
             )?;
         }
-        let owners_of_accounts = linked
+        // The correlation rows of the changed accounts, then every linked row of the owners
+        // in scope, found by key in the store (semi joins read `correlations` four times). An
+        // account has one row per resource type, and every linked account of the scope's
+        // accounts has its owner in scope.
+        let rows = scope_rows.expect("with a scope");
+        let stored = require(ctx, catalog, "correlations", "compute_role_model").await?;
+        let d_accounts = super::role_model::materialize(ctx, d_accounts).await?;
+        let of_changed = of_rt(
+            rows.rows(
+                rc,
+                ctx,
+                catalog,
+                "correlations",
+                stored.clone(),
+                "account_key",
+                Side::Changed,
+                &d_accounts,
+            )
+            .await?,
+        )?;
+        let of_changed = super::role_model::materialize(ctx, of_changed).await?;
+        let owners_of_accounts = of_changed
             .clone()
-            .semi_on("account_key", d_accounts.clone())?
+            .filter(col("status").eq(lit("linked")))?
             .select(vec![col("owner_key").alias("k")])?;
         let scope_owners =
             super::role_model::materialize(ctx, d_owners.union(owners_of_accounts)?.distinct()?)
                 .await?;
-        let accounts_of_owners = linked
+        let of_owners = of_rt(
+            rows.rows(
+                rc,
+                ctx,
+                catalog,
+                "correlations",
+                stored,
+                "owner_key",
+                Side::Owners,
+                &scope_owners,
+            )
+            .await?,
+        )?
+        .filter(col("status").eq(lit("linked")))?;
+        let of_owners = super::role_model::materialize(ctx, of_owners).await?;
+        let accounts_of_owners = of_owners
             .clone()
-            .semi_on("owner_key", scope_owners.clone())?
             .select(vec![col("account_key").alias("k")])?;
         let scope_accounts =
             super::role_model::materialize(ctx, d_accounts.union(accounts_of_owners)?.distinct()?)
                 .await?;
-        assigned = assigned.semi_on("owner_key", scope_owners.clone())?;
-        linked = linked.semi_on("account_key", scope_accounts.clone())?;
+        assigned = of_rt(
+            rows.rows(
+                rc,
+                ctx,
+                catalog,
+                "assigned_resources",
+                assigned_table,
+                "owner_key",
+                Side::Owners,
+                &scope_owners,
+            )
+            .await?,
+        )?;
+        linked = of_owners
+            .clone()
+            .select(vec![col("account_key"), col("owner_key")])?;
+        statuses = Some(
+            of_changed
+                .select(vec![col("account_key"), col("status")])?
+                .union(of_owners.select(vec![col("account_key"), col("status")])?)?
+                .distinct()?,
+        );
         in_scope = Some((scope_owners, scope_accounts));
     }
     // In dirty mode every per-owner and per-account input is cut to the scope before the
@@ -520,21 +595,24 @@ async fn orders_of(
     // owners in scope (found by key in the store).
     let desired = async |table: &str, column: &str| -> Result<DataFrame> {
         let df = require(ctx, catalog, table, "compute_role_model").await?;
-        let df = match &in_scope {
-            Some((owners, _)) => {
-                super::dirty::keyed(rc, ctx, catalog, table, df, "owner_key", owners).await?
+        let df = match (&in_scope, scope_rows) {
+            (Some((owners, _)), Some(rows)) => {
+                let on = "owner_key";
+                rows.rows(rc, ctx, catalog, table, df, on, Side::Owners, owners)
+                    .await?
             }
-            None => df,
+            _ => df,
         };
         Ok(of_rt(df)?.select(vec![col("owner_key"), col(column), col("value")])?)
     };
     // A stored table's rows of the accounts in scope, found by key in the store.
     let of_accounts_keyed = async |name: &str, df: DataFrame, on: &str| -> Result<DataFrame> {
-        match &in_scope {
-            Some((_, accounts)) => {
-                super::dirty::keyed(rc, ctx, catalog, name, df, on, accounts).await
+        match (&in_scope, scope_rows) {
+            (Some((_, accounts)), Some(rows)) => {
+                rows.rows(rc, ctx, catalog, name, df, on, Side::Accounts, accounts)
+                    .await
             }
-            None => Ok(df),
+            _ => Ok(df),
         }
     };
     view(
@@ -551,14 +629,23 @@ async fn orders_of(
 
     let target = require(ctx, catalog, &rt.target, "synchronize").await?;
     let account_key = cast(quoted(&target_entity.key), DataType::Utf8);
-    let mut accounts = target
+    // Dirty: the target rows of the accounts in scope, read once for the accounts and every
+    // column below (cut column by column, each would scan the whole target table again).
+    let scoped_target = match &in_scope {
+        Some(_) => {
+            let rows = of_accounts_keyed(&rt.target, target.clone(), &target_entity.key).await?;
+            super::role_model::materialize(ctx, rows).await?
+        }
+        None => target.clone(),
+    };
+    let accounts = scoped_target
         .clone()
         .select(vec![account_key.clone().alias("account_key")])?;
-    if let Some((_, scope_accounts)) = &in_scope {
-        accounts = accounts.semi_on("account_key", scope_accounts.clone())?;
-    }
     let classes = if catalog.tables.contains_key("classification") {
-        ctx.table("classification")
+        let stored = ctx.table("classification").await?;
+        // Dirty: cut before the joins (built on the 1.1M classified accounts and correlations
+        // at 1M identities, the two joins took 0.4 s of a dirty run's 2.5 s of orders).
+        of_accounts_keyed("classification", stored, "account_key")
             .await?
             .filter(col("entity").eq(lit(rt.target.as_str())))?
             .select(vec![
@@ -577,14 +664,9 @@ async fn orders_of(
             ])),
         )?
     };
-    let mut statuses = correlations.select(vec![col("account_key").alias("_sk"), col("status")])?;
-    let mut classes = classes;
-    if let Some((_, scope_accounts)) = &in_scope {
-        // Cut before the joins: built on the 1.1M classified accounts and correlations at 1M
-        // identities, the two joins took 0.4 s of a dirty run's 2.5 s of orders.
-        classes = classes.semi_on("_ck", scope_accounts.clone())?;
-        statuses = statuses.semi_on("_sk", scope_accounts.clone())?;
-    }
+    let statuses = statuses
+        .unwrap_or(correlations)
+        .select(vec![col("account_key").alias("_sk"), col("status")])?;
     view(
         ctx,
         "o_accounts",
@@ -718,15 +800,6 @@ async fn orders_of(
             columns.push(c);
         }
     }
-    // Dirty: the target rows of the accounts in scope, read once for every column below (cut
-    // column by column, each would scan the whole target table again).
-    let scoped_target = match &in_scope {
-        Some(_) => {
-            let rows = of_accounts_keyed(&rt.target, target.clone(), &target_entity.key).await?;
-            super::role_model::materialize(ctx, rows).await?
-        }
-        None => target.clone(),
-    };
     let mut current = Vec::new();
     for c in &columns {
         current.push(scoped_target.clone().select(vec![
@@ -783,6 +856,24 @@ async fn orders_of(
     // Disable values: expressions over the owner (NULL columns when the owner is gone).
     let owner_key_expr = cast(quoted(&owner_entity.key), DataType::Utf8);
     let owners = require(ctx, catalog, &rt.owner, "synchronize").await?;
+    // Dirty: the linked owners of the accounts in scope are in scope.
+    let owners = match (&in_scope, scope_rows) {
+        (Some((scope_owners, _)), Some(rows)) => {
+            let (name, key) = (rt.owner.as_str(), owner_entity.key.as_str());
+            rows.rows(
+                rc,
+                ctx,
+                catalog,
+                name,
+                owners,
+                key,
+                Side::Owners,
+                scope_owners,
+            )
+            .await?
+        }
+        _ => owners,
+    };
     let with_owner = scoped_target
         .select(vec![account_key.clone().alias("_account_key")])?
         .join(
@@ -1385,6 +1476,26 @@ async fn merge(
             .distinct()?,
     )?;
     let in_scope = if full { "TRUE" } else { "r.rid IS NOT NULL" };
+    // Dirty: only the orders of this run and the old ones in scope can change; the others are
+    // kept as stored and the table is patched (a rewrite reads and writes every order again).
+    let touched = match full || !catalog.tables.contains_key(TABLE) {
+        true => None,
+        false => {
+            let keys = ctx
+                .sql("SELECT order_id AS k FROM orders_new UNION SELECT rid AS k FROM orders_recomputed")
+                .await?;
+            let keys = super::role_model::materialize(ctx, keys).await?;
+            let stored = ctx.table("orders_old").await?;
+            let old =
+                super::dirty::keyed(rc, ctx, catalog, TABLE, stored, "order_id", &keys).await?;
+            view(ctx, "orders_old_touched", old)?;
+            Some(keys)
+        }
+    };
+    let old_orders = match touched {
+        Some(_) => "orders_old_touched",
+        None => "orders_old",
+    };
     let merged = ctx
         .sql(&format!(
             "SELECT coalesce(n.order_id, o.order_id) AS order_id,
@@ -1407,7 +1518,7 @@ async fn merge(
                     END AS state,
                     coalesce(n.message, o.message) AS message
              FROM orders_new n
-             FULL OUTER JOIN orders_old o ON o.order_id = n.order_id
+             FULL OUTER JOIN {old_orders} o ON o.order_id = n.order_id
              LEFT JOIN orders_connectors c ON c.connector = o.connector
              LEFT JOIN orders_recomputed r ON r.rid = o.order_id
              ORDER BY order_id"
@@ -1416,13 +1527,13 @@ async fn merge(
     // New: pending now and not before (unknown, blocked until this run released it, or no
     // longer needed until this run needed it again).
     let new_count = ctx
-        .sql("SELECT n.order_id FROM orders_new n LEFT JOIN orders_old o ON o.order_id = n.order_id WHERE (o.order_id IS NULL OR o.state IN ('blocked', 'inactive')) AND n.state = 'pending'")
+        .sql(&format!("SELECT n.order_id FROM orders_new n LEFT JOIN {old_orders} o ON o.order_id = n.order_id WHERE (o.order_id IS NULL OR o.state IN ('blocked', 'inactive')) AND n.state = 'pending'"))
         .await?
         .count()
         .await?;
     let inactive = ctx
         .sql(&format!(
-            "SELECT o.order_id FROM orders_old o
+            "SELECT o.order_id FROM {old_orders} o
              JOIN orders_connectors c ON c.connector = o.connector
              LEFT JOIN orders_new n ON n.order_id = o.order_id
              LEFT JOIN orders_recomputed r ON r.rid = o.order_id
@@ -1431,11 +1542,19 @@ async fn merge(
         .await?
         .count()
         .await?;
-    Ok((
-        NewTable::from_frame(TABLE, merged).await?,
-        new_count,
-        inactive,
-    ))
+    let table = match touched {
+        Some(keys) => {
+            let replacement = super::frames::Replacement {
+                old: ctx.table("orders_old").await?,
+                keys,
+                on: vec!["order_id"],
+                new: merged,
+            };
+            NewTable::replaced(rc, catalog, ctx, TABLE, replacement, &["order_id"], false).await?
+        }
+        None => NewTable::from_frame(TABLE, merged).await?,
+    };
+    Ok((table, new_count, inactive))
 }
 
 /// Compact JSON text (maps are sorted: deterministic).
