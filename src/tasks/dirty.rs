@@ -430,6 +430,13 @@ pub async fn keyed(
     table.semi_on(on, keys.clone())
 }
 
+/// Column `c` of the linked rows of `correlations` rows, as `k`.
+pub fn linked_keys(correlations: DataFrame, c: &str) -> Result<DataFrame> {
+    Ok(correlations
+        .filter(col("status").eq(lit("linked")))?
+        .select(vec![col(c).alias("k")])?)
+}
+
 /// Which key set of a [`ScopeRows`] a lookup is cut to.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Side {
@@ -456,12 +463,14 @@ pub struct ScopeRows {
 }
 
 impl ScopeRows {
-    /// `identity_accounts`: accounts `update_identities` acted on in this run, as `k`.
+    /// `stored`: the session's frame of `correlations`; `identity_accounts`: accounts
+    /// `update_identities` acted on in this run, as `k`.
     pub async fn new(
         rc: &RunContext<'_>,
         ctx: &SessionContext,
         catalog: &Catalog,
         scope: &Scope,
+        stored: DataFrame,
         identity_accounts: Option<DataFrame>,
     ) -> Result<Self> {
         use super::role_model::materialize;
@@ -470,12 +479,6 @@ impl ScopeRows {
             changed = changed.union(more)?;
         }
         let changed = materialize(ctx, changed.distinct()?).await?;
-        let stored = ctx.table("correlations").await?;
-        let linked = |df: DataFrame, c: &str| -> Result<DataFrame> {
-            Ok(df
-                .filter(col("status").eq(lit("linked")))?
-                .select(vec![col(c).alias("k")])?)
-        };
         let of_changed = keyed(
             rc,
             ctx,
@@ -491,7 +494,7 @@ impl ScopeRows {
             .owners
             .clone()
             .select(vec![col("key").alias("k")])?
-            .union(linked(of_changed.clone(), "owner_key")?)?;
+            .union(linked_keys(of_changed.clone(), "owner_key")?)?;
         let owners = materialize(ctx, owners.distinct()?).await?;
         let of_owners = keyed(
             rc,
@@ -506,7 +509,7 @@ impl ScopeRows {
         let of_owners = materialize(ctx, of_owners).await?;
         let accounts = changed
             .clone()
-            .union(linked(of_owners.clone(), "account_key")?)?;
+            .union(linked_keys(of_owners.clone(), "account_key")?)?;
         let accounts = materialize(ctx, accounts.distinct()?).await?;
         let found = [
             (("correlations", "account_key"), of_changed),

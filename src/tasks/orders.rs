@@ -116,8 +116,8 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 ),
                 false => None,
             };
-            let _ = require(&ctx, &catalog, "correlations", "compute_role_model").await?;
-            Some(super::dirty::ScopeRows::new(rc, &ctx, &catalog, sc, acted_on).await?)
+            let stored = require(&ctx, &catalog, "correlations", "compute_role_model").await?;
+            Some(super::dirty::ScopeRows::new(rc, &ctx, &catalog, sc, stored, acted_on).await?)
         }
         None => None,
     };
@@ -535,10 +535,7 @@ async fn orders_of(
             .await?,
         )?;
         let of_changed = super::role_model::materialize(ctx, of_changed).await?;
-        let owners_of_accounts = of_changed
-            .clone()
-            .filter(col("status").eq(lit("linked")))?
-            .select(vec![col("owner_key").alias("k")])?;
+        let owners_of_accounts = super::dirty::linked_keys(of_changed.clone(), "owner_key")?;
         let scope_owners =
             super::role_model::materialize(ctx, d_owners.union(owners_of_accounts)?.distinct()?)
                 .await?;
