@@ -39,6 +39,7 @@ use datafusion::parquet::arrow::arrow_reader::{
 };
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use datafusion::parquet::file::metadata::RowGroupMetaData;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::prelude::*;
 use deltalake::kernel::transaction::CommitBuilder;
@@ -70,6 +71,10 @@ pub struct Patch {
     committed_rows: u64,
     /// Rows the patch deletes.
     removed_rows: u64,
+    /// The committed version's data files, and the positions of the rows the patch deletes in
+    /// each (read by [`Store::replaced_rows`]).
+    files: Arc<Vec<DataFile>>,
+    found: Vec<RoaringTreemap>,
 }
 
 #[derive(Debug)]
@@ -84,10 +89,15 @@ impl Patch {
     pub fn rows_after(&self, added: u64) -> u64 {
         self.committed_rows - self.removed_rows + added
     }
+
+    /// Rows the patch deletes.
+    pub fn removed_rows(&self) -> u64 {
+        self.removed_rows
+    }
 }
 
 /// One committed data file: where it is and which of its rows are already deleted.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(super) struct DataFile {
     pub(super) path: object_store::path::Path,
     pub(super) size: u64,
@@ -149,8 +159,10 @@ pub(super) async fn active_files(
 
 impl Store {
     /// The rows of table `name` at committed `version` whose columns `on` equal a row of
-    /// `keys` (column by column, NULL equal to nothing), as a [`Patch`] deleting them and the
-    /// rows themselves in `schema` (by name). `None` when the table is to be rewritten instead:
+    /// `keys` (column by column, NULL equal to nothing), as a [`Patch`] deleting them (the
+    /// rows themselves are read by [`Store::replaced_rows`], only when wanted: reading them
+    /// decodes every page that holds one, and at a few thousand keys that is every page of
+    /// every column). `schema` is the recomputed rows'. `None` when the table is to be rewritten instead:
     /// other columns or types than `schema`'s, a deletion vector in a file of its own (written
     /// by another tool), a file without a row count, a partitioned table, or a table that
     /// patches have left with more than [`MAX_FILES`] files or [`MAX_DELETED_PCT`]% deleted
@@ -162,7 +174,7 @@ impl Store {
         keys: DataFrame,
         on: &[&str],
         schema: &SchemaRef,
-    ) -> Result<Option<(Patch, Vec<RecordBatch>)>> {
+    ) -> Result<Option<Patch>> {
         let table = self.delta_at(name, version).await?;
         // The recomputed rows are appended: the table must have their columns and types (a
         // column retyped or added in pipeline.toml rewrites the table instead).
@@ -190,11 +202,9 @@ impl Store {
         }
         let files = Arc::new(files);
         let positions = self.key_positions(name, files.clone(), keys, on).await?;
-        // The replaced rows themselves, read by position from the files holding them.
-        let removed = self.read_found(name, &files, &positions, schema).await?;
         let mut touched = Vec::new();
         let mut removed_rows = 0;
-        for (i, ((add, remove), found)) in actions.into_iter().zip(positions).enumerate() {
+        for (i, ((add, remove), found)) in actions.into_iter().zip(&positions).enumerate() {
             if found.is_empty() {
                 continue;
             }
@@ -207,15 +217,25 @@ impl Store {
                 deleted,
             });
         }
-        Ok(Some((
-            Patch {
-                version,
-                touched,
-                committed_rows,
-                removed_rows,
-            },
-            removed,
-        )))
+        Ok(Some(Patch {
+            version,
+            touched,
+            committed_rows,
+            removed_rows,
+            files,
+            found: positions,
+        }))
+    }
+
+    /// The rows `patch` deletes from table `name`, read by position, in `schema` (by name).
+    pub async fn replaced_rows(
+        &self,
+        name: &str,
+        patch: &Patch,
+        schema: &SchemaRef,
+    ) -> Result<Vec<RecordBatch>> {
+        self.read_found(name, &patch.files, &patch.found, schema)
+            .await
     }
 
     /// The committed rows of table `name` at `version` whose columns `on` equal a row of
@@ -265,13 +285,24 @@ impl Store {
         positions: &[RoaringTreemap],
         schema: &SchemaRef,
     ) -> Result<Vec<RecordBatch>> {
+        // A task per share of a file's row groups, one share per core, as the keys are found:
+        // reading the rows decodes about every page of every column.
+        let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let tasks: Vec<_> = files
+            .iter()
+            .zip(positions)
+            .filter(|(_, found)| !found.is_empty())
+            .flat_map(|(file, found)| (0..parts).map(move |part| (file, found, part)))
+            .map(|(file, found, part)| {
+                let (objects, file, found) = (self.objects.clone(), file.clone(), found.clone());
+                tokio::spawn(async move { read_rows(&objects, &file, &found, (part, parts)).await })
+            })
+            .collect();
         let mut rows = Vec::new();
-        for (file, found) in files.iter().zip(positions) {
-            if found.is_empty() {
-                continue;
-            }
-            let read = read_rows(self, file, found)
+        for task in tasks {
+            let read = task
                 .await
+                .map_err(|e| Error::store(format!("table {name}: {e}")))?
                 .map_err(|e| Error::store(format!("table {name}: {e}")))?;
             for b in read {
                 rows.push(conform_batch(&b, schema)?);
@@ -524,18 +555,14 @@ async fn positions_of(
     );
     let options = ArrowReaderOptions::new().with_schema(Arc::new(viewed));
     let meta = ArrowReaderMetadata::try_new(meta.metadata().clone(), options)?;
-    let groups = meta.metadata().row_groups();
-    let (first, end) = (
-        part * groups.len() / parts,
-        (part + 1) * groups.len() / parts,
-    );
-    if first == end {
+    let Some(Share {
+        groups, mut start, ..
+    }) = Share::of(meta.metadata().row_groups(), (part, parts))
+    else {
         return Ok(RoaringTreemap::new());
-    }
-    // The share's row groups are consecutive: their rows are numbered on from the first's.
-    let mut start: u64 = groups[..first].iter().map(|g| g.num_rows() as u64).sum();
-    let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta)
-        .with_row_groups((first..end).collect());
+    };
+    let builder =
+        ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta).with_row_groups(groups);
     let roots: Vec<usize> = on
         .iter()
         .map(|c| builder.schema().index_of(c))
@@ -557,10 +584,7 @@ async fn positions_of(
         let columns: Vec<&StringViewArray> = columns.iter().map(|c| c.as_string_view()).collect();
         let mut hit = false;
         for i in 0..b.num_rows() {
-            let same = i > 0
-                && columns
-                    .iter()
-                    .all(|c| c.is_valid(i) && c.is_valid(i - 1) && c.value(i) == c.value(i - 1));
+            let same = i > 0 && columns.iter().all(|c| same_as_before(c, i));
             if !same {
                 hit = KeySet::encode(&columns, i, &mut buf) && wanted.0.contains(&buf);
             }
@@ -574,24 +598,76 @@ async fn positions_of(
     Ok(found)
 }
 
-/// The rows of a data file at `positions` (all columns).
+/// Whether row `i` of `c` holds the same value as row `i - 1` (`i > 0`), NULL equal to
+/// nothing. Equal views are equal values (the same inline text, or the same bytes of the same
+/// buffer: a dictionary page decodes each row of a value to one view), which spares reading
+/// and comparing the text of most rows of a table stored in key order.
+fn same_as_before(c: &StringViewArray, i: usize) -> bool {
+    if c.null_count() > 0 && (c.is_null(i) || c.is_null(i - 1)) {
+        return false;
+    }
+    let views = c.views();
+    views[i] == views[i - 1] || c.value(i) == c.value(i - 1)
+}
+
+/// Share `(part, parts)` of a file's row groups: consecutive ones, so their rows are numbered
+/// on from the first's.
+struct Share {
+    groups: Vec<usize>,
+    /// The file position of the share's first row.
+    start: u64,
+    /// The rows of the share.
+    rows: u64,
+}
+
+impl Share {
+    /// `None` when the share is empty (more shares than row groups).
+    fn of(groups: &[RowGroupMetaData], (part, parts): (usize, usize)) -> Option<Self> {
+        let (first, end) = (
+            part * groups.len() / parts,
+            (part + 1) * groups.len() / parts,
+        );
+        let rows = |g: &[RowGroupMetaData]| g.iter().map(|g| g.num_rows() as u64).sum::<u64>();
+        (first < end).then(|| Self {
+            groups: (first..end).collect(),
+            start: rows(&groups[..first]),
+            rows: rows(&groups[first..end]),
+        })
+    }
+}
+
+/// The rows of a data file at `positions` (all columns) within share `(part, parts)` of its
+/// row groups.
 async fn read_rows(
-    store: &Store,
+    objects: &Arc<dyn object_store::ObjectStore>,
     file: &DataFile,
     positions: &RoaringTreemap,
-) -> Result<Vec<RecordBatch>> {
-    let reader = open(&store.objects, file)?;
+    share: (usize, usize),
+) -> std::result::Result<Vec<RecordBatch>, String> {
+    let failed = |e: &dyn std::fmt::Display| format!("{}: {e}", file.path);
+    let reader = open(objects, file).map_err(|e| failed(&e))?;
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
-        .map_err(|e| Error::store(format!("{}: {e}", file.path)))?;
-    let total = builder.metadata().file_metadata().num_rows() as u64;
+        .map_err(|e| failed(&e))?;
+    let Some(share) = Share::of(builder.metadata().row_groups(), share) else {
+        return Ok(Vec::new());
+    };
+    let end = share.start + share.rows;
+    let wanted: RoaringTreemap = positions
+        .iter()
+        .skip_while(|p| *p < share.start)
+        .take_while(|p| *p < end)
+        .map(|p| p - share.start)
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
     let rows = builder
-        .with_row_selection(selection(positions, total, true))
+        .with_row_groups(share.groups)
+        .with_row_selection(selection(&wanted, share.rows, true))
         .build()
-        .map_err(|e| Error::store(format!("{}: {e}", file.path)))?;
-    rows.try_collect()
-        .await
-        .map_err(|e| Error::store(format!("{}: {e}", file.path)))
+        .map_err(|e| failed(&e))?;
+    rows.try_collect().await.map_err(|e| failed(&e))
 }
 
 /// A Parquet row selection over a file of `total` rows: the rows at `positions` when `listed`,

@@ -185,8 +185,14 @@ impl NewTable {
                 found = format!("{:.3}", started.elapsed().as_secs_f64() - computed),
                 "replaced rows"
             );
-            if let Some((patch, removed)) = found {
-                if same_rows(ctx, &schema, &removed, &new).await? {
+            if let Some(patch) = found {
+                // The replaced rows are read only to find the table unchanged, which takes as
+                // many recomputed rows as replaced ones.
+                let unchanged = patch.removed_rows() == rows(&new) as u64 && {
+                    let removed = rc.store.replaced_rows(name, &patch, &schema).await?;
+                    same_rows(ctx, &schema, &removed, &new).await?
+                };
+                if unchanged {
                     let rows = patch.rows_after(0);
                     return Ok(Self {
                         known: Known::Unchanged { rows },

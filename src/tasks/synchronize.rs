@@ -1082,16 +1082,20 @@ async fn patch_entity(
         .select(vec![col("_ck")])?;
     let on = [e.key.as_str()];
     let version = |t: &str| catalog.tables.get(t).copied().unwrap_or_default();
-    let Some((state_patch, old_rows)) = rc
+    let Some(state_patch) = rc
         .store
         .find_replaced(&e.name, version(&e.name), replaced.clone(), &on, &schema)
         .await?
     else {
         return Ok(None);
     };
+    let old_rows = rc
+        .store
+        .replaced_rows(&e.name, &state_patch, &schema)
+        .await?;
     let history_name = format!("{}__history", e.name);
     let history_schema = history_schema(&schema);
-    let Some((history_patch, old_history)) = rc
+    let Some(history_patch) = rc
         .store
         .find_replaced(
             &history_name,
@@ -1104,6 +1108,10 @@ async fn patch_entity(
     else {
         return Ok(None);
     };
+    let old_history = rc
+        .store
+        .replaced_rows(&history_name, &history_patch, &history_schema)
+        .await?;
     let history = next_history(
         ctx,
         catalog,
