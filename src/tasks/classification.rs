@@ -223,6 +223,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             keys,
             on: vec!["entity", "account_key"],
             new: all.select(columns)?,
+            differs: false,
         };
         NewTable::replaced(rc, &catalog, &ctx, TABLE, replacement, &order, false).await?
     } else {

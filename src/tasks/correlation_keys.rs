@@ -63,6 +63,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 keys: scope.owners.clone().union(scope.accounts.clone())?,
                 on: vec!["entity", "key"],
                 new: all,
+                differs: false,
             };
             NewTable::replaced(rc, &catalog, &ctx, TABLE, replacement, &order, false).await?
         }

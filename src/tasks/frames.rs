@@ -123,6 +123,9 @@ pub struct Replacement {
     pub on: Vec<&'static str>,
     /// The recomputed rows.
     pub new: DataFrame,
+    /// Whether the task found the recomputed rows to differ from the replaced ones: the
+    /// table is then written without reading those back to compare.
+    pub differs: bool,
 }
 
 impl NewTable {
@@ -158,6 +161,7 @@ impl NewTable {
     ) -> Result<Self> {
         let sort = || order.iter().map(|c| quoted(c).sort(true, true)).collect();
         let started = std::time::Instant::now();
+        let differs = r.differs;
         let (schema, new) = if distinct {
             // Decoded: the kept rows, read from the store, are plain text.
             let (encoded, new) = engine::sorted_distinct(ctx, r.new).await?;
@@ -188,7 +192,7 @@ impl NewTable {
             if let Some(patch) = found {
                 // The replaced rows are read only to find the table unchanged, which takes as
                 // many recomputed rows as replaced ones.
-                let unchanged = patch.removed_rows() == rows(&new) as u64 && {
+                let unchanged = !differs && patch.removed_rows() == rows(&new) as u64 && {
                     let removed = rc.store.replaced_rows(name, &patch, &schema).await?;
                     same_rows(ctx, &schema, &removed, &new).await?
                 };
@@ -228,7 +232,7 @@ impl NewTable {
                 kept.push(b.slice(start, end - start));
             }
         }
-        if same_rows(ctx, &schema, &removed, &new).await? {
+        if !differs && same_rows(ctx, &schema, &removed, &new).await? {
             let rows = (rows(&kept) + rows(&new)) as u64;
             return Ok(Self {
                 known: Known::Unchanged { rows },

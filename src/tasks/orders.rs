@@ -1546,6 +1546,7 @@ async fn merge(
                 keys,
                 on: vec!["order_id"],
                 new: merged,
+                differs: false,
             };
             NewTable::replaced(rc, catalog, ctx, TABLE, replacement, &["order_id"], false).await?
         }

@@ -48,6 +48,12 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     // 1. Correlations. Dirty: only the accounts whose correlation may have changed are
     // correlated again; the others keep their committed rows.
     let scope = super::dirty::scope(rc, &ctx, &catalog, task).await?;
+    if scope.is_some() && catalog.tables.contains_key("correlations") {
+        // Dirty: the committed correlations are cut to the affected accounts and owners some
+        // ten times over (per resource type); read once, not decoded from the store each time.
+        let stored = materialize(&ctx, ctx.table("correlations").await?).await?;
+        view(&ctx, "correlations", stored)?;
+    }
     let before = match &scope {
         Some(s) if catalog.tables.contains_key("correlations") => {
             keys_before(rc, &ctx, &catalog, &s.since).await?
@@ -134,7 +140,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         None
     };
     // Dirty: the correlation rows that changed, either side (`correlations_changed`). Only
-    // the accounts correlated again can have changed.
+    // the accounts correlated again can have changed: when some did, the committed rows they
+    // replace are not read back to compare.
+    let mut correlations_differ = false;
     if let (Some(_), Some(old)) = (&scope, committed_correlations.clone()) {
         let (new, old) = match &recorrelated {
             Some((keys, new)) => {
@@ -154,11 +162,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             None => (correlations.clone(), old),
         };
         let changed = new.clone().except(old.clone())?.union(old.except(new)?)?;
-        view(
-            &ctx,
-            "correlations_changed",
-            materialize(&ctx, changed).await?,
-        )?;
+        let changed = materialize(&ctx, changed).await?;
+        correlations_differ = changed.clone().count().await? > 0;
+        view(&ctx, "correlations_changed", changed)?;
     }
     let correlations = match recorrelated {
         Some((keys, new)) => Merged::Replaced(Box::new(Replacement {
@@ -166,6 +172,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             keys,
             on: vec!["resource_type", "account_key"],
             new,
+            differs: correlations_differ,
         })),
         None => Merged::Whole(correlations),
     };
@@ -212,6 +219,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 keys: d.clone().select(vec![col("key")])?.distinct()?,
                 on: vec!["owner_key"],
                 new: assigned_roles.clone().select(columns)?,
+                differs: false,
             }))
         }
         _ => Merged::Sorted(assigned_roles.clone()),
@@ -667,6 +675,7 @@ async fn merge_scoped(
         keys,
         on: vec!["resource_type", "owner_key"],
         new,
+        differs: false,
     })))
 }
 
