@@ -76,7 +76,8 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         let (affected, slices) = match (&scope, &before) {
             (Some(s), Some(b)) => {
                 let slices = KeySlices::read(&ctx, rt).await?;
-                let a = affected_accounts(&ctx, rt, s, b.clone(), &slices).await?;
+                phases.done("key slices");
+                let a = affected_accounts(&ctx, rt, s, b.clone(), &slices, &mut phases).await?;
                 let a = materialize(&ctx, a).await?;
                 correlated_again += a.clone().count().await?;
                 (Some(a), Some(slices))
@@ -942,6 +943,7 @@ async fn affected_accounts(
     scope: &super::dirty::Scope,
     before: DataFrame,
     now: &KeySlices,
+    phases: &mut super::Phases,
 ) -> Result<DataFrame> {
     let before = before
         .filter(
@@ -970,6 +972,7 @@ async fn affected_accounts(
             .distinct()?,
     )
     .await?;
+    phases.done("affected: values");
     let targets = now.target.clone();
     let committed = ctx
         .table("correlations")
@@ -1000,6 +1003,7 @@ async fn affected_accounts(
             .select(vec![col("account_key").alias("k")])?,
     ];
     let first = materialize(ctx, union_all(first)?.expect("four").distinct()?).await?;
+    phases.done("affected: first");
     // Their owners, committed and found now (every owner a rule of theirs finds).
     // As written: the statistics make the owner keys (2M rows at 1M identities) look like
     // the smaller side of the inner join below, built on the found values' 11K rows instead.
@@ -1026,6 +1030,7 @@ async fn affected_accounts(
         )?
         .distinct()?;
     let owners = materialize(ctx, engine::as_written(owners)).await?;
+    phases.done("affected: owners");
     Ok(first
         .union(
             committed
