@@ -526,6 +526,45 @@ impl ScopeRows {
         })
     }
 
+    /// Looks up the rows of each `(table, column, side)` of `wanted` at once (each lookup is
+    /// parallel only in its decoding: its key sets, Delta log and footers, and the frame of
+    /// its rows, leave a core idle), for [`ScopeRows::rows`] to find. A table not committed
+    /// is left to `rows` (and to the error of the task's own read).
+    pub async fn prefetch(
+        &self,
+        rc: &RunContext<'_>,
+        ctx: &SessionContext,
+        catalog: &Catalog,
+        wanted: &[(String, String, Side)],
+    ) -> Result<()> {
+        let known: std::collections::HashSet<(String, String)> =
+            self.found.lock().await.keys().cloned().collect();
+        let mut ids = std::collections::HashMap::new();
+        for (name, on, side) in wanted {
+            let id = (name.clone(), on.clone());
+            if catalog.tables.contains_key(name) && !known.contains(&id) {
+                ids.insert(id, *side);
+            }
+        }
+        let lookups = ids.into_iter().map(|((name, on), side)| async move {
+            let table = ctx.table(name.as_str()).await?;
+            let df = keyed(rc, ctx, catalog, &name, table, &on, self.keys(side)).await?;
+            let df = super::role_model::materialize(ctx, df).await?;
+            Ok::<_, crate::error::Error>(((name, on), df))
+        });
+        let found = futures::future::try_join_all(lookups).await?;
+        self.found.lock().await.extend(found);
+        Ok(())
+    }
+
+    fn keys(&self, side: Side) -> &DataFrame {
+        match side {
+            Side::Changed => &self.changed,
+            Side::Owners => &self.owners,
+            Side::Accounts => &self.accounts,
+        }
+    }
+
     /// The committed rows of table `name` (`table`: the session's frame of it) whose column
     /// `on` is among `keys` (a frame of `k`, a subset of the `side` key set).
     #[allow(clippy::too_many_arguments)]
@@ -546,12 +585,7 @@ impl ScopeRows {
             match memo.get(&id) {
                 Some(df) => df.clone(),
                 None => {
-                    let all = match side {
-                        Side::Changed => &self.changed,
-                        Side::Owners => &self.owners,
-                        Side::Accounts => &self.accounts,
-                    };
-                    let df = keyed(rc, ctx, catalog, name, table, on, all).await?;
+                    let df = keyed(rc, ctx, catalog, name, table, on, self.keys(side)).await?;
                     let df = super::role_model::materialize(ctx, df).await?;
                     memo.insert(id, df.clone());
                     df

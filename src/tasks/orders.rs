@@ -117,7 +117,11 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 false => None,
             };
             let stored = require(&ctx, &catalog, "correlations", "compute_role_model").await?;
-            Some(super::dirty::ScopeRows::new(rc, &ctx, &catalog, sc, stored, acted_on).await?)
+            let rows =
+                super::dirty::ScopeRows::new(rc, &ctx, &catalog, sc, stored, acted_on).await?;
+            rows.prefetch(rc, &ctx, &catalog, &scope_lookups(rc, &rts))
+                .await?;
+            Some(rows)
         }
         None => None,
     };
@@ -455,6 +459,33 @@ async fn released_orders(
         }
     }
     Ok(ids)
+}
+
+/// The tables and columns [`orders_of`] looks the scope's rows up in, for every resource type
+/// of `rts`: found at once beforehand ([`super::dirty::ScopeRows::prefetch`]).
+fn scope_lookups(rc: &RunContext<'_>, rts: &[&ResourceType]) -> Vec<(String, String, Side)> {
+    let mut wanted = Vec::new();
+    let mut add = |table: &str, on: &str, side: Side| {
+        wanted.push((table.to_string(), on.to_string(), side));
+    };
+    for rt in rts {
+        let target = rc
+            .pipeline
+            .entity(&rt.target)
+            .expect("invariant: validated");
+        let owner = rc.pipeline.entity(&rt.owner).expect("invariant: validated");
+        for table in ["assigned_resources", "assigned_scalars", "assigned_links"] {
+            add(table, "owner_key", Side::Owners);
+        }
+        add(&rt.target, &target.key, Side::Accounts);
+        add("classification", "account_key", Side::Accounts);
+        for l in &rt.links {
+            let link = rc.pipeline.link(&l.link).expect("invariant: validated");
+            add(&l.link, &link.from.column, Side::Accounts);
+        }
+        add(&rt.owner, &owner.key, Side::Owners);
+    }
+    wanted
 }
 
 /// The orders of one resource type and its number of linked accounts.
