@@ -548,8 +548,9 @@ impl ScopeRows {
         }
         let lookups = ids.into_iter().map(|((name, on), side)| async move {
             let table = ctx.table(name.as_str()).await?;
-            let df = keyed(rc, ctx, catalog, &name, table, &on, self.keys(side)).await?;
-            let df = super::role_model::materialize(ctx, df).await?;
+            let df = self
+                .look_up(rc, ctx, catalog, &name, table, &on, side)
+                .await?;
             Ok::<_, crate::error::Error>(((name, on), df))
         });
         let found = futures::future::try_join_all(lookups).await?;
@@ -557,12 +558,26 @@ impl ScopeRows {
         Ok(())
     }
 
-    fn keys(&self, side: Side) -> &DataFrame {
-        match side {
+    /// The committed rows of table `name` whose column `on` is among the `side` key set,
+    /// collected.
+    #[allow(clippy::too_many_arguments)]
+    async fn look_up(
+        &self,
+        rc: &RunContext<'_>,
+        ctx: &SessionContext,
+        catalog: &Catalog,
+        name: &str,
+        table: DataFrame,
+        on: &str,
+        side: Side,
+    ) -> Result<DataFrame> {
+        let keys = match side {
             Side::Changed => &self.changed,
             Side::Owners => &self.owners,
             Side::Accounts => &self.accounts,
-        }
+        };
+        let df = keyed(rc, ctx, catalog, name, table, on, keys).await?;
+        super::role_model::materialize(ctx, df).await
     }
 
     /// The committed rows of table `name` (`table`: the session's frame of it) whose column
@@ -585,8 +600,9 @@ impl ScopeRows {
             match memo.get(&id) {
                 Some(df) => df.clone(),
                 None => {
-                    let df = keyed(rc, ctx, catalog, name, table, on, self.keys(side)).await?;
-                    let df = super::role_model::materialize(ctx, df).await?;
+                    let df = self
+                        .look_up(rc, ctx, catalog, name, table, on, side)
+                        .await?;
                     memo.insert(id, df.clone());
                     df
                 }
