@@ -53,8 +53,8 @@ pub async fn computed_failure(
     if cause.to_string().contains("Resources exhausted") {
         return error;
     }
-    let mut df = declared.clone();
-    for (i, c) in entity.computed.iter().enumerate() {
+    let mut df = declared;
+    for c in &entity.computed {
         let Ok(next) = ctx
             .parse_sql_expr(&c.expr, df.schema())
             .and_then(|expr| df.clone().with_column(&c.name, expr))
@@ -62,10 +62,8 @@ pub async fn computed_failure(
             return error;
         };
         if let Some(e) = fails(&next, &c.name).await {
-            let row = first_failing_row(ctx, &declared, entity, i)
-                .await
-                .map(|row| format!("; first failing row: {row}"))
-                .unwrap_or_default();
+            // `df`: the declared columns and the computed ones before this one.
+            let (e, row) = with_first_failing_row(ctx, &df, entity, &c.expr, e).await;
             return crate::error::Error::config(
                 pipeline,
                 c.line,
@@ -83,42 +81,47 @@ pub async fn computed_failure(
     error
 }
 
+/// `error` (the engine's error on the whole table) and the first failing row as a message
+/// suffix; the error is then the one of that row, so that the value the engine names is the
+/// row's own.
+pub async fn with_first_failing_row(
+    ctx: &SessionContext,
+    table: &DataFrame,
+    entity: &Entity,
+    expr: &str,
+    error: DataFusionError,
+) -> (DataFusionError, String) {
+    match first_failing_row(ctx, table, entity, expr).await {
+        Some((row, e)) => (e, format!("; first failing row: {row}")),
+        None => (error, String::new()),
+    }
+}
+
+/// The column a probe evaluates an expression into.
+pub const PROBE: &str = "__igaflow_probe";
+
 /// Evaluates column `name` of `df`; the engine's error if that fails.
-async fn fails(df: &DataFrame, name: &str) -> Option<DataFusionError> {
+pub async fn fails(df: &DataFrame, name: &str) -> Option<DataFusionError> {
     match df.clone().select(vec![ident(name)]) {
         Ok(probe) => probe.collect().await.err(),
         Err(e) => Some(e),
     }
 }
 
-/// `declared` with the entity's computed columns up to and including number `upto`.
-fn computed_upto(
+/// The first row, in key order, of `table` (rows of `entity`) on which the expression `expr`
+/// fails, with the engine's error on that row alone: its key and the values the expression
+/// reads (`key `P3` (salary = 0, days = 0)`), so that a failure the engine reports without a
+/// value (a division by zero) still names one.
+/// Found by halving the key range — about log2(rows) small queries, on the error path only.
+/// `None` when the rows do not fail one by one (or a probe fails to plan).
+pub async fn first_failing_row(
     ctx: &SessionContext,
-    mut df: DataFrame,
+    table: &DataFrame,
     entity: &Entity,
-    upto: usize,
-) -> datafusion::error::Result<DataFrame> {
-    for c in &entity.computed[..=upto] {
-        let expr = ctx.parse_sql_expr(&c.expr, df.schema())?;
-        df = df.with_column(&c.name, expr)?;
-    }
-    Ok(df)
-}
-
-/// The first row, in key order, on which computed column number `upto` fails: its key and the
-/// values its expression reads (`key `P3` (salary = 0, days = 0)`), so that a failure the
-/// engine reports without a value (a division by zero) still names one. Found by halving the
-/// key range — about log2(rows) small queries, on the error path only. `None` when the rows do
-/// not fail one by one (or a probe fails to plan).
-async fn first_failing_row(
-    ctx: &SessionContext,
-    declared: &DataFrame,
-    entity: &Entity,
-    upto: usize,
-) -> Option<String> {
-    let name = &entity.computed[upto].name;
+    expr: &str,
+) -> Option<(String, DataFusionError)> {
     let key = ident(&entity.key);
-    let sorted = declared
+    let sorted = table
         .clone()
         .filter(key.clone().is_not_null())
         .and_then(|df| df.select(vec![key.clone()]))
@@ -131,40 +134,36 @@ async fn first_failing_row(
     let keys = concat_batches(&schema, &sorted).ok()?;
     let keys = keys.column(0);
     let at = |i: usize| ScalarValue::try_from_array(keys, i).ok();
-    let range_fails = |lo: usize, hi: usize| {
+    let range_error = |lo: usize, hi: usize| {
         let (lo, hi) = (at(lo), at(hi));
         let key = key.clone();
         async move {
             let range = key.clone().gt_eq(lit(lo?)).and(key.lt_eq(lit(hi?)));
-            let probe = declared
+            let probe = table
                 .clone()
                 .filter(range)
-                .and_then(|df| computed_upto(ctx, df, entity, upto))
+                .and_then(|df| {
+                    let e = ctx.parse_sql_expr(expr, df.schema())?;
+                    df.with_column(PROBE, e)
+                })
                 .ok()?;
-            Some(fails(&probe, name).await.is_some())
+            Some(fails(&probe, PROBE).await)
         }
     };
     let (mut lo, mut hi) = (0, keys.len().checked_sub(1)?);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        if range_fails(lo, mid).await? {
+        if range_error(lo, mid).await?.is_some() {
             hi = mid;
         } else {
             lo = mid + 1;
         }
     }
-    if !range_fails(lo, lo).await? {
-        return None;
-    }
+    let error = range_error(lo, lo).await??;
     let found = at(lo)?;
     // The columns the expression reads, as the row has them (earlier computed ones included).
-    let before = match upto {
-        0 => declared.clone(),
-        _ => computed_upto(ctx, declared.clone(), entity, upto - 1).ok()?,
-    };
-    let expr = ctx
-        .parse_sql_expr(&entity.computed[upto].expr, before.schema())
-        .ok()?;
+    let before = table.clone();
+    let expr = ctx.parse_sql_expr(expr, before.schema()).ok()?;
     let mut read: Vec<String> = expr
         .column_refs()
         .into_iter()
@@ -202,11 +201,12 @@ async fn first_failing_row(
             .collect(),
         None => Vec::new(),
     };
-    Some(format!(
+    let row = format!(
         "key `{found}` of entity `{}` ({})",
         entity.name,
         values.join(", ")
-    ))
+    );
+    Some((row, error))
 }
 
 /// Plans every computed expression of `entity` against its declared columns; returns

@@ -4,6 +4,7 @@
 pub mod anonymize;
 pub mod classification;
 pub mod correlation_keys;
+mod diagnose;
 pub mod dirty;
 pub mod expressions;
 pub mod frames;
@@ -131,8 +132,26 @@ pub async fn run_task(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                     "another run committed the tables this task writes; running it again on the new state"
                 );
             }
-            other => return other,
+            other => return explained(rc, task, other).await,
         }
+    }
+}
+
+/// A task that failed in the query engine because a configuration expression fails on a value
+/// gets that expression's error instead: its line, the row and the value (see [`diagnose`]).
+async fn explained(
+    rc: &RunContext<'_>,
+    task: &Task,
+    result: Result<TaskOutcome>,
+) -> Result<TaskOutcome> {
+    match result {
+        Err(e @ (Error::Engine(_) | Error::Delta(_))) if !is_out_of_memory(&e) => {
+            match diagnose::failing_expression(rc, task).await {
+                Ok(Some(config)) => Err(config),
+                _ => Err(e),
+            }
+        }
+        other => other,
     }
 }
 

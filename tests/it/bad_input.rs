@@ -403,3 +403,68 @@ fn an_empty_multi_valued_cell_gives_no_pair() {
     assert!(!out.stdout.contains("warning"), "{}", out.stdout);
     assert_eq!(env.query(pairs), [["CN=a", "CN=g1"]]);
 }
+
+/// A configuration expression that plans but fails on a value of the data (a CAST of text that
+/// is not a number): exit 2, the message names pipeline.toml's line, the expression, the first
+/// row it fails on and the value; the failing task commits nothing.
+#[test]
+fn an_expression_failing_on_a_value_names_its_line_and_row() {
+    // (case, line replaced, its replacement, what the message names, table and key column of
+    // the row, the column whose value fails, the table the failing task writes)
+    let cases = [
+        (
+            "role rule",
+            "rule = \"department = 'Legal'\"",
+            "rule = \"CAST(CASE WHEN department = 'Legal' THEN department ELSE '1' END AS INT) > 0\"",
+            "role `legal_contracts` rule",
+            ("person", "employee_id", "department"),
+            "assigned_roles",
+        ),
+        (
+            "classification rule",
+            "rule = \"sam_account_name LIKE 'adm\\\\_%'\"",
+            "rule = \"CAST(CASE WHEN sam_account_name LIKE 'svc\\\\_%' THEN sam_account_name ELSE '1' END AS INT) > 0\"",
+            "classification `admin` rule",
+            ("ad_account", "dn", "sam_account_name"),
+            "classification",
+        ),
+    ];
+    for (case, good, bad, what, (entity, key_column, column), table) in cases {
+        let mut lines: Vec<String> = contoso_pipeline_text().lines().map(String::from).collect();
+        let at = lines.iter().position(|l| l == good);
+        let line = at.unwrap_or_else(|| panic!("{case}: no line {good} in contoso")) + 1;
+        lines[line - 1] = bad.to_string();
+        let env = Env::new();
+        env.write_pipeline(&lines.join("\n"));
+        let out = env.run("complete", &["--as-of", "2026-11-22"], &[]);
+        out.expect_code(2);
+        let err = &out.stderr;
+        assert!(
+            err.contains(&format!("pipeline.toml:{line}: {what}")) && err.contains("try_cast"),
+            "{case}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{case}: {err}");
+        // The row named is one the expression fails on, and its value is in the message.
+        let key = err
+            .split("first failing row: key `")
+            .nth(1)
+            .and_then(|rest| rest.split('`').next())
+            .unwrap_or_else(|| panic!("{case}: no {entity} key in {err}"));
+        let value = env.scalar(&format!(
+            "select {column} from {entity} where {key_column} = '{key}'"
+        ));
+        assert!(
+            value != "1"
+                && err.contains(&format!("of entity `{entity}` ({column} = '{value}')"))
+                && err.contains(&format!("Cannot cast string '{value}'")),
+            "{case}: {key} has {value}: {err}"
+        );
+        let tables = env.query(&format!(
+            "select table_name from information_schema.tables where table_name = '{table}'"
+        ));
+        assert!(
+            tables.is_empty(),
+            "{case}: {table} written by a failed task"
+        );
+    }
+}
