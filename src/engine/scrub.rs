@@ -48,6 +48,13 @@ pub fn contains_needle(bytes: &[u8], needles: &[(String, String)]) -> bool {
     automaton(needles).is_some_and(|a| a.ac.find_iter(text.as_ref()).any(|m| a.accepts(&text, &m)))
 }
 
+/// Whether `text` is nothing but `needle` (ASCII case and surrounding spaces ignored): a needle
+/// whose replacement is NULL makes such a text NULL, not empty.
+pub fn is_whole_needle(text: &str, needle: &str) -> bool {
+    let t = text.trim();
+    needle.eq_ignore_ascii_case(t) && t.chars().count() >= 2
+}
+
 /// (needle, replacement) pairs.
 type Needles = Vec<(String, String)>;
 
@@ -158,12 +165,8 @@ impl ScalarUDFImpl for Scrub {
             let r = datafusion::arrow::compute::cast(&r, &DataType::Utf8)?;
             let (n, r): (&StringArray, &StringArray) = (n.as_string(), r.as_string());
             let t = text.value(i);
-            if (0..n.len()).any(|j| {
-                n.is_valid(j)
-                    && r.is_null(j)
-                    && n.value(j).eq_ignore_ascii_case(t.trim())
-                    && t.trim().chars().count() >= 2
-            }) {
+            if (0..n.len()).any(|j| n.is_valid(j) && r.is_null(j) && is_whole_needle(t, n.value(j)))
+            {
                 out.append_null();
                 continue;
             }

@@ -732,6 +732,9 @@ impl Scrub<'_> {
             }
         }
         let mut needles: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        // Per owner, the needles whose replacement is NULL: an order value that is one of them
+        // alone becomes null, as a table cell does (SPEC 9); inside longer text it is removed.
+        let mut nulls: HashMap<String, Vec<String>> = HashMap::new();
         for b in self.needles.clone().collect().await? {
             let owners = text_column(&b, 0)?;
             let (n, r) = (b.column(1).as_list::<i32>(), b.column(2).as_list::<i32>());
@@ -744,6 +747,13 @@ impl Scrub<'_> {
                 let nv = datafusion::arrow::compute::cast(&nv, &DataType::Utf8)?;
                 let rv = datafusion::arrow::compute::cast(&rv, &DataType::Utf8)?;
                 let (nv, rv) = (nv.as_string::<i32>(), rv.as_string::<i32>());
+                nulls.insert(
+                    owner.clone(),
+                    (0..nv.len())
+                        .filter(|&j| nv.is_valid(j) && !rv.is_valid(j))
+                        .map(|j| nv.value(j).to_string())
+                        .collect(),
+                );
                 needles.insert(
                     owner.clone(),
                     (0..nv.len())
@@ -775,8 +785,10 @@ impl Scrub<'_> {
                     .map(|w| w.key.clone())
                     .filter(|k| needles.contains_key(k))
                     .or_else(|| o.resource_key.as_ref().and_then(|k| ids.get(k).cloned()));
-                if let Some(n) = owner.and_then(|k| needles.get(&k)) {
-                    scrub_order(o, n);
+                if let Some(k) = owner
+                    && let Some(n) = needles.get(&k)
+                {
+                    scrub_order(o, n, nulls.get(&k).map_or(&[], Vec::as_slice));
                 }
             }
             let json = serde_json::to_vec_pretty(&doc).map_err(|e| Error::store(e.to_string()))?;
@@ -868,13 +880,18 @@ fn text_column(b: &RecordBatch, i: usize) -> Result<Vec<Option<String>>> {
         .collect())
 }
 
-fn scrub_order(o: &mut super::orders::Order, needles: &[(String, String)]) {
+/// Scrubs one order of an owner's values: each needle is replaced in text, and an attribute
+/// value that is one of `nulls` (needles whose replacement is NULL) alone becomes null.
+fn scrub_order(o: &mut super::orders::Order, needles: &[(String, String)], nulls: &[String]) {
     let s = |t: &str| engine::replace_needles(t, needles);
     o.resource_key = o.resource_key.as_deref().map(s);
     for c in o.attributes.values_mut() {
         for v in [&mut c.old, &mut c.new] {
             if let serde_json::Value::String(t) = v {
-                *t = s(t);
+                *v = match nulls.iter().any(|n| engine::is_whole_needle(t, n)) {
+                    true => serde_json::Value::Null,
+                    false => serde_json::Value::String(s(t)),
+                };
             }
         }
     }

@@ -217,6 +217,28 @@ fn history_anonymization_leaves_no_personal_bytes_in_the_store() {
         hits.join("\n")
     );
     all_tables_readable(&env);
+    // Day 3's order file, rewritten: the mail the order replaced was the value alone and its
+    // anonymized value is NULL, so the old value is null (as in a table), not empty text.
+    let day3_orders: Vec<serde_json::Value> = std::fs::read_dir(env.path("store/_orders"))
+        .unwrap()
+        .flat_map(|run| std::fs::read_dir(run.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .filter(|f| f.extension().is_some_and(|x| x == "json"))
+        .flat_map(|f| {
+            let doc: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+            doc["orders"].as_array().unwrap().clone()
+        })
+        .filter(|o| o["resource_key"] == "p1" && o["attributes"]["mail"].is_object())
+        .collect();
+    assert!(!day3_orders.is_empty(), "day 3's order of p1 is on file");
+    for o in &day3_orders {
+        assert_eq!(
+            o["attributes"]["mail"]["old"],
+            serde_json::Value::Null,
+            "{o}"
+        );
+    }
     // The target already holds the anonymized values: nothing is left to provision for P1.
     assert_eq!(
         env.query("select attributes from provisioning_orders where account_key = 'p1' and state = 'pending'"),
