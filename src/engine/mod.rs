@@ -21,7 +21,7 @@ use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 pub use hits::true_positions_udf;
 pub use opaque::opaque_udf;
 pub use row_values::row_values_udf;
-pub use scrub::{contains_needle, is_whole_needle, replace_needles, scrub_udf};
+pub use scrub::{contains_needle, is_whole_needle, replace_needles, scrub_json_udf, scrub_udf};
 pub use sorted::{
     collect_in_order, decoded_schema, sorted_difference, sorted_distinct, splice, stream_in_order,
 };

@@ -19,11 +19,24 @@ use datafusion::logical_expr::{
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Scrub {
     signature: Signature,
+    /// The text is a JSON document: a string value that is nothing but a needle whose
+    /// replacement is NULL becomes `null` (`"old":"a@b.org"` → `"old":null`), as a cell would.
+    json: bool,
 }
 
 pub fn scrub_udf() -> ScalarUDF {
     ScalarUDF::from(Scrub {
         signature: Signature::any(3, Volatility::Immutable),
+        json: false,
+    })
+}
+
+/// [`scrub_udf`] for a column of JSON documents (`scrub_json`, the provisioning orders'
+/// attributes): a string value that is nothing but a needle replaced by NULL becomes `null`.
+pub fn scrub_json_udf() -> ScalarUDF {
+    ScalarUDF::from(Scrub {
+        signature: Signature::any(3, Volatility::Immutable),
+        json: true,
     })
 }
 
@@ -124,7 +137,10 @@ fn automaton(needles: &[(String, String)]) -> Option<Automaton> {
 
 impl ScalarUDFImpl for Scrub {
     fn name(&self) -> &str {
-        "scrub"
+        match self.json {
+            true => "scrub_json",
+            false => "scrub",
+        }
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -170,7 +186,7 @@ impl ScalarUDFImpl for Scrub {
                 out.append_null();
                 continue;
             }
-            let pairs: Vec<(String, String)> = (0..n.len())
+            let mut pairs: Vec<(String, String)> = (0..n.len())
                 .filter(|&j| n.is_valid(j))
                 .map(|j| {
                     (
@@ -179,6 +195,15 @@ impl ScalarUDFImpl for Scrub {
                     )
                 })
                 .collect();
+            if self.json {
+                // The quoted form is longer than the needle, so it wins where both match.
+                pairs.extend(
+                    (0..n.len())
+                        .filter(|&j| n.is_valid(j) && r.is_null(j))
+                        .filter_map(|j| serde_json::to_string(n.value(j)).ok())
+                        .map(|quoted| (quoted, "null".to_string())),
+                );
+            }
             if cache.as_ref().is_none_or(|(p, _)| *p != pairs) {
                 let ac = automaton(&pairs);
                 cache = Some((pairs, ac));

@@ -582,6 +582,8 @@ impl Scrub<'_> {
         };
         let owner_table = self.is_owner_table(name);
         let scrub = engine::scrub_udf();
+        // The orders' attributes are JSON documents: a value anonymized to NULL becomes null.
+        let scrub_json = engine::scrub_json_udf();
         let mut out = Vec::new();
         let mut diffs = Vec::new();
         for f in schema.fields() {
@@ -604,7 +606,15 @@ impl Scrub<'_> {
                 (
                     when(
                         col("_needles").is_not_null(),
-                        scrub.call(vec![quoted(n), col("_needles"), col("_repl")]),
+                        match name == super::orders::TABLE && n == "attributes" {
+                            true => &scrub_json,
+                            false => &scrub,
+                        }
+                        .call(vec![
+                            quoted(n),
+                            col("_needles"),
+                            col("_repl"),
+                        ]),
                     )
                     .otherwise(old.clone())?,
                     old,

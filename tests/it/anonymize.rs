@@ -239,6 +239,15 @@ fn history_anonymization_leaves_no_personal_bytes_in_the_store() {
             "{o}"
         );
     }
+    // The same in the stored orders' JSON attributes.
+    let stored = env.query(
+        "select attributes from provisioning_orders where account_key = 'p1' and attributes like '%\"mail\"%'",
+    );
+    assert!(!stored.is_empty(), "p1's orders with a mail are stored");
+    for r in &stored {
+        let a: serde_json::Value = serde_json::from_str(&r[0]).unwrap();
+        assert_eq!(a["mail"]["old"], serde_json::Value::Null, "{}", r[0]);
+    }
     // The target already holds the anonymized values: nothing is left to provision for P1.
     assert_eq!(
         env.query("select attributes from provisioning_orders where account_key = 'p1' and state = 'pending'"),
