@@ -98,10 +98,22 @@ pub async fn with_first_failing_row(
 }
 
 /// The column a probe evaluates an expression into.
-pub const PROBE: &str = "__igaflow_probe";
+const PROBE: &str = "__igaflow_probe";
+
+/// The engine's error evaluating the expression `expr` over every row of `table`: `Some(None)`
+/// when it evaluates, `None` when it does not plan over the table's columns.
+pub async fn evaluation_error(
+    ctx: &SessionContext,
+    table: DataFrame,
+    expr: &str,
+) -> Option<Option<DataFusionError>> {
+    let e = ctx.parse_sql_expr(expr, table.schema()).ok()?;
+    let probe = table.with_column(PROBE, e).ok()?;
+    Some(fails(&probe, PROBE).await)
+}
 
 /// Evaluates column `name` of `df`; the engine's error if that fails.
-pub async fn fails(df: &DataFrame, name: &str) -> Option<DataFusionError> {
+async fn fails(df: &DataFrame, name: &str) -> Option<DataFusionError> {
     match df.clone().select(vec![ident(name)]) {
         Ok(probe) => probe.collect().await.err(),
         Err(e) => Some(e),
@@ -114,7 +126,7 @@ pub async fn fails(df: &DataFrame, name: &str) -> Option<DataFusionError> {
 /// value (a division by zero) still names one.
 /// Found by halving the key range — about log2(rows) small queries, on the error path only.
 /// `None` when the rows do not fail one by one (or a probe fails to plan).
-pub async fn first_failing_row(
+async fn first_failing_row(
     ctx: &SessionContext,
     table: &DataFrame,
     entity: &Entity,
@@ -139,15 +151,7 @@ pub async fn first_failing_row(
         let key = key.clone();
         async move {
             let range = key.clone().gt_eq(lit(lo?)).and(key.lt_eq(lit(hi?)));
-            let probe = table
-                .clone()
-                .filter(range)
-                .and_then(|df| {
-                    let e = ctx.parse_sql_expr(expr, df.schema())?;
-                    df.with_column(PROBE, e)
-                })
-                .ok()?;
-            Some(fails(&probe, PROBE).await)
+            evaluation_error(ctx, table.clone().filter(range).ok()?, expr).await
         }
     };
     let (mut lo, mut hi) = (0, keys.len().checked_sub(1)?);

@@ -12,7 +12,6 @@
 use super::RunContext;
 use crate::config::{ConfigExpr, Task};
 use crate::engine;
-use crate::engine::expr::PROBE;
 use crate::error::{Error, Result};
 
 /// One expression a task evaluates over the rows of `entity`.
@@ -134,13 +133,8 @@ pub async fn failing_expression(rc: &RunContext<'_>, task: &Task) -> Result<Opti
         let table = ctx.table(e.entity).await?;
         // An expression that does not plan over the table alone (it reads columns the task
         // joins in) cannot be evaluated here.
-        let Ok(probe) = ctx
-            .parse_sql_expr(&e.expr.text, table.schema())
-            .and_then(|x| table.clone().with_column(PROBE, x))
-        else {
-            continue;
-        };
-        let Some(failure) = engine::expr::fails(&probe, PROBE).await else {
+        let evaluated = engine::expr::evaluation_error(&ctx, table.clone(), &e.expr.text).await;
+        let Some(Some(failure)) = evaluated else {
             continue;
         };
         let (failure, row) =
