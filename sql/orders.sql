@@ -51,10 +51,12 @@ lost AS (
     WHERE a.account_key IS NULL
 ),
 orphan AS (
-    -- Never linked and no classification rule; an account awaiting review is not an orphan.
+    -- Never linked and no classification rule; an account awaiting review (a suggested,
+    -- ambiguous or duplicate match: correlation_candidates lists it) is not an orphan.
     SELECT account_key, CAST(NULL AS VARCHAR) AS owner_key
     FROM o_accounts
-    WHERE class = 'orphan' AND coalesce(status, 'uncorrelated') NOT IN ('suggested', 'ambiguous')
+    WHERE class = 'orphan'
+      AND coalesce(status, 'uncorrelated') NOT IN ('suggested', 'ambiguous', 'duplicate')
 ),
 to_disable AS (
     SELECT account_key, owner_key FROM lost, o_policy WHERE o_policy.on_lost = 'disable'
