@@ -97,6 +97,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let mut states = Vec::new();
     let mut events = Vec::new();
     let mut counts = Vec::new();
+    let mut gone = Vec::new();
     for rt in super::correlation_keys::selected(rc, task) {
         let Some(l) = &rt.lifecycle else { continue };
         if rt.owner != lifecycle.owner {
@@ -193,6 +194,38 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             ])?;
         let acted = materialize(&ctx, acted).await?;
         states.push(acted.clone());
+        // An owner that left the export while accounts of it waited for their anonymized values
+        // to be provisioned (status 3) has no row left to compute them from: those accounts
+        // wait no longer (status 4; the role model's `on_lost` treatment is what reaches them),
+        // so the owner reaches status 4 below and its history is scrubbed.
+        let abandoned = old_states
+            .clone()
+            .filter(
+                col("resource_type")
+                    .eq(rt_name.clone())
+                    .and(col("anonymization_status").eq(lit(3i64))),
+            )?
+            .join(
+                ctx.table("li_owners")
+                    .await?
+                    .select(vec![col("owner_key").alias("_present")])?,
+                JoinType::LeftAnti,
+                &["owner_key"],
+                &["_present"],
+                None,
+            )?
+            .select(vec![
+                col("resource_type"),
+                col("account_key"),
+                col("owner_key"),
+                col("active"),
+                lit(false).alias("has_active_changed"),
+                lit(4i64).alias("anonymization_status"),
+                lit(rc.run_id.as_str()).alias("run_id"),
+            ])?;
+        let abandoned = materialize(&ctx, abandoned).await?;
+        gone.push(abandoned.clone().select(vec![col("owner_key")])?);
+        states.push(abandoned);
         events.push(acted.filter(col("has_active_changed"))?.select(vec![
                     col("resource_type"),
                     col("account_key"),
@@ -261,12 +294,15 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let all_states = materialize(&ctx, all_states).await?;
 
     // Owners to anonymize whose accounts wait for no anonymized value any more (or who have
-    // none) reach status 4; their history is scrubbed below.
+    // none) reach status 4, and so do owners gone from the export whose accounts stopped
+    // waiting above; their history is scrubbed below.
     let waiting = all_states
         .clone()
         .filter(col("anonymization_status").eq(lit(3i64)))?
         .select(vec![col("owner_key").alias("_w")])?;
-    let reached = ctx
+    let owners_schema = super::anonymize::owners_schema();
+    let recorded = committed(&ctx, &catalog, super::anonymize::OWNERS, &owners_schema).await?;
+    let to_reach = ctx
         .table("li_owners")
         .await?
         .filter(
@@ -274,6 +310,20 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 .eq(lit(2i64))
                 .and(col("anonymization_status").eq(lit(2i64))),
         )?
+        .select(vec![col("owner_key")])?;
+    let to_reach = match union_all(gone)? {
+        Some(gone) => to_reach.union(gone)?.distinct()?.join(
+            recorded
+                .clone()
+                .select(vec![col("owner_key").alias("_r")])?,
+            JoinType::LeftAnti,
+            &["owner_key"],
+            &["_r"],
+            None,
+        )?,
+        None => to_reach,
+    };
+    let reached = to_reach
         .join(waiting, JoinType::LeftAnti, &["owner_key"], &["_w"], None)?
         .select(vec![
             col("owner_key"),
@@ -283,9 +333,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         ])?;
     let reached = materialize(&ctx, reached).await?;
     let to_anonymize = reached.clone().count().await?;
-    let owners_schema = super::anonymize::owners_schema();
-    let all_owners = committed(&ctx, &catalog, super::anonymize::OWNERS, &owners_schema)
-        .await?
+    let all_owners = recorded
         .union(reached)?
         .sort(vec![col("owner_key").sort(true, true)])?;
 

@@ -413,6 +413,67 @@ fn a_killed_anonymization_is_finished_by_the_next_run() {
     }
 }
 
+/// An owner whose account waits for its anonymized values (status 3) and who then leaves the
+/// HR export has no row left to compute them from: the account stops waiting and the owner's
+/// anonymization finishes in that run instead of never.
+#[test]
+fn an_owner_leaving_the_export_during_anonymization_is_still_anonymized() {
+    let env = Env::new();
+    until_day_four(&env);
+    assert_eq!(
+        env.scalar("select anonymization_status from identity_states where account_key = 'p1'"),
+        "3"
+    );
+    // Day 4: P1 is gone from HR before the target got the anonymized values.
+    env.write("exports/hr/persons.csv", format!("{HEADER}{OTHERS}"));
+    env.write(
+        "exports/app/accounts.csv",
+        format!(
+            "{APP_HEADER}p1,P1,512,Zelda Marchbanks,zelda.marchbanks@example.org\n{OTHER_ACCOUNT}"
+        ),
+    );
+    let out = env.run("j", &[], &[]);
+    out.expect_code(0);
+    assert!(
+        out.stdout.contains("history anonymization: 1 owner(s)"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        env.query("select owner_key, status from anonymized_owners"),
+        [["P1", "5"]]
+    );
+    assert_eq!(
+        env.query(
+            "select account_key, owner_key, anonymization_status from identity_states order by 1"
+        ),
+        [["p1", "P1", "5"]]
+    );
+    let hits = files_with_secrets(&env);
+    assert!(
+        hits.is_empty(),
+        "personal bytes survive:\n{}",
+        hits.join("\n")
+    );
+    all_tables_readable(&env);
+    assert_eq!(
+        env.query("select first_name, email from person where id = 'P2'"),
+        [["Annabel", "annabel.otherwood@example.org"]]
+    );
+    // The link stays (sticky) and the account keeps its treatment as the account of a gone
+    // owner; a second run over the same exports finds nothing more to anonymize.
+    assert_eq!(
+        env.query("select owner_key, status from correlations where account_key = 'p1'"),
+        [["P1", "linked"]]
+    );
+    let again = env.run("j", &[], &[]);
+    again.expect_code(0);
+    assert_eq!(
+        env.query("select owner_key, status from anonymized_owners"),
+        [["P1", "5"]]
+    );
+}
+
 /// Every table of the store reads whole (no data file of a retained version is missing).
 fn all_tables_readable(env: &Env) {
     let tables = env.query(
