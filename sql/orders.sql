@@ -6,6 +6,9 @@
 --                                                    (o_assigned without account_key, state
 --                                                    'assigned'), collected
 --   o_linked(account_key, owner_key)                 linked correlations
+--   o_claimed(account_key)                           linked accounts an earlier resource type
+--                                                    of the target links too: its accounts
+--                                                    (SPEC 11.15), no order from this one
 --   o_accounts(account_key, class, protect, status)  every target account: classification and
 --                                                    correlation status
 --   o_desired_scalars(owner_key, attribute, value)   assigned_scalars (text of the target type)
@@ -40,6 +43,8 @@
 WITH
 protected AS (
     SELECT account_key FROM o_accounts WHERE protect
+    UNION ALL
+    SELECT account_key FROM o_claimed
 ),
 kept AS (
     SELECT owner_key, account_key FROM o_assigned WHERE account_key IS NOT NULL

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::ScalarValue;
+use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -274,6 +275,15 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             String::new()
         }
     );
+    let shared = shared_accounts(rc, &ctx, &catalog, &rts).await?;
+    if !shared.is_empty() {
+        let note = format!(
+            "account(s) linked by several resource types get orders from the first in file order only: {}",
+            shared.join(", ")
+        );
+        tracing::warn!("{note}");
+        message.push_str(&format!("; {note}"));
+    }
     if !unknown.is_empty() {
         let warning = format!(
             "link value(s) not in the exports, emitted anyway: {}",
@@ -488,6 +498,61 @@ fn scope_lookups(rc: &RunContext<'_>, rts: &[&ResourceType]) -> Vec<(String, Str
     wanted
 }
 
+/// Per target entity of several resource types among `rts`: how many accounts more than one of
+/// them links, as `N of <target> (<type>, <type>…)` (SPEC 11.15: the first in file order gives
+/// their orders). Nothing is read for a pipeline with one resource type per target.
+async fn shared_accounts(
+    rc: &RunContext<'_>,
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    rts: &[&ResourceType],
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let targets: BTreeSet<&str> = rts.iter().map(|rt| rt.target.as_str()).collect();
+    for target in targets {
+        let names: Vec<&str> = rc
+            .pipeline
+            .model
+            .resource_types
+            .iter()
+            .filter(|r| r.target == target)
+            .map(|r| r.name.as_str())
+            .collect();
+        if names.len() < 2 || !catalog.tables.contains_key("correlations") {
+            continue;
+        }
+        let of_target = names.iter().map(|n| lit(*n)).collect();
+        let linked = col("status").eq(lit("linked"));
+        let n = ctx
+            .table("correlations")
+            .await?
+            .filter(linked.and(col("resource_type").in_list(of_target, false)))?
+            .aggregate(
+                vec![col("account_key")],
+                vec![count(col("resource_type")).alias("n")],
+            )?
+            .filter(col("n").gt(lit(1i64)))?
+            .count()
+            .await?;
+        if n > 0 {
+            out.push(format!("{n} of {target} ({})", names.join(", ")));
+        }
+    }
+    Ok(out)
+}
+
+/// The resource types before `rt` in file order with the same target entity, as literals.
+fn earlier_types(rc: &RunContext<'_>, rt: &ResourceType) -> Vec<Expr> {
+    rc.pipeline
+        .model
+        .resource_types
+        .iter()
+        .take_while(|r| r.name != rt.name)
+        .filter(|r| r.target == rt.target)
+        .map(|r| lit(r.name.as_str()))
+        .collect()
+}
+
 /// The orders of one resource type and its number of linked accounts.
 async fn orders_of(
     rc: &RunContext<'_>,
@@ -654,6 +719,45 @@ async fn orders_of(
         .await?,
     )?;
     view(ctx, "o_linked", scoped(ctx, dirty, linked.clone()).await?)?;
+    // SPEC 11.15: an account that several resource types link is the first one's in file
+    // order, as its class is. A later resource type gives it no order: one would update it,
+    // another delete or disable it.
+    let earlier = earlier_types(rc, rt);
+    let claimed = if earlier.is_empty() {
+        empty(
+            ctx,
+            Arc::new(Schema::new(vec![Field::new(
+                "account_key",
+                DataType::Utf8,
+                true,
+            )])),
+        )?
+    } else {
+        require(ctx, catalog, "correlations", "compute_role_model")
+            .await?
+            .filter(
+                col("status")
+                    .eq(lit("linked"))
+                    .and(col("resource_type").in_list(earlier, false)),
+            )?
+            .select(vec![
+                cast(col("account_key"), DataType::Utf8).alias("_claimed"),
+            ])?
+            .distinct()?
+            .join(
+                ctx.table("o_linked").await?,
+                JoinType::Inner,
+                &["_claimed"],
+                &["account_key"],
+                None,
+            )?
+            .select(vec![col("_claimed").alias("account_key")])?
+    };
+    view(
+        ctx,
+        "o_claimed",
+        super::role_model::materialize(ctx, claimed).await?,
+    )?;
 
     let target = require(ctx, catalog, &rt.target, "synchronize").await?;
     let account_key = cast(quoted(&target_entity.key), DataType::Utf8);
