@@ -48,7 +48,10 @@ pub fn write(
             }
         }
         Format::Json => {
-            let mut w = datafusion::arrow::json::ArrayWriter::new(&mut buf);
+            // Every row has every column: a NULL is `null`, not a missing key.
+            let mut w = datafusion::arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, datafusion::arrow::json::writer::JsonArray>(&mut buf);
             let refs: Vec<&RecordBatch> = batches.iter().collect();
             w.write_batches(&refs).map_err(arrow)?;
             w.finish().map_err(arrow)?;

@@ -528,6 +528,30 @@ pub(super) fn resolve(
         },
     );
 
+    // A task's `resource_types` name declared resource types (a misspelt one would make the
+    // task silently work on nothing).
+    for j in &raw.job {
+        for t in &j.get_ref().task {
+            let t = t.get_ref();
+            let Some(names) = &t.resource_types else {
+                continue;
+            };
+            for n in names.get_ref() {
+                if !model.resource_types.iter().any(|rt| &rt.name == n) {
+                    cx.err(
+                        names,
+                        format!(
+                            "job `{}`, task `{}`: unknown resource type `{n}` in `resource_types` (declared: {})",
+                            j.get_ref().name.get_ref(),
+                            t.name.get_ref(),
+                            join_names(model.resource_types.iter().map(|rt| &rt.name))
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     // `update_identities` reads the owners' states from `[lifecycle]`.
     if raw.lifecycle.is_none() {
         for j in &jobs {

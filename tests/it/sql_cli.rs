@@ -32,6 +32,21 @@ fn count_in_every_format() {
     json.expect_code(0);
     let parsed: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(parsed, serde_json::json!([{"count(*)": 200}]));
+    // A NULL is written as null: every row has every column.
+    let nulls = igaflow(
+        &[
+            "sql",
+            "--store",
+            &store,
+            "--format",
+            "json",
+            "select 1 as a, cast(null as varchar) as b, cast(null as date) as c",
+        ],
+        &[],
+    );
+    nulls.expect_code(0);
+    let parsed: serde_json::Value = serde_json::from_str(&nulls.stdout).unwrap();
+    assert_eq!(parsed, serde_json::json!([{"a": 1, "b": null, "c": null}]));
 
     let file = env.path("count.parquet");
     let file_s = file.to_string_lossy().into_owned();

@@ -399,3 +399,37 @@ fn one_mistake_gives_one_error_not_follow_on_ones() {
     assert!(err.contains("used twice"), "{err}");
     assert!(!err.contains("cycle"), "{err}");
 }
+
+/// A misspelt name in a task's `resource_types` is a configuration error at its line, not a
+/// task that silently works on no resource type.
+#[test]
+fn an_unknown_resource_type_of_a_task_is_named_with_its_line() {
+    let env = Env::new();
+    copy_dir(
+        &repo().join("datasets/cases/shared_account"),
+        env.dir.path(),
+    );
+    let path = env.path("pipeline.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "type = \"compute_role_model\"",
+        "type = \"compute_role_model\"\nresource_types = [\"app_user\", \"app_usr\"]",
+        1,
+    );
+    std::fs::write(&path, &text).unwrap();
+    let line = text[..text.find("resource_types =").unwrap()]
+        .matches('\n')
+        .count()
+        + 1;
+    let out = igaflow(&["validate", &env.dir.path().to_string_lossy()], &[]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains(&format!("pipeline.toml:{line}"))
+            && out.stderr.contains("unknown resource type `app_usr`")
+            && out.stderr.contains("app_admin"),
+        "{}",
+        out.stderr
+    );
+    let ok = text.replace(", \"app_usr\"", "");
+    std::fs::write(&path, ok).unwrap();
+    igaflow(&["validate", &env.dir.path().to_string_lossy()], &[]).expect_code(0);
+}
