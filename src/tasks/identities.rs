@@ -394,7 +394,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                 .map(|rt| rt.name.clone())
                 .collect(),
         );
-        let orders = super::orders::run(rc, &fast).await?;
+        // Its own commit: the identity tables above are committed, so when another run (or
+        // this run's orders task) commits the orders meanwhile, only the orders run again.
+        let orders = super::again_on_conflict(&fast, || super::orders::run(rc, &fast)).await?;
         exit_code = orders.exit_code;
         // Fast-track orders above a provisioning threshold block this task as they would
         // block the orders task (the job exits 3).

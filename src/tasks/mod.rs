@@ -121,9 +121,21 @@ impl RunContext<'_> {
 /// the same store committed a table the task replaces) runs again on the new state, up to
 /// [`CONFLICT_RETRIES`] times; its first attempt committed nothing.
 pub async fn run_task(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
+    let result = again_on_conflict(task, || attempt(rc, task)).await;
+    explained(rc, task, result).await
+}
+
+/// Runs `step` (one commit of `task`) again while its commit conflicts with another run's, up
+/// to [`CONFLICT_RETRIES`] times. A step that commits once is safe to run again: its failed
+/// attempt committed nothing.
+pub(crate) async fn again_on_conflict<F, Fut>(task: &Task, mut step: F) -> Result<TaskOutcome>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<TaskOutcome>>,
+{
     let mut conflicts = 0;
     loop {
-        match attempt(rc, task).await {
+        match step().await {
             Err(Error::Conflict(message)) if conflicts < CONFLICT_RETRIES => {
                 conflicts += 1;
                 tracing::warn!(
@@ -132,7 +144,7 @@ pub async fn run_task(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                     "another run committed the tables this task writes; running it again on the new state"
                 );
             }
-            other => return explained(rc, task, other).await,
+            other => return other,
         }
     }
 }

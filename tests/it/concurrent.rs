@@ -149,3 +149,66 @@ fn two_runs_ending_together_are_both_recorded() {
     }
     assert_eq!(env.scalar("select count(*) from runs"), "3");
 }
+
+/// `update_identities` with `fast_track` commits its identity tables, then the orders. When
+/// another run commits the orders in between, only the orders run again: the task's report
+/// still counts what its first commit wrote (a task retried whole would find its own tables
+/// already there and report no events, so a `run_if = "changed"` task after it would not run).
+#[test]
+fn a_fast_track_whose_orders_another_run_committed_reports_its_own_commit() {
+    let env = Env::new();
+    let text = contoso_pipeline_text().replace("fast_track = false", "fast_track = true");
+    assert!(text.contains("fast_track = true"));
+    env.write_pipeline(&format!(
+        "{text}
+[[job]]
+name = \"identities\"
+[[job.task]]
+name = \"identities\"
+type = \"update_identities\"
+
+[[job]]
+name = \"orders_only\"
+[[job.task]]
+name = \"orders\"
+type = \"generate_provisioning_orders\"
+"
+    ));
+    for day in ["day1", "day2"] {
+        env.run("complete", &[], &[("CONTOSO_DAY", day)])
+            .expect_code(0);
+    }
+    // Run A commits the identity tables and waits before the fast track's orders commit.
+    let a = start_paused(
+        &env,
+        "identities",
+        "day2",
+        "commit.task:generate_provisioning_orders",
+    );
+    // Meanwhile run B computes the orders from A's identity tables and commits them.
+    let b = env.run("orders_only", &[], &[("CONTOSO_DAY", "day2")]);
+    b.expect_code(0);
+    let a = resume(&env, a);
+    a.expect_code(0);
+    assert!(
+        a.stderr.contains("running it again on the new state"),
+        "run A's orders commit did not conflict:\n{}",
+        a.stderr
+    );
+    let run = run_id_of(&a);
+    let (status, message) = {
+        let row = env.query(&format!(
+            "select status, message from task_runs where run_id = '{run}' and task = 'identities'"
+        ));
+        (row[0][0].clone(), row[0][1].clone())
+    };
+    let events = env.scalar(&format!(
+        "select count(*) from identity_events where run_id = '{run}'"
+    ));
+    assert_ne!(events, "0", "day 2 deactivates accounts: {message}");
+    assert_eq!(status, "succeeded", "{message}");
+    assert!(
+        message.contains(&format!(", {events} event(s)")),
+        "the report counts the {events} event(s) the run committed: {message}"
+    );
+}
