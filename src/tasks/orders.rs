@@ -406,10 +406,23 @@ fn threshold_reason<'a>(
     let deleted = count(&["deleted", "disabled"]);
     let added = count(&["added"]);
     let modified = count(&["modified"]);
+    // Orphans deleted or disabled count too (a broken classification rule must not delete a
+    // directory's unlinked accounts either), against the linked accounts as the base.
+    let orphans = orders
+        .clone()
+        .filter(|o| matches!(o.kind.as_str(), "deleted" | "disabled") && o.owner.is_none())
+        .count();
+    let deletions = if orphans == 0 {
+        format!("{deleted} of {base} linked accounts deleted or disabled")
+    } else {
+        format!(
+            "{deleted} accounts deleted or disabled, {orphans} of them orphans, against {base} linked accounts"
+        )
+    };
     let mut reasons = Vec::new();
     if pct(deleted) > t.max_deleted_percent {
         reasons.push(format!(
-            "{deleted} of {base} linked accounts deleted or disabled ({:.1}% > max_deleted_percent {})",
+            "{deletions} ({:.1}% > max_deleted_percent {})",
             pct(deleted),
             t.max_deleted_percent
         ));
@@ -418,7 +431,7 @@ fn threshold_reason<'a>(
         && deleted > max
     {
         reasons.push(format!(
-            "{deleted} of {base} linked accounts deleted or disabled ({:.1}%, > max_deleted {max})",
+            "{deletions} ({:.1}%, > max_deleted {max})",
             pct(deleted)
         ));
     }

@@ -151,6 +151,48 @@ fn a_rule_change_disabling_half_the_accounts_is_blocked_until_forced() {
     );
 }
 
+/// Orphans deleted count against `max_deleted_percent` like lost accounts (the base stays the
+/// linked accounts), and the message says they are orphans, not linked accounts.
+#[test]
+fn orphans_to_delete_count_against_the_threshold_and_are_named_so() {
+    let env = Env::new();
+    let text = app_pipeline("status = 'active'").replacen(
+        "on_lost = \"disable\"",
+        "on_lost = \"disable\"\norphans = \"delete\"",
+        1,
+    );
+    assert!(text.contains("orphans = \"delete\""));
+    env.write_pipeline(&text);
+    write_company(&env, 100);
+    env.run("complete", &[], &[]).expect_code(0);
+
+    // 40 accounts nobody owns appear in the target: 40% of the 100 linked.
+    let mut accounts = std::fs::read_to_string(env.path("exports/app/accounts.csv")).unwrap();
+    for i in 0..40 {
+        accounts.push_str(&format!("stray{i:02},,,Sales,true\n"));
+    }
+    env.write("exports/app/accounts.csv", accounts);
+    let blocked = env.run("complete", &[], &[]);
+    blocked.expect_code(3);
+    let (status, message) = orders_task(&env, &run_id_of(&blocked));
+    assert_eq!(status, "blocked");
+    assert!(
+        message.contains(
+            "40 accounts deleted or disabled, 40 of them orphans, against 100 linked accounts (40.0% > max_deleted_percent 30)"
+        ),
+        "{message}"
+    );
+    let forced = env.run("complete", &["--force"], &[]);
+    forced.expect_code(0);
+    let orders = emitted_orders(&env.store(), &run_id_of(&forced));
+    assert_eq!(orders.len(), 40);
+    assert!(
+        orders
+            .iter()
+            .all(|o| o["change_type"] == "Deleted" && o["owner"].is_null())
+    );
+}
+
 /// A value made to break SQL built by string splicing, and one that is plain.
 const HOSTILE: &str = "CN=Q\"uote';DROP TABLE person;--' OR 1=1 --,OU=G";
 
