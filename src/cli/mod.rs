@@ -359,10 +359,21 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             };
             let ctx = crate::engine::context();
             store.register_all(&ctx, &catalog).await?;
-            let df = ctx
-                .sql(&query)
-                .await
-                .map_err(|e| Error::Usage(format!("query: {}{hint}", e.strip_backtrace())))?;
+            // Queries only: an INSERT or a DROP would change nothing but this session's view
+            // of the store, and report success.
+            let read_only = datafusion::execution::context::SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_dml(false);
+            let df = ctx.sql_with_options(&query, read_only).await.map_err(|e| {
+                let text = e.strip_backtrace();
+                let why =
+                    if text.contains("DML not supported") || text.contains("DDL not supported") {
+                        " (igaflow sql only reads the store: its tables change through jobs)"
+                    } else {
+                        ""
+                    };
+                Error::Usage(format!("query: {text}{why}{hint}"))
+            })?;
             let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
             let batches = df
                 .collect()

@@ -105,6 +105,32 @@ fn store_from_environment_and_bad_sql() {
     let bad = igaflow(&["sql", "--store", &store, "select nope from person"], &[]);
     bad.expect_code(2);
     assert!(bad.stderr.contains("nope"), "{}", bad.stderr);
+    // A statement that would change a table is refused, not reported done and forgotten.
+    for statement in [
+        "insert into ad_group (dn) values ('G_New')",
+        "drop table ad_group",
+        "create table t as select 1",
+    ] {
+        let refused = igaflow(&["sql", "--store", &store, statement], &[]);
+        refused.expect_code(2);
+        assert!(
+            refused.stderr.contains("only reads the store"),
+            "{statement}: {}",
+            refused.stderr
+        );
+    }
+    let after = igaflow(
+        &[
+            "sql",
+            "--store",
+            &store,
+            "--format",
+            "csv",
+            "select count(*) as n from ad_group",
+        ],
+        &[],
+    );
+    assert_eq!(after.stdout, "n\n32\n");
     let missing = igaflow(
         &[
             "sql",
