@@ -433,3 +433,45 @@ fn an_unknown_resource_type_of_a_task_is_named_with_its_line() {
     std::fs::write(&path, ok).unwrap();
     igaflow(&["validate", &env.dir.path().to_string_lossy()], &[]).expect_code(0);
 }
+
+/// A composite role named where the owners' roles are matched (a resource type's `roles`, a
+/// link value's `role`) would never match: owners hold single roles only (SPEC 11.6).
+#[test]
+fn a_composite_role_where_single_roles_are_matched_is_a_configuration_error() {
+    let base =
+        std::fs::read_to_string(repo().join("datasets/cases/lifecycle/pipeline.toml")).unwrap();
+    let composite =
+        "[[composite_role]]\nname = \"staff\"\nroles = [\"sales\", \"it\"]\n\n[[resource_type]]";
+    for (from, to, marker) in [
+        (
+            "{ role = \"sales\", target = \"G_SALES\" }",
+            "{ role = \"staff\", target = \"G_SALES\" }",
+            "role = \"staff\"",
+        ),
+        (
+            "rule = \"status = 'active'\"",
+            "roles = [\"staff\"]",
+            "roles = [\"staff\"]",
+        ),
+    ] {
+        assert!(base.contains(from), "{from}");
+        let text = base
+            .replacen("[[resource_type]]", composite, 1)
+            .replacen(from, to, 1);
+        let env = Env::new();
+        for d in ["day1/hr", "day1/app"] {
+            std::fs::create_dir_all(env.path(&format!("pipeline/{d}"))).unwrap();
+        }
+        env.write_pipeline(&text);
+        let out = igaflow(&["validate", &env.pipeline()], &[]);
+        out.expect_code(2);
+        let line = text[..text.find(marker).unwrap()].matches('\n').count() + 1;
+        assert!(
+            out.stderr.contains(&format!("pipeline.toml:{line}"))
+                && out.stderr.contains("`staff` is a composite role")
+                && out.stderr.contains("(sales, it)"),
+            "{to}: {}",
+            out.stderr
+        );
+    }
+}

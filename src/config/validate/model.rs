@@ -196,6 +196,18 @@ pub(super) fn resolve_model(cx: &mut Ctx, input: ModelInput) -> RoleModel {
         });
     }
 
+    // What is wrong with a role a resource type or a link value names: unknown, or composite
+    // (the owners hold single roles only, SPEC 11.6, so a composite name would never match).
+    let role_problem = |role: &str| -> Option<String> {
+        if let Some(c) = composite_roles.iter().find(|c| c.name == role) {
+            return Some(format!(
+                "`{role}` is a composite role; name its single roles ({}) instead: owners hold single roles only",
+                c.roles.join(", ")
+            ));
+        }
+        (!seen_roles.contains(role)).then(|| format!("unknown role `{role}`"))
+    };
+
     let manual_assignments = raw.manual_assignments.as_ref().map(|m| {
         let line = cx.line(m);
         let m = m.get_ref();
@@ -242,8 +254,8 @@ pub(super) fn resolve_model(cx: &mut Ctx, input: ModelInput) -> RoleModel {
             .unwrap_or_default();
         if let Some(rs) = &r.roles {
             for role in rs.get_ref() {
-                if !seen_roles.contains(role) {
-                    cx.err(rs, format!("{what}: unknown role `{role}`"));
+                if let Some(problem) = role_problem(role) {
+                    cx.err(rs, format!("{what}: {problem}"));
                 }
             }
         }
@@ -371,12 +383,9 @@ pub(super) fn resolve_model(cx: &mut Ctx, input: ModelInput) -> RoleModel {
                 let vline = cx.line(v);
                 let vr = v.get_ref();
                 if let Some(role) = &vr.role
-                    && !seen_roles.contains(role.get_ref())
+                    && let Some(problem) = role_problem(role.get_ref())
                 {
-                    cx.err(
-                        role,
-                        format!("{what}: link `{lname}`: unknown role `{}`", role.get_ref()),
-                    );
+                    cx.err(role, format!("{what}: link `{lname}`: {problem}"));
                 }
                 let rule = vr.rule.as_ref().map(|s| expr(cx, s));
                 if let Some(rule) = &rule {
