@@ -119,6 +119,9 @@ fn raw_text(record: &[u8]) -> String {
     String::from_utf8_lossy(slice).into_owned()
 }
 
+/// The reason of a row with another number of fields than the header, after the number.
+const FIELD_COUNT: &str = "fields as in the header";
+
 /// Fails the file when it has bad rows and `on_bad_row = "fail"` (listing the first 20).
 pub fn fail_on_bad_rows(file: &Path, rejected: &[Rejected], on_bad_row: OnBadRow) -> Result<()> {
     if rejected.is_empty() || on_bad_row == OnBadRow::Quarantine {
@@ -133,6 +136,12 @@ pub fn fail_on_bad_rows(file: &Path, rejected: &[Rejected], on_bad_row: OnBadRow
     );
     for r in sorted.iter().take(20) {
         message.push_str(&format!("\n  line {}: {}", r.line, r.reason));
+        // A row that does not split into the header's fields names no value: show the row.
+        if r.reason.contains(FIELD_COUNT) {
+            let shown: String = r.raw.chars().take(120).collect();
+            let more = if shown.len() < r.raw.len() { "…" } else { "" };
+            message.push_str(&format!(": `{shown}{more}`"));
+        }
     }
     if sorted.len() > 20 {
         message.push_str(&format!("\n  … and {} more", sorted.len() - 20));
@@ -812,7 +821,7 @@ fn parse_records(
         // The wanted fields as text, or why the row is unreadable.
         let values = if record.len() != n_fields {
             Err(format!(
-                "expected {n_fields} fields as in the header, found {}",
+                "expected {n_fields} {FIELD_COUNT}, found {}",
                 record.len()
             ))
         } else {

@@ -9,7 +9,12 @@ const GOOD4: &str = "E00004,Four,1980-01-04,4,\n";
 fn row_cases() -> Vec<(&'static str, String, usize, &'static str)> {
     let with = |bad: &str| format!("{HR_HEADER}{GOOD1}{bad}{GOOD4}");
     vec![
-        ("field count", with("E00002,Two,1980-01-02,2\n"), 3, "field"),
+        (
+            "field count",
+            with("E00002,Two,1980-01-02,2\n"),
+            3,
+            "expected 5 fields as in the header, found 4: `E00002,Two,1980-01-02,2`",
+        ),
         ("date", with("E00002,Two,1980-13-45,2,\n"), 3, "1980-13-45"),
         ("int", with("E00002,Two,1980-01-02,two,\n"), 3, "two"),
         (
