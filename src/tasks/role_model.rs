@@ -1368,6 +1368,15 @@ pub fn read_manual(m: &crate::config::ManualAssignments) -> Result<crate::input:
         split: Vec::new(),
         options: m.csv.clone(),
     };
+    if !m.file.is_file() {
+        return Err(Error::Input {
+            file: m.file.clone(),
+            message: format!(
+                "manual assignments file not found (check `file` of [manual_assignments] at pipeline.toml:{})",
+                m.line
+            ),
+        });
+    }
     let loaded = crate::input::csv::read(&spec)?;
     crate::input::csv::fail_on_bad_rows(&m.file, &loaded.rejected, m.csv.on_bad_row)?;
     Ok(loaded)

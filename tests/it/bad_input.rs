@@ -473,3 +473,29 @@ fn an_expression_failing_on_a_value_names_its_line_and_row() {
         );
     }
 }
+
+/// A `[manual_assignments]` file that is not there fails the role model with exit 2, naming the
+/// file and the line of the section (not the connectors' `exports`, which have nothing to do
+/// with it).
+#[test]
+fn a_missing_manual_assignments_file_names_its_section() {
+    let env = Env::new();
+    let text =
+        contoso_pipeline_text().replacen("requests/assignments.csv\"", "requests/nope.csv\"", 1);
+    let line = text[..text.find("[manual_assignments]").unwrap()]
+        .matches('\n')
+        .count()
+        + 1;
+    env.write_pipeline(&text);
+    let out = env.run("complete", &[], &[("CONTOSO_DAY", "day1")]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("nope.csv")
+            && out.stderr.contains("manual assignments file not found")
+            && out
+                .stderr
+                .contains(&format!("[manual_assignments] at pipeline.toml:{line}")),
+        "{}",
+        out.stderr
+    );
+}
