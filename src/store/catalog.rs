@@ -46,6 +46,10 @@ pub struct Catalog {
 pub struct Staged {
     pub run_id: String,
     pub mode: String,
+    /// Per entity, the keys of its rejected lines whose stored rows the synchronization holds
+    /// (a complete export's bad line is not a deletion): `rejected_rows` keeps no parsed key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub held: BTreeMap<String, Vec<String>>,
 }
 
 /// The changes one commit makes to the catalog.

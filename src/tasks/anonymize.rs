@@ -147,9 +147,9 @@ pub async fn protect_rejected(
     entity: &Entity,
     rows: &mut [RejectedRow],
 ) -> Result<()> {
-    let Some(lifecycle) = owner_lifecycle(rc, entity) else {
+    if owner_lifecycle(rc, entity).is_none() {
         return Ok(());
-    };
+    }
     if !catalog.tables.contains_key(OWNERS)
         || !rows
             .iter()
@@ -186,10 +186,14 @@ pub async fn protect_rejected(
     for r in rows.iter_mut().filter(|r| r.table == entity.name) {
         if r.key.as_ref().is_some_and(|k| anonymized_keys.contains(k)) {
             r.raw = "(anonymized owner: line not kept)".into();
-            for (c, _) in &lifecycle.anonymize {
-                if r.reason.contains(&format!("`{c}`")) {
-                    r.reason = format!("column `{c}`: value not kept (anonymized owner)");
-                }
+            // A reason quoting a value may quote a personal one, whichever column it is in
+            // (a line shifted by one field puts the name in a number column).
+            if let Some((c, _)) = r
+                .reason
+                .strip_prefix("column `")
+                .and_then(|rest| rest.split_once('`'))
+            {
+                r.reason = format!("column `{c}`: value not kept (anonymized owner)");
             }
         }
     }

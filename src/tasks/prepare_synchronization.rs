@@ -65,6 +65,8 @@ pub struct Prepared {
     pub entities: Vec<PreparedTable>,
     pub links: Vec<PreparedTable>,
     pub rejected: Vec<RejectedRow>,
+    /// Held keys recorded by `prepare_synchronization` (staged tables keep no rejected line).
+    pub held: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Prepared {
@@ -75,6 +77,7 @@ impl Prepared {
             entities: Vec::new(),
             links: Vec::new(),
             rejected: Vec::new(),
+            held: Default::default(),
         }
     }
 
@@ -179,6 +182,12 @@ pub async fn write_staging(
         Staged {
             run_id: rc.run_id.clone(),
             mode: prepared.mode.name().into(),
+            held: prepared
+                .entities
+                .iter()
+                .map(|t| (t.name.clone(), prepared.held_keys(&t.name)))
+                .filter(|(_, keys)| !keys.is_empty())
+                .collect(),
         },
     );
     Ok(written)
@@ -250,7 +259,6 @@ pub async fn prepare(
             options: e.csv.clone(),
         };
         let loaded = csv::load(spec).await?;
-        csv::fail_on_bad_rows(&loaded.file, &loaded.rejected, e.csv.on_bad_row)?;
         let first = prepared.rejected.len();
         push_rejected(
             &mut prepared.rejected,
@@ -258,8 +266,19 @@ pub async fn prepare(
             &loaded.file,
             &loaded.rejected,
         );
-        // Anonymized stays anonymized (SPEC section 9).
+        // Anonymized stays anonymized (SPEC section 9): in the stored rejected rows, and in the
+        // message that fails the file (stored as the task's message).
         super::anonymize::protect_rejected(rc, catalog, e, &mut prepared.rejected[first..]).await?;
+        let protected: Vec<csv::Rejected> = prepared.rejected[first..]
+            .iter()
+            .map(|r| csv::Rejected {
+                line: r.line,
+                reason: r.reason.clone(),
+                raw: r.raw.clone(),
+                key: r.key.clone(),
+            })
+            .collect();
+        csv::fail_on_bad_rows(&loaded.file, &protected, e.csv.on_bad_row)?;
         let batches = super::anonymize::protect_incoming(rc, catalog, e, &loaded).await?;
         prepared.entities.push(PreparedTable {
             name: e.name.clone(),
@@ -346,6 +365,7 @@ impl Prepared {
             .filter(|r| r.table == table)
             .filter_map(|r| r.key.clone())
             .filter(|k| !k.is_empty())
+            .chain(self.held.get(table).into_iter().flatten().cloned())
             .collect();
         keys.sort_unstable();
         keys.dedup();

@@ -1411,6 +1411,9 @@ async fn load_staging(
 ) -> Result<Prepared> {
     let ctx = engine::context();
     let mut prepared = Prepared::new(connector, mode);
+    if let Some(s) = catalog.staged.get(connector) {
+        prepared.held = s.held.clone();
+    }
     let names: Vec<(String, bool)> = rc
         .pipeline
         .connector_entities(connector)

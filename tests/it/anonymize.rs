@@ -304,12 +304,13 @@ fn history_anonymization_leaves_no_personal_bytes_in_the_store() {
     gone.expect_code(2);
     assert!(gone.stderr.contains("anonymized"), "{}", gone.stderr);
 
-    // Anonymized stays anonymized: HR keeps sending the real name (with a duplicated line and
-    // a status column that says nothing any more); further runs store none of it.
+    // Anonymized stays anonymized: HR keeps sending the real name (with a duplicated line, a
+    // line shifted by one field, whose name lands in the number column `anon`, and a status
+    // column that says nothing any more); further runs store none of it.
     for _ in 0..2 {
         day(
             &env,
-            "P1,terminated,0,Zelda,Marchbanks,zelda.marchbanks@example.org\nP1,terminated,0,Zelda,Marchbanks,zelda.marchbanks@example.org\n",
+            "P1,terminated,0,Zelda,Marchbanks,zelda.marchbanks@example.org\nP1,terminated,0,Zelda,Marchbanks,zelda.marchbanks@example.org\nP1,terminated,Zelda,Marchbanks,zelda.marchbanks@example.org,0\n",
             &p1_account("ANONYMIZED ANONYMIZED", "", 514),
         );
         let hits = files_with_secrets(&env);
@@ -322,6 +323,12 @@ fn history_anonymization_leaves_no_personal_bytes_in_the_store() {
     assert_eq!(
         env.query("select owner_key, status from anonymized_owners"),
         [["P1", "5"]]
+    );
+    assert_eq!(
+        env.scalar("select count(*) from rejected_rows where reason = 'column `anon`: value not kept (anonymized owner)'"),
+        "2",
+        "{:?}",
+        env.query("select line, reason from rejected_rows")
     );
     // Twice in a row: the second run of the task changes nothing.
     let again = env.run("j", &[], &[]);

@@ -254,10 +254,43 @@ fn duplicated_link_rows_collapse_to_one_pair() {
     assert_eq!(env.scalar("select count(*) from ad_member_of"), "2");
 }
 
+/// The HR pipeline under quarantine with a job `prepared`: `prepare_synchronization`, then
+/// `synchronize` applying the staged tables.
+fn quarantined_hr_env() -> Env {
+    let env = Env::new();
+    env.write_pipeline(&format!(
+        "{}\n[[job]]\nname = \"prepared\"\n[[job.task]]\nname = \"prepare_hr\"\ntype = \"prepare_synchronization\"\nconnector = \"hr\"\n[[job.task]]\nname = \"sync_hr\"\ntype = \"synchronize\"\nconnector = \"hr\"\n",
+        hr_pipeline("csv = { on_bad_row = \"quarantine\" }")
+    ));
+    env
+}
+
 #[test]
 fn under_quarantine_a_rejected_line_holds_its_keys_stored_row() {
-    // A person whose line is bad today is still in the export: the stored row stays.
-    let env = hr_env("csv = { on_bad_row = \"quarantine\" }");
+    // A person whose line is bad today is still in the export: the stored row stays, whether
+    // the synchronization reads the file or the staged tables a preparation wrote (which hold
+    // no rejected line: the preparation records the held keys).
+    for job in ["prepared", "complete"] {
+        let env = quarantined_hr_env();
+        env.write(
+            "exports/hr/persons.csv",
+            format!("{HR_HEADER}{GOOD1}E00002,Two,1980-01-02,2,\n{GOOD4}"),
+        );
+        env.run(job, &[], &[]).expect_code(0);
+        env.write(
+            "exports/hr/persons.csv",
+            format!("{HR_HEADER}{GOOD1}E00002,Deux,1980-01-02,two,\n{GOOD4}"),
+        );
+        let out = env.run(job, &[], &[]);
+        out.expect_code(0);
+        assert!(out.stdout.contains("0 deleted"), "{job}: {}", out.stdout);
+        assert_eq!(
+            env.query("select employee_id, name from person order by employee_id"),
+            [["E00001", "One"], ["E00002", "Two"], ["E00004", "Four"]],
+            "{job}"
+        );
+    }
+    let env = quarantined_hr_env();
     env.write(
         "exports/hr/persons.csv",
         format!("{HR_HEADER}{GOOD1}E00002,Two,1980-01-02,2,\n{GOOD4}"),
