@@ -13,7 +13,8 @@
 //! linked to it (`correlations`, `identity_states`); in such rows every occurrence of a
 //! personal value (case ignored) becomes the `anonymize` value of its column (NULL → empty
 //! text), and the owner tables' `anonymize` columns get their expressions. `rejected_rows` has
-//! no parsed keys: its raw lines lose every pending owner's personal values.
+//! no parsed keys: its raw lines lose every pending owner's personal values, and so do the
+//! tasks' messages (`task_runs.message`).
 //!
 //! Every table whose data files — of any retained Delta version — hold such a value gets a
 //! scrubbed new version, and its older versions are removed (`Store::compact_before`); the
@@ -521,6 +522,10 @@ pub async fn scrub_pending(
     Ok(Some(report))
 }
 
+/// The tasks' run records: only their `message` is free text (a task name may hold a word that
+/// is also a short personal value).
+const TASK_RUNS: &str = "task_runs";
+
 struct Scrub<'a> {
     ctx: &'a SessionContext,
     /// `(_id, _owner)`: keys that make a row the owner's.
@@ -557,7 +562,10 @@ impl Scrub<'_> {
         if texts.is_empty() {
             return Ok(None);
         }
-        let j = if name == "rejected_rows" {
+        // Free text that names no owner in a column of its own: the raw lines of rejected rows,
+        // and the tasks' messages (a warning's example value) lose every pending owner's values.
+        let everyone = name == "rejected_rows" || name == TASK_RUNS;
+        let j = if everyone {
             df.join_on(self.all_needles.clone(), JoinType::Left, vec![lit(true)])?
                 .with_column("_sc_owner", lit("rejected"))?
         } else {
@@ -605,7 +613,7 @@ impl Scrub<'_> {
                     when(col("_sc_owner").is_not_null(), value).otherwise(old.clone())?,
                     old,
                 )
-            } else if is_text(f.data_type()) {
+            } else if is_text(f.data_type()) && (name != TASK_RUNS || n == "message") {
                 let old = cast(quoted(n), DataType::Utf8);
                 (
                     when(
