@@ -342,12 +342,14 @@ pub async fn commit_tables(
 }
 
 /// What a commit wrote.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Committed {
     /// Rows written.
     pub rows: u64,
     /// Tables given a new version (a table emptied is one, with no row written).
     pub tables: usize,
+    /// Their names.
+    pub names: Vec<String>,
 }
 
 /// Overwrites each table whose content changed and commits them together in one catalog
@@ -438,10 +440,12 @@ pub async fn commit_tables_counted(
         return Ok(Committed::default());
     }
     let tables = change.tables.len();
+    let names = change.tables.keys().cloned().collect();
     rc.store.commit(catalog, change).await?;
     Ok(Committed {
         rows: written,
         tables,
+        names,
     })
 }
 

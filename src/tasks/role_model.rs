@@ -361,7 +361,8 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     Ok(TaskOutcome {
         // Unchanged results are `no_changes` even when they carry warnings (the message keeps
         // them): a persistent data condition must not make every run look eventful.
-        status: if committed_now.tables == 0 && !rc.dry_run {
+        // The scope a dirty run hands to the orders task is bookkeeping, not a result.
+        status: if !rc.dry_run && committed_now.names.iter().all(|n| n == super::dirty::TABLE) {
             TaskStatus::NoChanges
         } else if !warnings.is_empty() {
             TaskStatus::Warning

@@ -971,3 +971,80 @@ fn a_dirty_run_killed_inside_its_patch_leaves_the_committed_state_and_converges(
         assert_eq!(links(&env.store()), new_links, "{failpoint}");
     }
 }
+
+/// A dirty role model with nothing to change ends `no_changes`, as a complete one does: the
+/// scope it hands to the orders task (written every time) is bookkeeping, not a result, so a
+/// `run_if = "changed"` task after it is skipped.
+#[test]
+fn a_dirty_role_model_with_nothing_to_change_is_no_changes() {
+    let env = Env::new();
+    copy_dir(
+        &repo().join("datasets/cases/lifecycle"),
+        &env.path("pipeline"),
+    );
+    let text = std::fs::read_to_string(env.path("pipeline/pipeline.toml")).unwrap();
+    env.write_pipeline(&format!(
+        "{text}
+[[job]]
+name = \"incremental\"
+[[job.task]]
+name = \"sync_hr\"
+type = \"synchronize\"
+connector = \"hr\"
+mode = \"incremental\"
+[[job.task]]
+name = \"rm\"
+type = \"set_recently_modified_flag\"
+[[job.task]]
+name = \"keys\"
+type = \"compute_correlation_keys\"
+dirty = true
+[[job.task]]
+name = \"roles\"
+type = \"compute_role_model\"
+dirty = true
+depends_on = [\"rm\", \"keys\"]
+[[job.task]]
+name = \"classify\"
+type = \"update_classification\"
+dirty = true
+[[job.task]]
+name = \"orders\"
+type = \"generate_provisioning_orders\"
+dirty = true
+depends_on = [\"roles\", \"classify\"]
+[[job.task]]
+name = \"after\"
+type = \"invoke_command\"
+command = [\"true\"]
+depends_on = [\"roles\"]
+run_if = \"changed\"
+"
+    ));
+    // An empty HR change set.
+    env.write(
+        "pipeline/empty/hr/persons.csv",
+        "command,id,name,dept,status,mail\n",
+    );
+    std::fs::create_dir_all(env.path("pipeline/empty/app")).unwrap();
+    env.run("complete", &[], &[("CASE_DAY", "day1")])
+        .expect_code(0);
+    for _ in 0..2 {
+        let out = env.run("incremental", &[], &[("CASE_DAY", "empty")]);
+        out.expect_code(0);
+        let run = run_id_of(&out);
+        let status = |task: &str| {
+            env.scalar(&format!(
+                "select status from task_runs where run_id = '{run}' and task = '{task}'"
+            ))
+        };
+        // The dirty path ran (it reports the accounts it correlated again).
+        assert!(
+            out.stdout.contains("account(s) correlated again"),
+            "{}",
+            out.stdout
+        );
+        assert_eq!(status("roles"), "no_changes", "{}", out.stdout);
+        assert_eq!(status("after"), "skipped", "{}", out.stdout);
+    }
+}
