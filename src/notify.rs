@@ -65,6 +65,17 @@ async fn deliver(
     Ok(())
 }
 
+/// Whether `url` names a server to send through (a host), as [`transport`] reads it.
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("no server host; write smtp://HOST[:PORT]".into());
+    }
+    AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 fn transport(url: &str) -> Result<AsyncSmtpTransport<Tokio1Executor>> {
     let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
         .map_err(|e| Error::Usage(format!("[notify] smtp = \"{url}\": {e}")))?;

@@ -281,6 +281,29 @@ async fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Validate { pipeline } => {
             let p = Pipeline::load(&pipeline)?;
+            // A missing export folder fails only the jobs that synchronize its connector, when
+            // they run: the folder is the environment's, which may differ where they run.
+            for c in p.connectors.values() {
+                if let Some(problem) = &c.exports_missing {
+                    let jobs: Vec<&str> = p
+                        .jobs
+                        .iter()
+                        .filter(|j| j.synchronizes(&c.name))
+                        .map(|j| j.name.as_str())
+                        .collect();
+                    eprintln!(
+                        "warning: {}:{}: {} (jobs that would stop on it: {})",
+                        p.file.display(),
+                        problem.line,
+                        problem.message,
+                        if jobs.is_empty() {
+                            "none".to_string()
+                        } else {
+                            jobs.join(", ")
+                        }
+                    );
+                }
+            }
             say!(
                 "{}: ok — {} connector(s), {} entit{}, {} link(s), {} job(s)",
                 p.file.display(),

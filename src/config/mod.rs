@@ -159,6 +159,9 @@ impl Default for Thresholds {
 pub struct Connector {
     pub name: String,
     pub exports: PathBuf,
+    /// The export folder does not exist: the problem, with the line of `exports`, that a job
+    /// reading this connector's files fails with.
+    pub exports_missing: Option<crate::error::ConfigProblem>,
     pub update: bool,
 }
 
@@ -252,6 +255,16 @@ pub struct Job {
     pub concurrent: bool,
     pub tasks: Vec<Task>,
     pub line: usize,
+}
+
+impl Job {
+    /// Whether a task of this job reads `connector`'s export files.
+    pub fn synchronizes(&self, connector: &str) -> bool {
+        self.tasks.iter().any(|t| {
+            (t.kind == "synchronize" || t.kind == "prepare_synchronization")
+                && t.connector.as_deref() == Some(connector)
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -379,6 +392,16 @@ impl Pipeline {
         self.entities
             .iter()
             .filter(move |e| e.connector == connector)
+    }
+
+    /// The export folders that do not exist among the connectors `job` synchronizes, with the
+    /// line of each `exports`, in the order the connectors are declared.
+    pub fn missing_exports(&self, job: &Job) -> Vec<ConfigProblem> {
+        self.connectors
+            .values()
+            .filter(|c| job.synchronizes(&c.name))
+            .filter_map(|c| c.exports_missing.clone())
+            .collect()
     }
 
     pub fn connector_links<'a>(&'a self, connector: &'a str) -> impl Iterator<Item = &'a Link> {

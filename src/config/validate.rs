@@ -156,18 +156,21 @@ pub(super) fn resolve(
                 ),
             );
         }
+        // A missing export folder is the environment's state, not the configuration's: it
+        // fails only a job that reads the connector's files (`Pipeline::missing_exports`).
+        let mut exports_missing = None;
         let exports = match expand_env(c.get_ref().exports.get_ref()) {
             Ok(v) => {
                 let exports = resolve_path(&v);
                 if !exports.is_dir() {
-                    cx.err(
-                        &c.get_ref().exports,
-                        format!(
+                    exports_missing = Some(ConfigProblem {
+                        line: cx.line(&c.get_ref().exports),
+                        message: format!(
                             "connector `{cname}`: export folder `{}` does not exist (resolved to {}); create it or fix `exports`",
                             c.get_ref().exports.get_ref(),
                             exports.display()
                         ),
-                    );
+                    });
                 }
                 exports
             }
@@ -182,6 +185,7 @@ pub(super) fn resolve(
             Connector {
                 name: cname.clone(),
                 exports,
+                exports_missing,
                 update: c.get_ref().update,
             },
         );
@@ -579,16 +583,19 @@ pub(super) fn resolve(
         if r.to.is_empty() {
             cx.err(n, "[notify]: `to` is empty; list at least one address");
         }
-        if let Some(u) = &r.smtp
-            && !(u.get_ref().starts_with("smtp://") || u.get_ref().starts_with("smtps://"))
-        {
-            cx.err(
-                u,
-                format!(
-                    "[notify]: smtp = \"{}\" is not an smtp:// or smtps:// URL",
-                    u.get_ref()
-                ),
-            );
+        if let Some(u) = &r.smtp {
+            if !(u.get_ref().starts_with("smtp://") || u.get_ref().starts_with("smtps://")) {
+                cx.err(
+                    u,
+                    format!(
+                        "[notify]: smtp = \"{}\" is not an smtp:// or smtps:// URL",
+                        u.get_ref()
+                    ),
+                );
+            } else if let Err(m) = crate::notify::check_url(u.get_ref()) {
+                // The URL the run would send through, parsed as the run parses it.
+                cx.err(u, format!("[notify]: smtp = \"{}\": {m}", u.get_ref()));
+            }
         }
         Notify {
             to: r.to.clone(),

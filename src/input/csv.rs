@@ -954,14 +954,51 @@ fn cast_text(text: &StringArray, ty: ColumnType) -> Result<ArrayRef> {
             cast_with_options(&shaped, &ty.data_type(), &safe)
                 .map_err(datafusion::error::DataFusionError::from)?
         }
+        ColumnType::Timestamp => {
+            // RFC 3339 (an offset left out is UTC, SPEC 11.17): Arrow's cast also takes a date
+            // alone and an offset without its colon.
+            let shaped: StringArray = text.iter().map(|v| v.filter(|s| is_rfc3339(s))).collect();
+            cast_with_options(&shaped, &ty.data_type(), &safe)
+                .map_err(datafusion::error::DataFusionError::from)?
+        }
         _ => cast_with_options(text, &ty.data_type(), &safe)
             .map_err(datafusion::error::DataFusionError::from)?,
     };
     Ok(array)
 }
 
-fn is_iso_date(s: &str) -> bool {
+/// `YYYY-MM-DD`, `T` (or `t` or a space), `HH:MM:SS`, an optional fraction, then `Z` (or `z`),
+/// `±HH:MM` or nothing. The values of the fields are the cast's to check.
+fn is_rfc3339(s: &str) -> bool {
     let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if b.len() < 19
+        || !iso_date(&b[..10])
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || !(digits(11..13) && b[13] == b':' && digits(14..16) && b[16] == b':' && digits(17..19))
+    {
+        return false;
+    }
+    let mut rest = &b[19..];
+    if let Some((b'.', fraction)) = rest.split_first() {
+        let n = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return false;
+        }
+        rest = &fraction[n..];
+    }
+    match rest {
+        [] | [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit()),
+        _ => false,
+    }
+}
+
+fn is_iso_date(s: &str) -> bool {
+    iso_date(s.as_bytes())
+}
+
+fn iso_date(b: &[u8]) -> bool {
     b.len() == 10
         && b[4] == b'-'
         && b[7] == b'-'
@@ -1019,6 +1056,40 @@ fn split_cells(
 mod tests {
     use super::*;
     use crate::config::CsvOptions;
+
+    /// Timestamps are RFC 3339 with the offset optional (UTC); the forms Arrow's cast also
+    /// takes (a date alone, an offset without its colon, a bare time) are bad values.
+    #[test]
+    fn timestamps_are_rfc_3339() {
+        let cases = [
+            ("2024-05-06T07:08:09Z", Some("2024-05-06T07:08:09Z")),
+            ("2024-05-06t07:08:09z", Some("2024-05-06T07:08:09Z")),
+            ("2024-05-06 07:08:09", Some("2024-05-06T07:08:09Z")),
+            (
+                "2024-05-06T07:08:09.5+02:00",
+                Some("2024-05-06T05:08:09.500Z"),
+            ),
+            ("2024-05-06T07:08:09-01:30", Some("2024-05-06T08:38:09Z")),
+            ("2024-05-06", None),
+            ("2024-05-06T07:08:09+0200", None),
+            ("2024-05-06T07:08", None),
+            ("2024-05-06T07:08:09.", None),
+            ("2024-05-06T07:08:09 Z", None),
+            ("2024-05-06T07:08:09+02", None),
+            ("2024-13-06T07:08:09Z", None),
+            ("2024-05-06T07:08:0ä", None),
+            ("2024-05-0éT07:08:09Z", None),
+            ("1714979289", None),
+        ];
+        let text: StringArray = cases.iter().map(|(t, _)| Some(*t)).collect();
+        let typed = cast_text(&text, ColumnType::Timestamp).unwrap();
+        let shown = datafusion::arrow::compute::cast(&typed, &DataType::Utf8).unwrap();
+        let shown = shown.as_any().downcast_ref::<StringArray>().unwrap();
+        for (i, (t, want)) in cases.iter().enumerate() {
+            let got = shown.is_valid(i).then(|| shown.value(i));
+            assert_eq!(got, *want, "{t}");
+        }
+    }
 
     /// Records start after the newlines outside quotes; quotes used as text stop the split.
     #[test]

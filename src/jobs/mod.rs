@@ -91,6 +91,13 @@ pub async fn run_job(
                 .join(", ")
         ))
     })?;
+    let missing = pipeline.missing_exports(job);
+    if !missing.is_empty() {
+        return Err(Error::Config {
+            file: pipeline.file.clone(),
+            problems: missing,
+        });
+    }
     let started_at = Utc::now();
     let run_id = new_run_id(started_at);
     let rc = RunContext {

@@ -1324,6 +1324,35 @@ async fn assigned_roles(
                     unknown_roles.join(", ")
                 ));
             }
+            // A period that ends before it starts is never active: said, not dropped unseen.
+            let reversed = df
+                .clone()
+                .filter(col("start_date").gt(col("end_date")))?
+                .select(vec![col(crate::input::csv::LINE)])?
+                .sort(vec![col(crate::input::csv::LINE).sort(true, true)])?
+                .collect()
+                .await?;
+            let lines: Vec<i64> = reversed
+                .iter()
+                .flat_map(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                        .expect("invariant: the line column is Int64")
+                        .values()
+                        .to_vec()
+                })
+                .collect();
+            if !lines.is_empty() {
+                let shown: Vec<String> = lines.iter().take(5).map(|l| l.to_string()).collect();
+                warnings.push(format!(
+                    "{}: {} assignment(s) ending before they start ignored (line {}{})",
+                    m.file.display(),
+                    lines.len(),
+                    shown.join(", "),
+                    if lines.len() > 5 { ", …" } else { "" }
+                ));
+            }
             df.join(known, JoinType::LeftSemi, &["owner_key"], &["_known"], None)?
                 .select(vec![
                     col("owner_key"),

@@ -532,3 +532,41 @@ fn a_missing_manual_assignments_file_names_its_section() {
         out.stderr
     );
 }
+
+/// A manual assignment whose end comes before its start is never active: the role model says
+/// so with its line instead of dropping it unseen (before: no warning), and the role is not
+/// assigned by it.
+#[test]
+fn a_manual_assignment_ending_before_it_starts_is_named() {
+    let env = Env::new();
+    let file = repo().join("datasets/contoso/requests/assignments.csv");
+    let mut rows = std::fs::read_to_string(&file).unwrap();
+    let line = rows.lines().count() + 1;
+    rows.push_str("000178,finance_reader,2026-06-01,2026-01-01\n");
+    env.write("requests/assignments.csv", &rows);
+    let text = contoso_pipeline_text().replacen(
+        &file.to_string_lossy().into_owned(),
+        &env.path("requests/assignments.csv").to_string_lossy(),
+        1,
+    );
+    env.write_pipeline(&text);
+    let out = env.run(
+        "complete",
+        &["--as-of", "2026-03-01"],
+        &[("CONTOSO_DAY", "day1")],
+    );
+    out.expect_code(0);
+    let message = env.scalar("select message from task_runs where task = 'role_model'");
+    assert!(
+        message.contains(&format!(
+            "1 assignment(s) ending before they start ignored (line {line})"
+        )),
+        "{message}"
+    );
+    assert_eq!(
+        env.scalar(
+            "select count(*) from assigned_roles where owner_key = '000178' and role = 'finance_reader' and origin = 'manual'"
+        ),
+        "0"
+    );
+}

@@ -79,13 +79,6 @@ fn configuration_errors_name_line_and_text() {
         "name ||| (",
     );
     expect(
-        "missing export folder",
-        "exports = \"../exports/hr\"",
-        "exports = \"../exports/nowhere\"",
-        "exports = \"../exports/nowhere\"",
-        "nowhere",
-    );
-    expect(
         "duplicate entity",
         "[[job]]",
         "[[entity]]\nname = \"person\"\nconnector = \"hr\"\nfile = \"p2.csv\"\nkey = \"id\"\ncolumns = { id = \"string\" }\n\n[[job]]",
@@ -471,6 +464,105 @@ fn a_composite_role_where_single_roles_are_matched_is_a_configuration_error() {
                 && out.stderr.contains("`staff` is a composite role")
                 && out.stderr.contains("(sales, it)"),
             "{to}: {}",
+            out.stderr
+        );
+    }
+}
+
+/// A missing export folder is the environment's state: `validate` warns with its line and the
+/// jobs it would stop; a job that synchronizes the connector stops with exit 2 before anything
+/// runs; a job that does not read it runs (an incremental day folder holding one connector's
+/// change set). Before, every command refused the pipeline.
+#[test]
+fn a_missing_export_folder_stops_only_the_jobs_that_read_it() {
+    let env = Env::new();
+    env.write("exports/hr/persons.csv", persons_csv(1..=3));
+    let text = hr_pipeline("").replacen(
+        "[[entity]]",
+        "[connector.app]\nexports = \"../exports/app\"\n\n[[entity]]\nname = \"app_user\"\nconnector = \"app\"\nfile = \"users.csv\"\nkey = \"login\"\ncolumns = { login = \"string\" }\n\n[[entity]]",
+        1,
+    ) + "\n[[job]]\nname = \"apps\"\n[[job.task]]\nname = \"sync_app\"\ntype = \"synchronize\"\nconnector = \"app\"\nmode = \"complete\"\n";
+    env.write_pipeline(&text);
+    let line = text[..text.find("exports = \"../exports/app\"").unwrap()]
+        .matches('\n')
+        .count()
+        + 1;
+
+    let out = igaflow(&["validate", &env.pipeline()], &[]);
+    out.expect_code(0);
+    assert!(
+        out.stderr.contains(&format!("pipeline.toml:{line}"))
+            && out.stderr.contains("../exports/app")
+            && out.stderr.contains("jobs that would stop on it: apps"),
+        "{}",
+        out.stderr
+    );
+
+    let out = env.run("apps", &[], &[]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains(&format!("pipeline.toml:{line}"))
+            && out
+                .stderr
+                .contains("export folder `../exports/app` does not exist"),
+        "{}",
+        out.stderr
+    );
+
+    env.run("complete", &[], &[]).expect_code(0);
+    assert_eq!(env.scalar("select count(*) from person"), "3");
+    assert_eq!(
+        env.scalar("select count(*) from runs"),
+        "1",
+        "the stopped job recorded no run"
+    );
+}
+
+/// `[notify]` is checked as a run would send: an address that is not one, an empty `to`, a URL
+/// of another scheme, and (before, accepted) an smtp URL without a host, each with its line.
+#[test]
+fn notify_addresses_and_server_url_are_checked() {
+    let notify = "[notify]\nto = [\"iam@example.com\"]\nfrom = \"igaflow@example.com\"\nsmtp = \"smtp://mail.example.com:25\"\n\n[connector.hr]";
+    let ok = Env::new();
+    std::fs::create_dir_all(ok.path("exports/hr")).unwrap();
+    ok.write_pipeline(&hr_pipeline("").replacen("[connector.hr]", notify, 1));
+    igaflow(&["validate", &ok.pipeline()], &[]).expect_code(0);
+
+    for (from, to, marker, text) in [
+        (
+            "smtp = \"smtp://mail.example.com:25\"",
+            "smtp = \"smtp://\"",
+            "smtp = \"smtp://\"",
+            "no server host",
+        ),
+        (
+            "smtp = \"smtp://mail.example.com:25\"",
+            "smtp = \"http://mail.example.com\"",
+            "smtp = \"http:",
+            "is not an smtp:// or smtps:// URL",
+        ),
+        (
+            "to = [\"iam@example.com\"]",
+            "to = [\"iam at example\"]",
+            "[notify]",
+            "`iam at example` is not an e-mail address",
+        ),
+    ] {
+        let env = Env::new();
+        std::fs::create_dir_all(env.path("exports/hr")).unwrap();
+        let pipeline = hr_pipeline("")
+            .replacen("[connector.hr]", notify, 1)
+            .replacen(from, to, 1);
+        env.write_pipeline(&pipeline);
+        let out = igaflow(&["validate", &env.pipeline()], &[]);
+        out.expect_code(2);
+        let line = pipeline[..pipeline.find(marker).unwrap()]
+            .matches('\n')
+            .count()
+            + 1;
+        assert!(
+            out.stderr.contains(&format!("pipeline.toml:{line}")) && out.stderr.contains(text),
+            "{to}: expected line {line} and `{text}` in:\n{}",
             out.stderr
         );
     }
