@@ -38,10 +38,6 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
-    /// A threshold stopped a synchronization or provisioning; nothing was committed.
-    #[error("{0}")]
-    Blocked(String),
-
     /// Another run of the same job holds the lock.
     #[error("{0}")]
     Locked(String),
@@ -80,7 +76,6 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config { .. } | Error::Input { .. } | Error::Usage(_) => exit::INVALID_INPUT,
-            Error::Blocked(_) => exit::BLOCKED,
             Error::Locked(_) => exit::LOCKED,
             _ => exit::TASK_FAILED,
         }

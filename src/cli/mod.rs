@@ -73,7 +73,7 @@ pub enum Command {
         #[arg(long)]
         as_of: Option<String>,
     },
-    /// Check pipeline.toml: keys, names, references, folders, the job graph, expressions.
+    /// Check pipeline.toml: keys, names, references, the job graph, expressions (a missing export folder is a warning).
     Validate { pipeline: PathBuf },
     /// Query the store with SQL.
     Sql {

@@ -1,10 +1,11 @@
 //! Turns the raw file into a [`Pipeline`], collecting every problem with its line.
 //!
 //! Checks: names (unique, usable as table names; the pipeline's as a folder name), references
-//! (connectors, entities, columns, task dependencies), export folders and `invoke_sql` files,
-//! task types and their parameters (an `update_identities` task needs `[lifecycle]`), threshold
-//! percentages, dependency cycles, and every `computed` expression planned against the columns
-//! declared before it.
+//! (connectors, entities, columns, task dependencies), `invoke_sql` files, task types and their
+//! parameters (an `update_identities` task needs `[lifecycle]`), threshold percentages,
+//! dependency cycles, and every `computed` expression planned against the columns declared
+//! before it. A missing export folder is recorded on its connector, not reported: it stops only
+//! a job that synchronizes that connector (`Pipeline::missing_exports`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -71,12 +71,8 @@ impl TaskOutcome {
     }
 
     pub fn from_error(e: &Error) -> Self {
-        let status = match e {
-            Error::Blocked(_) => TaskStatus::Blocked,
-            _ => TaskStatus::Failed,
-        };
         Self {
-            status,
+            status: TaskStatus::Failed,
             rows_read: 0,
             rows_written: 0,
             changes: 0,

@@ -252,7 +252,15 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             );
             rc.store.commit(&catalog, change).await?;
         }
-        return Err(Error::Blocked(message));
+        return Ok(TaskOutcome {
+            status: TaskStatus::Blocked,
+            // What was read, though none of it is committed (before: 0).
+            rows_read: prepared.rows_read(),
+            rows_written: 0,
+            changes: 0,
+            message,
+            exit_code: crate::error::exit::BLOCKED,
+        });
     }
 
     // Tables written although no row changed (created empty, or with new columns).

@@ -37,6 +37,13 @@ fn truncated_export_blocks_then_force_commits() {
         env.scalar("select status from runs order by started_at desc limit 1"),
         "blocked"
     );
+    assert_eq!(
+        env.query(
+            "select status, rows_read, changes from task_runs where task = 'sync_hr' order by started_at desc limit 1"
+        ),
+        [["blocked", "600", "0"]],
+        "a blocked synchronization reports what it read"
+    );
 
     // While blocked, incremental runs skip the connector.
     env.write(
