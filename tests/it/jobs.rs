@@ -516,3 +516,35 @@ fn memory_limit_is_parsed_and_applied() {
     );
     assert_eq!(ids.len(), 71);
 }
+
+/// One run with several outcomes exits with the first of 2, 3, 1 (README, exit codes): a block
+/// beside a failed task is 3, a bad export beside a failed task is 2.
+#[test]
+fn several_outcomes_in_one_run_exit_with_the_most_urgent() {
+    let env = Env::new();
+    env.write("exports/hr/persons.csv", persons_csv(1..=1000));
+    let sync = "name = \"sync\"\ntype = \"synchronize\"\nconnector = \"hr\"";
+    let fail = "name = \"fail\"\ntype = \"invoke_command\"\ncommand = [\"false\"]\ndepends_on = []";
+    env.write_pipeline(&job_pipeline("j", &[sync, fail]));
+    env.run("j", &[], &[]).expect_code(1);
+
+    env.write("exports/hr/persons.csv", persons_csv(1..=600));
+    let out = env.run("j", &[], &[]);
+    out.expect_code(3);
+    let st = statuses(&env, &run_id_of(&out));
+    let of = |t: &str| st.iter().find(|r| r[0] == t).unwrap()[1].clone();
+    assert_eq!(
+        (of("sync"), of("fail")),
+        ("blocked".into(), "failed".into())
+    );
+
+    env.write(
+        "exports/hr/persons.csv",
+        persons_csv(1..=1000).replacen(",1,\n", ",one,\n", 1),
+    );
+    let out = env.run("j", &[], &[]);
+    out.expect_code(2);
+    let st = statuses(&env, &run_id_of(&out));
+    let of = |t: &str| st.iter().find(|r| r[0] == t).unwrap()[1].clone();
+    assert_eq!((of("sync"), of("fail")), ("failed".into(), "failed".into()));
+}
