@@ -194,7 +194,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let emitted: Vec<&Order> = orders.iter().filter(|o| !o.blocked).collect();
     phases.done("merge");
 
-    // Order files, one pair per connector with orders.
+    // Order files, one pair per run and connector (SPEC section 6): a connector without orders
+    // gets an empty list, so a fulfiller can tell "nothing to do" from "not run" — unless its
+    // orders are held back by a threshold: that is not "nothing to do".
     let generated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut files = Vec::new();
     for connector in &connectors {
@@ -203,7 +205,12 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             .copied()
             .filter(|o| &o.connector == connector)
             .collect();
-        if these.is_empty() {
+        if these.is_empty()
+            && (rc.dry_run
+                || orders
+                    .iter()
+                    .any(|o| o.blocked && &o.connector == connector))
+        {
             continue;
         }
         let doc = OrdersFile {
