@@ -82,6 +82,17 @@ impl TaskOutcome {
     }
 }
 
+/// The first five of `items`, comma-separated, then `, …` when there are more: lists in task
+/// messages stay short.
+pub(crate) fn first_few<T: std::fmt::Display>(items: &[T]) -> String {
+    let shown: Vec<String> = items.iter().take(5).map(T::to_string).collect();
+    format!(
+        "{}{}",
+        shown.join(", "),
+        if items.len() > 5 { ", …" } else { "" }
+    )
+}
+
 /// What every task of one run shares.
 pub struct RunContext<'a> {
     pub pipeline: &'a Pipeline,

@@ -198,7 +198,6 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     // gets an empty list, so a fulfiller can tell "nothing to do" from "not run" — unless its
     // orders are held back by a threshold: that is not "nothing to do".
     let generated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let mut files = Vec::new();
     for connector in &connectors {
         let these: Vec<&Order> = emitted
             .iter()
@@ -233,7 +232,6 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         let parquet_bytes = parquet_of(&rc.run_id, connector, &these)?;
         write_order_file(rc, connector, "json", json_bytes).await?;
         write_order_file(rc, connector, "parquet", parquet_bytes).await?;
-        files.push(format!("{connector}.json"));
     }
 
     phases.done("files");

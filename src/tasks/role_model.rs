@@ -1344,13 +1344,11 @@ async fn assigned_roles(
                 })
                 .collect();
             if !lines.is_empty() {
-                let shown: Vec<String> = lines.iter().take(5).map(|l| l.to_string()).collect();
                 warnings.push(format!(
-                    "{}: {} assignment(s) ending before they start ignored (line {}{})",
+                    "{}: {} assignment(s) ending before they start ignored (line {})",
                     m.file.display(),
                     lines.len(),
-                    shown.join(", "),
-                    if lines.len() > 5 { ", …" } else { "" }
+                    super::first_few(&lines)
                 ));
             }
             df.join(known, JoinType::LeftSemi, &["owner_key"], &["_known"], None)?

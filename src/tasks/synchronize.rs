@@ -531,13 +531,11 @@ fn summarize(plans: &[TablePlan], rejected: u64, warnings: &[String]) -> String 
         parts.push(format!("{rejected} rows rejected (see rejected_rows)"));
     }
     if !warnings.is_empty() {
-        let shown: Vec<&str> = warnings.iter().take(5).map(String::as_str).collect();
         parts.push(format!(
-            "{} warning{}: {}{}",
+            "{} warning{}: {}",
             warnings.len(),
             if warnings.len() == 1 { "" } else { "s" },
-            shown.join(", "),
-            if warnings.len() > 5 { ", …" } else { "" }
+            super::first_few(warnings)
         ));
     }
     parts.join("; ")
