@@ -7,26 +7,21 @@
 -- account with every desired one. A pair the fingerprints miss would need two independent
 -- keyed 64-bit hash sums to collide at once (about 2^-128).
 --
--- Views: o_assigned, o_current_links, o_desired_links, o_link_modes, o_managed (orders.sql).
+-- Views: o_assigned, o_desired_links (orders.sql) and o_removable_links(account_key, link,
+-- value): the current values the resource type manages (may remove): all of a link in mode
+-- `all`, else the values its rules name; when they equal the desired ones, no value is added
+-- (the desired ones are all current) and none is removed. The task filters o_current_links
+-- with the link names and values of the configuration (one hash set of texts) instead of
+-- joining every current link with the link modes and the managed values.
 WITH
 kept AS (
     SELECT owner_key, account_key FROM o_assigned WHERE account_key IS NOT NULL
-),
-removable AS (
-    -- The current values the resource type manages (may remove): all of a link in mode
-    -- `all`, else the values its rules name. When they equal the desired ones, no value is
-    -- added (the desired ones are all current) and none is removed.
-    SELECT c.account_key, c.link, c.value
-    FROM o_current_links c
-    JOIN o_link_modes m ON m.link = c.link
-    LEFT JOIN o_managed n ON n.link = c.link AND n.value = c.value
-    WHERE m.managed = 'all' OR n.link IS NOT NULL
 ),
 current_fp AS (
     SELECT account_key, count(*) AS n,
            sum(value_hash(CAST(1 AS BIGINT), link, value)) AS h1,
            sum(value_hash(CAST(2 AS BIGINT), link, value)) AS h2
-    FROM removable
+    FROM o_removable_links
     GROUP BY account_key
 ),
 desired_fp AS (

@@ -585,6 +585,7 @@ async fn orders_of(
         .entity(&rt.target)
         .expect("invariant: validated");
     let owner_entity = rc.pipeline.entity(&rt.owner).expect("invariant: validated");
+    let mut phases = super::Phases::new("orders");
     let rt_name = lit(rt.name.as_str());
     let of_rt = |df: DataFrame| df.filter(col("resource_type").eq(rt_name.clone()));
 
@@ -943,8 +944,14 @@ async fn orders_of(
         scoped(ctx, dirty, desired("assigned_links", "link").await?).await?,
     )?;
 
-    // Current values of the scalar and disable columns, as text of the column type.
-    let mut columns: Vec<&str> = rt.scalars.iter().map(|(c, _)| c.as_str()).collect();
+    // Current values of the scalar and disable columns, as text of the column type. Not those
+    // of create_only attributes (never compared), unless a disable value sets them.
+    let mut columns: Vec<&str> = rt
+        .scalars
+        .iter()
+        .map(|(c, _)| c.as_str())
+        .filter(|c| !rt.create_only.iter().any(|o| o == c))
+        .collect();
     for (c, _) in &rt.disable {
         if !columns.contains(&c.as_str()) {
             columns.push(c);
@@ -971,6 +978,26 @@ async fn orders_of(
             )?,
         )
         .await?,
+    )?;
+
+    // The current values' hashes (see scalar_candidates in sql/orders.sql), collected: the
+    // hash table of an anti join.
+    let hash = |key: i64| {
+        crate::engine::value_hash_udf().call(vec![
+            lit(key),
+            col("account_key"),
+            col("attribute"),
+            col("value"),
+        ])
+    };
+    let hashes = ctx
+        .table("o_current_scalars")
+        .await?
+        .select(vec![hash(1).alias("h1"), hash(2).alias("h2")])?;
+    view(
+        ctx,
+        "o_current_hashes",
+        super::role_model::materialize(ctx, hashes).await?,
     )?;
 
     // Current link values of the resource type's links.
@@ -1095,6 +1122,28 @@ async fn orders_of(
         "o_link_modes",
         ctx.read_batch(text_batch(&[("link", modes_link), ("managed", modes)])?)?,
     )?;
+    // The current link values the resource type may remove (see sql/link_candidates.sql).
+    let mut may_remove = Vec::new();
+    for l in &rt.links {
+        let of_link = col("link").eq(lit(l.link.as_str()));
+        match l.managed {
+            Managed::All => may_remove.push(of_link),
+            Managed::Rules if !l.values.is_empty() => {
+                let values = l.values.iter().map(|v| lit(v.target.as_str())).collect();
+                may_remove.push(of_link.and(col("value").in_list(values, false)));
+            }
+            Managed::Rules => {}
+        }
+    }
+    let may_remove = may_remove
+        .into_iter()
+        .reduce(Expr::or)
+        .unwrap_or(lit(false));
+    view(
+        ctx,
+        "o_removable_links",
+        ctx.table("o_current_links").await?.filter(may_remove)?,
+    )?;
     let create_only: Vec<&str> = rt.create_only.iter().map(String::as_str).collect();
     view(
         ctx,
@@ -1110,6 +1159,7 @@ async fn orders_of(
         ])?)?,
     )?;
 
+    phases.done(&format!("{}: inputs", rt.name));
     // The owners who get an account, collected: few, and known to be few, the joins that give
     // their attributes and links build on them instead of hashing all of assigned_scalars and
     // assigned_links into partitions (at 1M identities, 29K owners: their links took 2.3-3.1 s).
@@ -1148,6 +1198,7 @@ async fn orders_of(
         "o_candidate_desired_links",
         super::role_model::materialize(ctx, desired).await?,
     )?;
+    phases.done(&format!("{}: link candidates", rt.name));
     let text = |n: &&str| -> Expr { cast(col(*n), DataType::Utf8).alias(*n) };
     let columns = [
         "change_type",
@@ -1162,15 +1213,32 @@ async fn orders_of(
     .iter()
     .map(text)
     .collect::<Vec<Expr>>();
+    // The protected accounts, collected once: every piece leaves them out (computed in each,
+    // they joined every target account with its class and correlation again: 0.2-0.3 s a
+    // piece at 1M identities).
+    let protected = ctx
+        .sql(&format!("{ORDERS_SQL}SELECT account_key FROM protected"))
+        .await?;
+    view(
+        ctx,
+        "o_protected",
+        super::role_model::materialize(ctx, protected).await?,
+    )?;
     // One piece at a time (see sql/orders.sql), each materialized.
     let mut pieces = Vec::new();
     for piece in order_pieces() {
         let sql = format!(
             "{ORDERS_SQL}SELECT p.* FROM {piece} p \
-             LEFT JOIN protected x ON x.account_key = p.account_key WHERE x.account_key IS NULL"
+             LEFT JOIN o_protected x ON x.account_key = p.account_key WHERE x.account_key IS NULL"
         );
-        let df = ctx.sql(&sql).await?.select(columns.clone())?;
+        let mut df = ctx.sql(&sql).await?.select(columns.clone())?;
+        if piece == "part_scalars" {
+            // Its hash tables are the small sides as written (see sql/orders.sql): by its
+            // estimates DataFusion would build 4.7M desired values instead (at 1M identities).
+            df = crate::engine::as_written(df);
+        }
         pieces.push(super::role_model::materialize(ctx, df).await?);
+        phases.done(&format!("{}: {piece}", rt.name));
     }
     let parts = union_all(pieces)?.expect("invariant: orders.sql has pieces");
     // The header part of each Modified order (see sql/orders.sql).
@@ -1211,6 +1279,7 @@ async fn orders_of(
         ])?
         .collect()
         .await?;
+    phases.done(&format!("{}: headers and sort", rt.name));
     let scope_frame = match in_scope {
         Some((owners, accounts)) => Some(
             owners
@@ -1227,7 +1296,9 @@ async fn orders_of(
         ),
         None => None,
     };
-    Ok((assemble(rc, rt, &parts), base, scope_frame))
+    let orders = assemble(rc, rt, &parts);
+    phases.done(&format!("{}: assemble", rt.name));
+    Ok((orders, base, scope_frame))
 }
 
 /// The CTEs of `sql/orders.sql` that each yield one kind of order part (`part_… AS (`).

@@ -962,3 +962,50 @@ fn a_rerun_leaves_the_role_model_unchanged_and_a_changed_value_is_a_change() {
         "0"
     );
 }
+
+/// Scalar changes to and from NULL, and a create_only attribute, through the hashed
+/// comparison of desired and current values (`scalar_candidates` in sql/orders.sql): a value
+/// set where the account has none, a value cleared, NULL on both sides (no order), a
+/// create_only value that differs (no order), and an unchanged account (no order).
+#[test]
+fn scalar_values_set_cleared_and_create_only_give_exactly_their_orders() {
+    let env = Env::new();
+    env.write_pipeline(&app_pipeline("status = 'active'"));
+    write_company(&env, 6);
+    let persons = std::fs::read_to_string(env.path("exports/hr/persons.csv"))
+        .unwrap()
+        // desired NULL where the account has a value, and where it has none either
+        .replace(",u0002@x.com", ",")
+        .replace(",u0003@x.com", ",")
+        // the desired login (create_only) differs from the account's
+        .replace("User0004", "Renamed");
+    env.write("exports/hr/persons.csv", persons);
+    let accounts = std::fs::read_to_string(env.path("exports/app/accounts.csv"))
+        .unwrap()
+        // no current value where one is desired, and none where none is
+        .replace(",u0001@x.com,", ",,")
+        .replace(",u0003@x.com,", ",,");
+    env.write("exports/app/accounts.csv", accounts);
+    let run = env.run("complete", &[], &[]);
+    run.expect_code(0);
+    let mut modified: Vec<(String, serde_json::Value)> =
+        emitted_orders(&env.store(), &run_id_of(&run))
+            .into_iter()
+            .filter(|o| o["change_type"] == "Modified")
+            .map(|o| (o["resource_key"].to_string(), o["attributes"].clone()))
+            .collect();
+    modified.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        modified,
+        [
+            (
+                r#""user0001""#.to_string(),
+                serde_json::json!({"email": {"old": null, "new": "u0001@x.com"}})
+            ),
+            (
+                r#""user0002""#.to_string(),
+                serde_json::json!({"email": {"old": "u0002@x.com", "new": null}})
+            ),
+        ]
+    );
+}
