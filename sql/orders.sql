@@ -24,8 +24,6 @@
 --                                                    values win
 --   o_current_scalars(account_key, attribute, value) the target's current values, same text form
 --                                                    (not of create_only attributes)
---   o_current_hashes(h1, h2)                         value_hash 1 and 2 of each current
---                                                    (account_key, attribute, value), collected
 --   o_desired_links(owner_key, link, value)
 --   o_link_candidates(owner_key, account_key)       kept pairs whose links may differ
 --   o_candidate_current_links, o_candidate_desired_links  o_current_links of their accounts,
@@ -110,13 +108,17 @@ desired AS (
 ),
 scalar_candidates AS (
     -- The desired values whose (account, attribute, value) is not among the current ones,
-    -- found by two keyed 64-bit hashes of the three (o_current_hashes, collected by the task;
-    -- see src/engine/value_hash.rs): an anti join on two integers built on the current
-    -- values, instead of a hash table of 4.7M desired rows on two strings probed by 7.7M
-    -- current ones (at 1M identities). A value that differs is missed only if both hashes
-    -- collide at once (about 2^-128); scalar_diff compares the survivors exactly.
+    -- found by two keyed 64-bit hashes of the three (see src/engine/value_hash.rs): an anti
+    -- join on two integers built on the current values, instead of a hash table of 4.7M
+    -- desired rows on two strings probed by 7.7M current ones (at 1M identities). A value
+    -- that differs is missed only if both hashes collide at once (about 2^-128);
+    -- scalar_diff compares the survivors exactly.
     SELECT d.owner_key, d.account_key, d.attribute, d.value
-    FROM o_current_hashes c
+    FROM (
+        SELECT value_hash(CAST(1 AS BIGINT), account_key, attribute, value) AS h1,
+               value_hash(CAST(2 AS BIGINT), account_key, attribute, value) AS h2
+        FROM o_current_scalars
+    ) c
     RIGHT ANTI JOIN (
         SELECT d.*,
                value_hash(CAST(1 AS BIGINT), d.account_key, d.attribute, d.value) AS h1,

@@ -6,9 +6,10 @@
 //! sets give equal fingerprints, so only the accounts whose fingerprints differ are compared
 //! value by value; see `sql/link_candidates.sql`. Desired scalar values are matched with the
 //! current ones by the pair of hashes of (account, attribute, value), and only those without
-//! a match are compared exactly (`scalar_candidates` in `sql/orders.sql`). The hashes are SipHash under keys nobody
-//! knows, never stored: whoever names groups cannot craft values whose sums hide a membership
-//! (with a fixed, public seed, sums of a non-cryptographic hash can be made to collide).
+//! a match are compared exactly (`scalar_candidates` in `sql/orders.sql`). The hashes are
+//! SipHash under keys nobody knows, never stored: whoever names groups cannot craft values
+//! whose sums hide a membership (with a fixed, public seed, sums of a non-cryptographic hash
+//! can be made to collide).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};

@@ -980,26 +980,6 @@ async fn orders_of(
         .await?,
     )?;
 
-    // The current values' hashes (see scalar_candidates in sql/orders.sql), collected: the
-    // hash table of an anti join.
-    let hash = |key: i64| {
-        crate::engine::value_hash_udf().call(vec![
-            lit(key),
-            col("account_key"),
-            col("attribute"),
-            col("value"),
-        ])
-    };
-    let hashes = ctx
-        .table("o_current_scalars")
-        .await?
-        .select(vec![hash(1).alias("h1"), hash(2).alias("h2")])?;
-    view(
-        ctx,
-        "o_current_hashes",
-        super::role_model::materialize(ctx, hashes).await?,
-    )?;
-
     // Current link values of the resource type's links.
     let mut current_links = Vec::new();
     for l in &rt.links {
