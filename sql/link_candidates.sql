@@ -1,11 +1,11 @@
 -- The (owner_key, account_key) pairs of one resource type whose link values may differ
 -- (SPEC section 6): the pairs whose fingerprints differ. A side's fingerprint is its count of
--- (link, value) rows and two wrapping sums of their 64-bit hashes under two secret keys (see
--- src/engine/value_hash.rs): the owner's desired values on one side, the account's current
+-- (link, value) rows and the wrapping sums of the two 64-bit halves of their keyed 128-bit
+-- hashes (`value_fingerprint`, see src/engine/value_hash.rs): the owner's desired values on one side, the account's current
 -- managed values on the other. Equal sets give equal fingerprints, so orders.sql compares
 -- values row by row only for these pairs instead of joining every current link of every
--- account with every desired one. A pair the fingerprints miss would need two independent
--- keyed 64-bit hash sums to collide at once (about 2^-128).
+-- account with every desired one. A pair the fingerprints miss would need the sums of
+-- keyed 128-bit hashes to collide (about 2^-128).
 --
 -- Views: o_assigned, o_desired_links (orders.sql) and o_removable_links(account_key, link,
 -- value): the current values the resource type manages (may remove): all of a link in mode
@@ -18,18 +18,20 @@ kept AS (
     SELECT owner_key, account_key FROM o_assigned WHERE account_key IS NOT NULL
 ),
 current_fp AS (
-    SELECT account_key, count(*) AS n,
-           sum(value_hash(CAST(1 AS BIGINT), link, value)) AS h1,
-           sum(value_hash(CAST(2 AS BIGINT), link, value)) AS h2
-    FROM o_removable_links
-    GROUP BY account_key
+    SELECT account_key, n, fp['h1'] AS h1, fp['h2'] AS h2
+    FROM (
+        SELECT account_key, count(*) AS n, value_fingerprint(link, value) AS fp
+        FROM o_removable_links
+        GROUP BY account_key
+    )
 ),
 desired_fp AS (
-    SELECT owner_key, count(*) AS n,
-           sum(value_hash(CAST(1 AS BIGINT), link, value)) AS h1,
-           sum(value_hash(CAST(2 AS BIGINT), link, value)) AS h2
-    FROM o_desired_links
-    GROUP BY owner_key
+    SELECT owner_key, n, fp['h1'] AS h1, fp['h2'] AS h2
+    FROM (
+        SELECT owner_key, count(*) AS n, value_fingerprint(link, value) AS fp
+        FROM o_desired_links
+        GROUP BY owner_key
+    )
 )
 SELECT k.owner_key, k.account_key
 FROM kept k

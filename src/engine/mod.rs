@@ -25,7 +25,7 @@ pub use scrub::{contains_needle, is_whole_needle, replace_needles, scrub_json_ud
 pub use sorted::{
     collect_in_order, decoded_schema, sorted_difference, sorted_distinct, splice, stream_in_order,
 };
-pub use value_hash::value_hash_udf;
+pub use value_hash::{value_fingerprint_udaf, value_hash_udf};
 
 static RUNTIME: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::RuntimeEnv>> =
     std::sync::OnceLock::new();
@@ -179,6 +179,7 @@ pub fn context() -> SessionContext {
     let ctx = SessionContext::new_with_state(state);
     ctx.register_udf(row_values_udf());
     ctx.register_udf(value_hash_udf());
+    ctx.register_udaf(value_fingerprint_udaf());
     ctx
 }
 
