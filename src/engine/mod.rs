@@ -228,6 +228,28 @@ pub fn context_at(as_of: chrono::NaiveDate) -> SessionContext {
     ctx
 }
 
+/// `f` of each item, each on a thread of its own, in the items' order. For CPU work outside
+/// DataFusion's plans (a task's output formatting, a sort of gathered columns) that would
+/// otherwise keep one core of two.
+pub fn on_threads<T: Send, R: Send>(
+    items: impl Iterator<Item = T>,
+    f: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = items.map(|item| s.spawn(move || f(item))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a worker thread does not panic"))
+            .collect()
+    })
+}
+
+/// The number of threads [`on_threads`] work is split into: the cores (at most 8).
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
 /// Casts a batch to `schema` by column name; columns missing from the batch become NULL.
 pub fn cast_batch(
     batch: &RecordBatch,

@@ -700,7 +700,7 @@ fn read_ranges(
 /// has no bare carriage returns and quotes only whole fields (RFC 4180), so that the newlines
 /// outside quotes are exactly the ends of records.
 fn chunks(data: &[u8], parallel_bytes: usize, delimiter: u8) -> Vec<(usize, usize)> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let threads = crate::engine::threads();
     let whole = vec![(0, data.len())];
     if threads == 1
         || data.len() < parallel_bytes

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, RecordBatch, StringArray, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::expr_fn::count;
@@ -181,45 +181,31 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     });
 
     phases.done("orders");
-    // Merge into provisioning_orders.
     let connectors: Vec<String> = {
         let mut v: Vec<String> = rts.iter().map(|rt| rt.connector.clone()).collect();
         v.sort();
         v.dedup();
         v
     };
+    // The order files are encoded on other threads while the merge runs: both are CPU work
+    // of seconds at 1M identities (165K orders, 115 MB of JSON).
+    let orders = Arc::new(orders);
+    let files = {
+        let (orders, connectors) = (Arc::clone(&orders), connectors.clone());
+        let (run_id, dry_run) = (rc.run_id.clone(), rc.dry_run);
+        tokio::task::spawn_blocking(move || order_files(&run_id, &connectors, &orders, dry_run))
+    };
+    // Merge into provisioning_orders.
     let scope_frame = union_all(scopes)?;
-    let (table, new_count, inactive) =
-        merge(rc, &ctx, &catalog, &orders, &connectors, scope_frame).await?;
+    let merged = merge(rc, &ctx, &catalog, &orders, &connectors, scope_frame).await;
+    let files = files
+        .await
+        .map_err(|e| Error::store(format!("encoding the order files: {e}")))?;
+    let (table, new_count, inactive) = merged?;
     let emitted: Vec<&Order> = orders.iter().filter(|o| !o.blocked).collect();
     phases.done("merge");
 
-    // Order files, one pair per run and connector (SPEC section 6): a connector without orders
-    // gets an empty list, so a fulfiller can tell "nothing to do" from "not run" — unless its
-    // orders are held back by a threshold: that is not "nothing to do".
-    let generated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    for connector in &connectors {
-        let these: Vec<&Order> = emitted
-            .iter()
-            .copied()
-            .filter(|o| &o.connector == connector)
-            .collect();
-        if these.is_empty()
-            && (rc.dry_run
-                || orders
-                    .iter()
-                    .any(|o| o.blocked && &o.connector == connector))
-        {
-            continue;
-        }
-        let doc = OrdersFile {
-            run_id: &rc.run_id,
-            connector,
-            generated_at: generated_at.clone(),
-            orders: these.clone(),
-        };
-        let json_bytes =
-            serde_json::to_vec_pretty(&doc).map_err(|e| Error::store(e.to_string()))?;
+    for (connector, json_bytes, parquet_bytes) in files? {
         if rc.dry_run {
             // Printed for the user; a reader that stopped early does not fail the run.
             let _ = writeln!(
@@ -229,9 +215,10 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             );
             continue;
         }
-        let parquet_bytes = parquet_of(&rc.run_id, connector, &these)?;
-        write_order_file(rc, connector, "json", json_bytes).await?;
-        write_order_file(rc, connector, "parquet", parquet_bytes).await?;
+        write_order_file(rc, &connector, "json", json_bytes).await?;
+        if let Some(bytes) = parquet_bytes {
+            write_order_file(rc, &connector, "parquet", bytes).await?;
+        }
     }
 
     phases.done("files");
@@ -1420,7 +1407,11 @@ fn assemble(rc: &RunContext<'_>, rt: &ResourceType, parts: &[RecordBatch]) -> Ve
         .any(|(c, _)| *c == target.key)
         .then_some(target.key.as_str());
     let mut orders: Vec<Order> = Vec::new();
-    let mut index: HashMap<(String, Option<String>, Option<String>), usize> = HashMap::new();
+    // An order's id: change type, owner and account.
+    type Id = (String, Option<String>, Option<String>);
+    let mut index: HashMap<Id, usize> = HashMap::new();
+    // The id of the row before and its order's position.
+    let mut previous: Option<(Id, usize)> = None;
     for b in parts {
         let get = |name: &str| -> &StringArray {
             b.column_by_name(name)
@@ -1438,31 +1429,50 @@ fn assemble(rc: &RunContext<'_>, rt: &ResourceType, parts: &[RecordBatch]) -> Ve
             get("old_value"),
             get("new_value"),
         );
+        let same = |a: &StringArray, i: usize, b: Option<&String>| match b {
+            Some(b) => a.is_valid(i) && a.value(i) == b,
+            None => a.is_null(i),
+        };
         for i in 0..b.num_rows() {
             // One order per change type, owner and account: a Modified order with a part of
             // kind `disabled` (a deactivation's value) is a disabling order as a whole.
-            let id = (change.value(i).to_string(), opt(owner, i), opt(account, i));
             let part_kind = kind.value(i);
-            let at = *index.entry(id.clone()).or_insert_with(|| {
-                orders.push(Order {
-                    order_id: String::new(),
-                    change_type: id.0.clone(),
-                    resource_type: rt.name.clone(),
-                    entity: rt.target.clone(),
-                    owner: id.1.clone().map(|key| OwnerRef {
-                        entity: rt.owner.clone(),
-                        key,
-                    }),
-                    resource_key: id.2.clone(),
-                    attributes: BTreeMap::new(),
-                    links: BTreeMap::new(),
-                    connector: rt.connector.clone(),
-                    kind: part_kind.to_string(),
-                    account_key: id.2.clone(),
-                    blocked: false,
-                });
-                orders.len() - 1
-            });
+            // The parts come sorted by owner and account: most rows belong to the order of
+            // the row before, found without building and hashing its id.
+            let at = match &previous {
+                Some(((c, o, a), at))
+                    if c == change.value(i)
+                        && same(owner, i, o.as_ref())
+                        && same(account, i, a.as_ref()) =>
+                {
+                    *at
+                }
+                _ => {
+                    let id = (change.value(i).to_string(), opt(owner, i), opt(account, i));
+                    let at = *index.entry(id.clone()).or_insert_with(|| {
+                        orders.push(Order {
+                            order_id: String::new(),
+                            change_type: id.0.clone(),
+                            resource_type: rt.name.clone(),
+                            entity: rt.target.clone(),
+                            owner: id.1.clone().map(|key| OwnerRef {
+                                entity: rt.owner.clone(),
+                                key,
+                            }),
+                            resource_key: id.2.clone(),
+                            attributes: BTreeMap::new(),
+                            links: BTreeMap::new(),
+                            connector: rt.connector.clone(),
+                            kind: part_kind.to_string(),
+                            account_key: id.2.clone(),
+                            blocked: false,
+                        });
+                        orders.len() - 1
+                    });
+                    previous = Some((id, at));
+                    at
+                }
+            };
             let order = &mut orders[at];
             if part_kind == "disabled" {
                 order.kind = part_kind.to_string();
@@ -1502,15 +1512,19 @@ fn assemble(rc: &RunContext<'_>, rt: &ResourceType, parts: &[RecordBatch]) -> Ve
             }
         }
     }
-    for o in &mut orders {
-        for l in o.links.values_mut() {
-            l.add.sort();
-            l.add.dedup();
-            l.remove.sort();
-            l.remove.dedup();
+    // Ids (a SHA-256 of each order's JSON) on all cores.
+    let per = orders.len().div_ceil(crate::engine::threads()).max(1);
+    crate::engine::on_threads(orders.chunks_mut(per), |chunk| {
+        for o in chunk {
+            for l in o.links.values_mut() {
+                l.add.sort();
+                l.add.dedup();
+                l.remove.sort();
+                l.remove.dedup();
+            }
+            o.order_id = order_id(o);
         }
-        o.order_id = order_id(o);
-    }
+    });
     orders
 }
 
@@ -1602,32 +1616,32 @@ async fn merge(
     connectors: &[String],
     scope: Option<DataFrame>,
 ) -> Result<(NewTable, usize, usize)> {
-    let mut cols: Vec<Vec<Option<String>>> =
-        (0..12).map(|_| Vec::with_capacity(orders.len())).collect();
+    // Appended as borrowed text (no string per value), the JSON columns through one buffer.
+    let mut cols: Vec<StringBuilder> = (0..12)
+        .map(|_| StringBuilder::with_capacity(orders.len(), orders.len() * 16))
+        .collect();
+    let mut json = Vec::new();
     for o in orders {
-        let values = [
-            Some(o.order_id.clone()),
-            Some(rc.run_id.clone()),
-            Some(rc.run_id.clone()),
-            Some(o.connector.clone()),
-            Some(o.resource_type.clone()),
-            Some(o.change_type.clone()),
-            o.owner.as_ref().map(|w| w.key.clone()),
-            o.account_key.clone(),
-            Some(json_text(&o.attributes)),
-            Some(json_text(&o.links)),
-            Some(if o.blocked { "blocked" } else { "pending" }.to_string()),
-            None,
-        ];
-        for (c, v) in cols.iter_mut().zip(values) {
-            c.push(v);
-        }
+        let mut values = cols.iter_mut();
+        let mut next = || values.next().expect("invariant: 12 columns");
+        next().append_value(&o.order_id);
+        next().append_value(&rc.run_id);
+        next().append_value(&rc.run_id);
+        next().append_value(&o.connector);
+        next().append_value(&o.resource_type);
+        next().append_value(&o.change_type);
+        next().append_option(o.owner.as_ref().map(|w| &w.key));
+        next().append_option(o.account_key.as_ref());
+        next().append_value(json_into(&mut json, &o.attributes));
+        next().append_value(json_into(&mut json, &o.links));
+        next().append_value(if o.blocked { "blocked" } else { "pending" });
+        next().append_null();
     }
     let schema = orders_schema();
     let batch = RecordBatch::try_new(
         schema.clone(),
-        cols.into_iter()
-            .map(|c| Arc::new(StringArray::from(c)) as Arc<dyn Array>)
+        cols.iter_mut()
+            .map(|c| Arc::new(c.finish()) as Arc<dyn Array>)
             .collect(),
     )
     .map_err(|e| Error::Engine(e.into()))?;
@@ -1760,8 +1774,79 @@ async fn merge(
 }
 
 /// Compact JSON text (maps are sorted: deterministic).
-fn json_text<T: Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_default()
+/// The compact JSON of `v` (an order's attributes or links, as its table and Parquet file
+/// hold them) written into `buf`, cleared first; empty should it not serialize.
+fn json_into<'a, T: Serialize>(buf: &'a mut Vec<u8>, v: &T) -> &'a str {
+    buf.clear();
+    if serde_json::to_writer(&mut *buf, v).is_err() {
+        buf.clear();
+    }
+    std::str::from_utf8(buf).expect("invariant: serde_json writes UTF-8")
+}
+
+/// A connector's order files: its name, the JSON and (unless a dry run) the Parquet bytes.
+type OrderFiles = (String, Vec<u8>, Option<Vec<u8>>);
+
+/// Order files, one pair per run and connector (SPEC section 6), as (connector, JSON, Parquet)
+/// bytes, each file encoded on a thread of its own. A connector without orders gets an empty
+/// list, so a fulfiller can tell "nothing to do" from "not run" — unless its orders are held
+/// back by a threshold: that is not "nothing to do". A dry run gets the JSON only, to print.
+fn order_files(
+    run_id: &str,
+    connectors: &[String],
+    orders: &[Order],
+    dry_run: bool,
+) -> Result<Vec<OrderFiles>> {
+    let generated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut wanted: Vec<(&String, Vec<&Order>)> = Vec::new();
+    for connector in connectors {
+        let these: Vec<&Order> = orders
+            .iter()
+            .filter(|o| !o.blocked && &o.connector == connector)
+            .collect();
+        if these.is_empty()
+            && (dry_run
+                || orders
+                    .iter()
+                    .any(|o| o.blocked && &o.connector == connector))
+        {
+            continue;
+        }
+        wanted.push((connector, these));
+    }
+    let formats = [true, false].into_iter().filter(|&json| json || !dry_run);
+    let jobs: Vec<(&String, &Vec<&Order>, bool)> = wanted
+        .iter()
+        .flat_map(|(c, these)| formats.clone().map(move |json| (*c, these, json)))
+        .collect();
+    let mut encoded = crate::engine::on_threads(jobs.into_iter(), |(connector, these, json)| {
+        if json {
+            let doc = OrdersFile {
+                run_id,
+                connector,
+                generated_at: generated_at.clone(),
+                orders: these.clone(),
+            };
+            serde_json::to_vec_pretty(&doc).map_err(|e| Error::store(e.to_string()))
+        } else {
+            parquet_of(run_id, connector, these)
+        }
+    })
+    .into_iter();
+    let mut files = Vec::new();
+    for (connector, _) in &wanted {
+        let json = encoded.next().expect("invariant: one JSON per file pair")?;
+        let parquet = match dry_run {
+            true => None,
+            false => Some(
+                encoded
+                    .next()
+                    .expect("invariant: one Parquet per file pair")?,
+            ),
+        };
+        files.push((connector.to_string(), json, parquet));
+    }
+    Ok(files)
 }
 
 /// The Parquet form of a connector's orders: one row per order, attributes and links as JSON.
@@ -1785,25 +1870,42 @@ pub(crate) fn parquet_of(run_id: &str, connector: &str, orders: &[&Order]) -> Re
             .map(|n| Field::new(*n, DataType::Utf8, true))
             .collect::<Vec<_>>(),
     ));
-    let col = |f: &dyn Fn(&Order) -> Option<String>| -> Arc<dyn Array> {
-        Arc::new(StringArray::from(
-            orders.iter().map(|o| f(o)).collect::<Vec<_>>(),
-        ))
+    let col = |f: &dyn Fn(&Order) -> Option<&str>| -> Arc<dyn Array> {
+        Arc::new(StringArray::from_iter(orders.iter().map(|o| f(o))))
+    };
+    let constant = |v: &str| -> Arc<dyn Array> {
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+            v,
+            orders.len(),
+        )))
+    };
+    let json_col = |f: &dyn Fn(&Order, &mut Vec<u8>)| -> Arc<dyn Array> {
+        let mut b = StringBuilder::with_capacity(orders.len(), orders.len() * 64);
+        let mut buf = Vec::new();
+        for o in orders {
+            f(o, &mut buf);
+            b.append_value(std::str::from_utf8(&buf).expect("invariant: serde_json writes UTF-8"));
+        }
+        Arc::new(b.finish())
     };
     let batch = RecordBatch::try_new(
         schema.clone(),
         vec![
-            col(&|o| Some(o.order_id.clone())),
-            col(&|_| Some(run_id.to_string())),
-            col(&|_| Some(connector.to_string())),
-            col(&|o| Some(o.change_type.clone())),
-            col(&|o| Some(o.resource_type.clone())),
-            col(&|o| Some(o.entity.clone())),
-            col(&|o| o.owner.as_ref().map(|w| w.entity.clone())),
-            col(&|o| o.owner.as_ref().map(|w| w.key.clone())),
-            col(&|o| o.resource_key.clone()),
-            col(&|o| Some(json_text(&o.attributes))),
-            col(&|o| Some(json_text(&o.links))),
+            col(&|o| Some(&o.order_id)),
+            constant(run_id),
+            constant(connector),
+            col(&|o| Some(&o.change_type)),
+            col(&|o| Some(&o.resource_type)),
+            col(&|o| Some(&o.entity)),
+            col(&|o| o.owner.as_ref().map(|w| w.entity.as_str())),
+            col(&|o| o.owner.as_ref().map(|w| w.key.as_str())),
+            col(&|o| o.resource_key.as_deref()),
+            json_col(&|o, buf| {
+                json_into(buf, &o.attributes);
+            }),
+            json_col(&|o, buf| {
+                json_into(buf, &o.links);
+            }),
         ],
     )
     .map_err(|e| Error::Engine(e.into()))?;
