@@ -193,43 +193,46 @@ impl AggregateUDFImpl for ValueFingerprint {
     }
 }
 
-/// The sums of one group (no GROUP BY).
+/// The sums of one group (no GROUP BY): [`FingerprintGroups`] with group 0 only.
 #[derive(Debug, Default)]
-struct FingerprintAccumulator {
-    h1: u64,
-    h2: u64,
+struct FingerprintAccumulator(FingerprintGroups);
+
+impl FingerprintAccumulator {
+    fn sums(&self) -> (u64, u64) {
+        let first = |h: &[u64]| h.first().copied().unwrap_or(0);
+        (first(&self.0.h1), first(&self.0.h2))
+    }
 }
 
 impl Accumulator for FingerprintAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        for (a, b) in row_hashes(values)? {
-            self.h1 = self.h1.wrapping_add(a);
-            self.h2 = self.h2.wrapping_add(b);
-        }
+        self.0
+            .add(row_hashes(values)?.into_iter().map(|h| (0, h)), 1);
         Ok(())
     }
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
         let (a, b) = halves(states)?;
-        for (x, y) in a.iter().zip(b.iter()) {
-            self.h1 = self.h1.wrapping_add(x.unwrap_or(0) as u64);
-            self.h2 = self.h2.wrapping_add(y.unwrap_or(0) as u64);
-        }
+        let rows = a.iter().zip(b.iter());
+        let rows = rows.map(|(x, y)| (0, (x.unwrap_or(0) as u64, y.unwrap_or(0) as u64)));
+        self.0.add(rows, 1);
         Ok(())
     }
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        let (h1, h2) = self.sums();
         Ok(vec![
-            ScalarValue::Int64(Some(self.h1 as i64)),
-            ScalarValue::Int64(Some(self.h2 as i64)),
+            ScalarValue::Int64(Some(h1 as i64)),
+            ScalarValue::Int64(Some(h2 as i64)),
         ])
     }
     fn evaluate(&mut self) -> Result<ScalarValue> {
+        let (h1, h2) = self.sums();
         Ok(ScalarValue::Struct(Arc::new(fingerprint_array(
-            vec![self.h1],
-            vec![self.h2],
+            vec![h1],
+            vec![h2],
         )?)))
     }
     fn size(&self) -> usize {
-        std::mem::size_of_val(self)
+        std::mem::size_of_val(self) + 16 * self.0.h1.capacity()
     }
 }
 
