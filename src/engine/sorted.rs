@@ -40,6 +40,17 @@ pub async fn sorted_distinct(
     ctx: &SessionContext,
     df: DataFrame,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    sorted_distinct_on(ctx, df, 1).await
+}
+
+/// [`sorted_distinct`], the rows gathered on `threads` threads ([`Gatherers`]): for a sort that
+/// runs alone (a synchronization's link pairs), where it would keep one core of two. Beside
+/// other queries (the role model's five tables), more threads only add dictionaries to merge.
+pub async fn sorted_distinct_on(
+    ctx: &SessionContext,
+    df: DataFrame,
+    threads: usize,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     // The plan's types, all nullable: a union's branches can yield batches of other string
     // types (`Utf8View`) than the plan declares.
     let schema: SchemaRef = Arc::new(Schema::new(
@@ -54,7 +65,7 @@ pub async fn sorted_distinct(
     let encoded = encoded_schema(&schema);
     let gathering =
         MemoryConsumer::new("sort_unique_gather").register(&ctx.runtime_env().memory_pool);
-    let mut gatherers = Some(Gatherers::new(&encoded, super::threads()));
+    let mut gatherers = Some(Gatherers::new(&encoded, threads));
     let mut refused: Option<Vec<RecordBatch>> = None;
     let mut stream = df.execute_stream().await?;
     while let Some(b) = stream.next().await {

@@ -1283,8 +1283,9 @@ async fn plan_link(
         )?
     };
     let mut phases = super::Phases::new("synchronize");
-    // Sorted, each pair once.
-    let (encoded, desired_batches) = engine::sorted_distinct(ctx, desired).await?;
+    // Sorted, each pair once; gathered on all cores (nothing else runs in this task meanwhile).
+    let (encoded, desired_batches) =
+        engine::sorted_distinct_on(ctx, desired, engine::threads()).await?;
     phases.done("link pairs sorted");
     // The pairs stay dictionary-encoded until they are written; frames decode them as read.
     let desired_schema = engine::decoded_schema(&encoded);
