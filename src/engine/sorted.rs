@@ -20,22 +20,27 @@ use datafusion::arrow::compute::{
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, UInt32Type};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::memory_pool::MemoryConsumer;
-use datafusion::logical_expr::SortExpr;
-use datafusion::prelude::{DataFrame, SessionContext, ident};
+use datafusion::execution::spill_file::SpillFile;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_plan::SpillManager;
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, SpillMetrics};
+use datafusion::physical_plan::sorts::streaming_merge::StreamingMergeBuilder;
+use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 
 /// The rows of `df`, sorted on all its columns in order (ascending, NULLs first) and each
-/// distinct row once, in batches of at most [`super::SLICE_ROWS`] rows. The rows are collected
-/// first. Sorting them in memory ([`sort_unique`]) needs about twice their size again, which
-/// is reserved in the session's memory pool. When the pool cannot spare that much (a small
-/// `--memory-limit`), the rows are cut into runs of consecutive batches, as many as it takes
-/// for one run's reservation to be granted; each run is sorted in memory, one after the
-/// other, and DataFusion's sort-preserving merge of the runs streams the rows in order, with
-/// the repeats across runs dropped as they pass ([`Dedupe`]).
+/// distinct row once, in batches of at most [`super::SLICE_ROWS`] rows. The rows are gathered
+/// as they arrive, each string column into a dictionary, and sorted by their ranks
+/// ([`sort_columns`]); what that takes is reserved in the session's memory pool as it grows.
+/// When the pool refuses (a small `--memory-limit`), the rows gathered so far are sorted and
+/// written to disk as a run, still dictionary-encoded (Arrow IPC, one dictionary a run), and
+/// the gathering starts again; at the end DataFusion's streaming merge reads the runs back in
+/// order, with the repeats across runs dropped as they pass ([`Dedupe`]).
 ///
-/// Sorted in memory, the string columns come dictionary-encoded and the returned schema says
-/// so ([`decoded_schema`] gives the plain one; `tasks::frames::frame` and the store's writer
-/// decode such batches a batch at a time). From the runs, the rows are plain.
+/// The string columns come dictionary-encoded and the returned schema says so
+/// ([`decoded_schema`] gives the plain one; `tasks::frames::frame` and the store's writer
+/// decode such batches a batch at a time).
 pub async fn sorted_distinct(
     ctx: &SessionContext,
     df: DataFrame,
@@ -51,6 +56,16 @@ pub async fn sorted_distinct_on(
     df: DataFrame,
     threads: usize,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let (schema, batches, _runs) = sorted_distinct_runs(ctx, df, threads).await?;
+    Ok((schema, batches))
+}
+
+/// [`sorted_distinct_on`], and how many runs went to disk.
+async fn sorted_distinct_runs(
+    ctx: &SessionContext,
+    df: DataFrame,
+    threads: usize,
+) -> Result<(SchemaRef, Vec<RecordBatch>, usize)> {
     // The plan's types, all nullable: a union's branches can yield batches of other string
     // types (`Utf8View`) than the plan declares.
     let schema: SchemaRef = Arc::new(Schema::new(
@@ -61,82 +76,70 @@ pub async fn sorted_distinct_on(
             .collect::<Vec<_>>(),
     ));
     // The rows are encoded as they arrive, each column's memory reserved as it grows. Should
-    // the pool refuse, the rows so far are decoded and the rest collected as they come.
+    // the pool refuse, the rows gathered so far are sorted, written to disk as a run and
+    // dropped, and the gathering starts again; the runs are merged at the end. Registered as
+    // able to spill, the gathering is held to its share of a fair pool and gives way before
+    // other queries' sorts, which cannot.
     let encoded = encoded_schema(&schema);
-    let gathering =
-        MemoryConsumer::new("sort_unique_gather").register(&ctx.runtime_env().memory_pool);
-    let mut gatherers = Some(Gatherers::new(&encoded, threads));
-    let mut refused: Option<Vec<RecordBatch>> = None;
+    let pool = &ctx.runtime_env().memory_pool;
+    let gathering = MemoryConsumer::new("sort_unique_gather")
+        .with_can_spill(true)
+        .register(pool);
+    let spill = SpillManager::new(
+        ctx.runtime_env(),
+        SpillMetrics::new(&ExecutionPlanMetricsSet::new(), 0),
+        Arc::clone(&encoded),
+    );
+    let mut gatherers = Gatherers::new(&encoded, threads);
+    let (mut gathered_rows, mut runs) = (0, Vec::new());
     let mut stream = df.execute_stream().await?;
     while let Some(b) = stream.next().await {
         let b = super::cast_batch(&b?, &schema)?;
-        match (refused.as_mut(), gatherers.as_mut()) {
-            (Some(batches), _) => batches.push(b),
-            (None, Some(g)) => {
-                let grown = g.push(b).await?;
-                if gathering.try_grow(grown).is_err() {
-                    let so_far = gatherers.take().expect("gathering").finish()?;
-                    refused = Some(decode(so_far, &encoded, &schema)?);
-                    gathering.free();
-                }
-            }
-            (None, None) => unreachable!("gathering until refused"),
+        gathered_rows += b.num_rows();
+        let grown = gatherers.push(b).await?;
+        // A run holds a slice's rows at least: a pool that refuses every batch must not make
+        // a run of each.
+        if gathering.try_grow(grown).is_err() && gathered_rows >= super::SLICE_ROWS {
+            let full = std::mem::replace(&mut gatherers, Gatherers::new(&encoded, threads));
+            runs.extend(spill_run(&spill, full, &encoded).await?);
+            gathering.free();
+            gathered_rows = 0;
         }
     }
     drop(stream);
-    let Some(batches) = refused else {
-        let gatherers = gatherers.expect("gathering until refused");
+    if runs.is_empty() {
         let out = tokio::task::spawn_blocking(move || {
             let columns = gatherers.finish()?;
-            let out = sort_columns(&encoded, columns, super::SLICE_ROWS)?;
-            Ok::<_, DataFusionError>((encoded, out))
+            sort_columns(&encoded, columns, super::SLICE_ROWS).map(|out| (encoded, out))
         })
         .await
         .map_err(|e| DataFusionError::External(Box::new(e)))??;
         drop(gathering);
-        return Ok(out);
-    };
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let mut bytes = 0;
-    for b in &batches {
-        for c in b.columns() {
-            bytes += c.to_data().get_slice_memory_size()?;
-        }
+        return Ok((out.0, out.1, 0));
     }
-    let need = 2 * bytes + 48 * rows;
-    let reservation = MemoryConsumer::new("sort_unique").register(&ctx.runtime_env().memory_pool);
-    let mut runs = 1;
-    while runs < batches.len() && reservation.try_grow(need.div_ceil(runs)).is_err() {
-        runs *= 2;
-    }
-    let runs = runs.min(batches.len());
-    if runs <= 1 {
-        return sort_blocking(Arc::clone(&schema), batches, true).await;
-    }
-    let per_run = rows.div_ceil(runs);
-    let mut groups: Vec<Vec<RecordBatch>> = vec![Vec::new()];
-    let mut group_rows = 0;
-    for b in batches {
-        if group_rows >= per_run {
-            groups.push(Vec::new());
-            group_rows = 0;
-        }
-        group_rows += b.num_rows();
-        groups.last_mut().expect("one group at least").push(b);
-    }
-    let mut sorted_runs = Vec::with_capacity(groups.len());
-    for g in groups {
-        sorted_runs.push(sort_blocking(Arc::clone(&schema), g, false).await?.1);
-    }
-    drop(reservation);
-    let order: Vec<SortExpr> = schema
-        .fields()
-        .iter()
-        .map(|f| ident(f.name()).sort(true, true))
-        .collect();
-    let table = super::mem_table_partitions(Arc::clone(&schema), sorted_runs)?;
-    let table = Arc::new(table.with_sort_order(vec![order.clone()]));
-    let mut merged = ctx.read_table(table)?.sort(order)?.execute_stream().await?;
+    // The last rows go to disk too: the merge then holds only what its reservation covers.
+    runs.extend(spill_run(&spill, gatherers, &encoded).await?);
+    drop(gathering);
+    let spilled = runs.len();
+    tracing::debug!(runs = spilled, "sorted distinct rows: runs spilled to disk");
+    // The runs read back and merged in order, the repeats across runs dropped as they pass.
+    let streams = runs
+        .into_iter()
+        .map(|run| spill.read_spill_as_stream(run, None))
+        .collect::<Result<Vec<_>>>()?;
+    let ordering = LexOrdering::new(encoded.fields().iter().enumerate().map(|(i, f)| {
+        let column = Arc::new(Column::new(f.name(), i));
+        PhysicalSortExpr::new(column, SortOptions::new(false, true))
+    }))
+    .ok_or_else(|| DataFusionError::Internal("a table has columns".into()))?;
+    let mut merged = StreamingMergeBuilder::new()
+        .with_streams(streams)
+        .with_schema(Arc::clone(&encoded))
+        .with_expressions(&ordering)
+        .with_metrics(BaselineMetrics::new(&ExecutionPlanMetricsSet::new(), 0))
+        .with_batch_size(super::SLICE_ROWS)
+        .with_reservation(MemoryConsumer::new("sort_unique_merge").register(pool))
+        .build()?;
     let mut dedupe = Dedupe::default();
     let mut out = Vec::new();
     while let Some(batch) = merged.next().await {
@@ -144,7 +147,24 @@ pub async fn sorted_distinct_on(
             out.push(kept);
         }
     }
-    Ok((schema, out))
+    Ok((encoded, out, spilled))
+}
+
+/// The rows `gatherers` hold, sorted and each distinct row once, written to a spill file of
+/// `spill` (none when there are no rows).
+async fn spill_run(
+    spill: &SpillManager,
+    gatherers: Gatherers,
+    encoded: &SchemaRef,
+) -> Result<Option<Arc<dyn SpillFile>>> {
+    let (spill, encoded) = (spill.clone(), Arc::clone(encoded));
+    tokio::task::spawn_blocking(move || {
+        let columns = gatherers.finish()?;
+        let sorted = sort_columns(&encoded, columns, super::SLICE_ROWS)?;
+        spill.spill_record_batch_and_finish(&sorted, "sort_unique")
+    })
+    .await
+    .map_err(|e| DataFusionError::External(Box::new(e)))?
 }
 
 /// `kept` and `new`, both sorted by the `order` columns (ascending, NULLs first) and disjoint,
@@ -275,28 +295,6 @@ fn on_one_partition(ctx: &SessionContext, df: DataFrame) -> DataFrame {
     DataFrame::new(state, df.into_unoptimized_plan())
 }
 
-/// [`sort_unique_encoded`] on a blocking thread; with `encoded` false, the batches are
-/// decoded to `schema`.
-async fn sort_blocking(
-    schema: SchemaRef,
-    batches: Vec<RecordBatch>,
-    encoded: bool,
-) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    tokio::task::spawn_blocking(move || {
-        let (stored, out) = sort_unique_encoded(&schema, batches, super::SLICE_ROWS)?;
-        if encoded {
-            return Ok((stored, out));
-        }
-        let out = out
-            .iter()
-            .map(|b| super::cast_batch(b, &schema))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((schema, out))
-    })
-    .await
-    .map_err(|e| DataFusionError::External(Box::new(e)))?
-}
-
 /// [`sort_unique_encoded`], decoded to `schema`.
 #[cfg(test)]
 fn sort_unique(
@@ -314,6 +312,7 @@ fn sort_unique(
 /// come dictionary-encoded ([`encoded_schema`]), each distinct value held once. The 13.6M
 /// membership pairs of 1M identities are 1.3 GB of text but 1.15M distinct values; gathered
 /// and output as text they were held three times over at the peak.
+#[cfg(test)]
 fn sort_unique_encoded(
     schema: &SchemaRef,
     batches: Vec<RecordBatch>,
@@ -470,22 +469,6 @@ impl Gathered {
     fn finish(self) -> Result<Vec<ArrayRef>> {
         self.columns.into_iter().map(Gathering::finish).collect()
     }
-}
-
-/// Columns gathered (of `encoded`), decoded to `schema`, in slices of [`super::SLICE_ROWS`].
-fn decode(
-    columns: Vec<ArrayRef>,
-    encoded: &SchemaRef,
-    schema: &SchemaRef,
-) -> Result<Vec<RecordBatch>> {
-    let all = RecordBatch::try_new(Arc::clone(encoded), columns)?;
-    let n = all.num_rows();
-    (0..n.div_ceil(super::SLICE_ROWS))
-        .map(|k| {
-            let at = k * super::SLICE_ROWS;
-            super::cast_batch(&all.slice(at, super::SLICE_ROWS.min(n - at)), schema)
-        })
-        .collect()
 }
 
 /// [`Gathered`] on threads of their own, the batches dealt out to them in turn: looking each
@@ -712,6 +695,7 @@ mod tests {
 
     use datafusion::arrow::array::StringArray;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::prelude::ident;
 
     use super::*;
 
@@ -877,8 +861,9 @@ mod tests {
     #[tokio::test]
     async fn sorted_runs_are_merged_when_the_pool_is_short() {
         use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-        // 40 batches of 50 rows over 7 × 11 distinct pairs: repeats within and across batches.
-        let pairs: Vec<(Option<String>, String)> = (0..2000u64)
+        // 60 batches of 5,000 rows over 7 × 11 distinct pairs: repeats within and across
+        // batches, and more rows than one run holds at least (a slice's).
+        let pairs: Vec<(Option<String>, String)> = (0..300_000u64)
             .map(|i| {
                 let h = i.wrapping_mul(2_654_435_761) % 1009;
                 let a = (h % 7 != 0).then(|| format!("a{}", h % 7));
@@ -886,7 +871,7 @@ mod tests {
             })
             .collect();
         let input: Vec<RecordBatch> = pairs
-            .chunks(50)
+            .chunks(5000)
             .map(|c| {
                 batch(
                     &c.iter()
@@ -899,8 +884,9 @@ mod tests {
         let expected = sort_unique(&schema, input.clone(), 1000).unwrap();
         let expected = datafusion::arrow::compute::concat_batches(&schema, &expected).unwrap();
         assert_eq!(expected.num_rows(), 7 * 11);
-        let rows_bytes: usize = input.iter().map(|b| b.get_array_memory_size()).sum();
-        for limit in [usize::MAX / 4, rows_bytes / 3] {
+        // Unlimited, everything is sorted in memory; in 2 MB the gathering is refused part-way
+        // and goes to disk a slice's rows or more at a time.
+        for (limit, threads) in [(usize::MAX / 4, 1), (2 << 20, 1), (2 << 20, 2)] {
             let runtime = RuntimeEnvBuilder::new()
                 .with_memory_limit(limit, 1.0)
                 .build_arc()
@@ -909,17 +895,29 @@ mod tests {
             let df = ctx
                 .read_table(super::super::mem_table(schema.clone(), input.clone()).unwrap())
                 .unwrap();
-            let (_, out) = sorted_distinct(&ctx, df).await.unwrap();
-            // In memory the strings come dictionary-encoded; from the runs (the short pool
-            // refused the gathering part-way), plain.
-            let encoded = matches!(out[0].column(1).data_type(), DataType::Dictionary(_, _));
-            assert_eq!(encoded, limit == usize::MAX / 4, "pool of {limit} bytes");
+            let (stored, out, runs) = sorted_distinct_runs(&ctx, df, threads).await.unwrap();
+            let case = format!("pool of {limit} bytes, {threads} threads");
+            if limit == usize::MAX / 4 {
+                assert_eq!(runs, 0, "{case}");
+            } else {
+                assert!(
+                    (2..=300_000usize.div_ceil(super::super::SLICE_ROWS)).contains(&runs),
+                    "{case}: {runs} runs"
+                );
+            }
+            // Dictionary-encoded either way, as the returned schema says.
+            assert_eq!(stored, encoded_schema(&schema), "{case}");
+            assert!(out.iter().all(|b| b.schema() == stored), "{case}");
+            assert!(
+                out.iter().all(|b| b.num_rows() > 0),
+                "{case}: no empty batches"
+            );
             let out: Vec<RecordBatch> = out
                 .iter()
                 .map(|b| super::super::cast_batch(b, &schema).unwrap())
                 .collect();
             let all = datafusion::arrow::compute::concat_batches(&schema, &out).unwrap();
-            assert_eq!(all.columns(), expected.columns(), "pool of {limit} bytes");
+            assert_eq!(all.columns(), expected.columns(), "{case}");
         }
     }
 
