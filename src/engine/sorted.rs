@@ -108,14 +108,9 @@ async fn sorted_distinct_runs(
     }
     drop(stream);
     if runs.is_empty() {
-        let out = tokio::task::spawn_blocking(move || {
-            let columns = gatherers.finish()?;
-            sort_columns(&encoded, columns, super::SLICE_ROWS).map(|out| (encoded, out))
-        })
-        .await
-        .map_err(|e| DataFusionError::External(Box::new(e)))??;
+        let out = sorted_run(gatherers, &encoded).await?;
         drop(gathering);
-        return Ok((out.0, out.1, 0));
+        return Ok((encoded, out, 0));
     }
     // The last rows go to disk too: the merge then holds only what its reservation covers.
     runs.extend(spill_run(&spill, gatherers, &encoded).await?);
@@ -150,21 +145,29 @@ async fn sorted_distinct_runs(
     Ok((encoded, out, spilled))
 }
 
-/// The rows `gatherers` hold, sorted and each distinct row once, written to a spill file of
-/// `spill` (none when there are no rows).
+/// The rows `gatherers` hold, sorted and each distinct row once ([`sort_columns`]), on a
+/// blocking thread.
+async fn sorted_run(gatherers: Gatherers, encoded: &SchemaRef) -> Result<Vec<RecordBatch>> {
+    let encoded = Arc::clone(encoded);
+    blocking(move || sort_columns(&encoded, gatherers.finish()?, super::SLICE_ROWS)).await
+}
+
+/// [`sorted_run`] written to a spill file of `spill` (none when there are no rows).
 async fn spill_run(
     spill: &SpillManager,
     gatherers: Gatherers,
     encoded: &SchemaRef,
 ) -> Result<Option<Arc<dyn SpillFile>>> {
-    let (spill, encoded) = (spill.clone(), Arc::clone(encoded));
-    tokio::task::spawn_blocking(move || {
-        let columns = gatherers.finish()?;
-        let sorted = sort_columns(&encoded, columns, super::SLICE_ROWS)?;
-        spill.spill_record_batch_and_finish(&sorted, "sort_unique")
-    })
-    .await
-    .map_err(|e| DataFusionError::External(Box::new(e)))?
+    let sorted = sorted_run(gatherers, encoded).await?;
+    let spill = spill.clone();
+    blocking(move || spill.spill_record_batch_and_finish(&sorted, "sort_unique")).await
+}
+
+/// `f` on a thread of tokio's blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?
 }
 
 /// `kept` and `new`, both sorted by the `order` columns (ascending, NULLs first) and disjoint,
