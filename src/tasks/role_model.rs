@@ -190,18 +190,26 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let (assigned_roles, manual_warnings) =
         assigned_roles(rc, &ctx, &catalog, dirty.as_ref()).await?;
     warnings.extend(manual_warnings);
-    // Sorted here, before the larger tables below are computed, rather than beside them.
+    // Sorted here, before the larger tables below are computed, rather than beside them, on
+    // all cores. A row per (owner_key, role, origin), the leading columns: sorted on all its
+    // columns by the rank sort (`engine::sorted_distinct_on`), the rows come in the same order
+    // as sorted on those three, and none is dropped as a repeat.
     let role_order = ["owner_key", "role", "origin"];
-    let assigned_roles = materialize(
-        &ctx,
-        assigned_roles.sort(
-            role_order
-                .iter()
-                .map(|c| col(*c).sort(true, true))
-                .collect(),
-        )?,
-    )
-    .await?;
+    // Decoded once here: the queries below scan the roles several times.
+    let threads = crate::engine::threads();
+    let (encoded, batches) =
+        crate::engine::sorted_distinct_on(&ctx, assigned_roles, threads).await?;
+    let schema = crate::engine::decoded_schema(&encoded);
+    let per_thread = batches.len().div_ceil(threads).max(1);
+    let batches = crate::engine::on_threads(batches.chunks(per_thread), |part| {
+        part.iter()
+            .map(|b| crate::engine::cast_batch(b, &schema))
+            .collect::<datafusion::error::Result<Vec<_>>>()
+    })
+    .into_iter()
+    .collect::<datafusion::error::Result<Vec<_>>>()?
+    .concat();
+    let assigned_roles = super::frames::frame(&ctx, &schema, &batches)?;
     let roles = match &dirty {
         Some(d) if catalog.tables.contains_key("assigned_roles") => {
             let columns: Vec<Expr> = [
