@@ -1,10 +1,14 @@
 //! Sorting rows on all their columns and dropping repeats (the link pairs of a
-//! synchronization, `assigned_links`). `DISTINCT` is a hash aggregate: for 13M pairs it builds
-//! a hash table as large as its input, and the rows are sorted anyway. A DataFusion sort of 13M
-//! string pairs holds the input, each sorted batch, the row-format keys of its merge and the
-//! output at once (4.4 GB at 1M identities). [`sort_unique`] ranks each column once (equal
-//! values share a rank), orders the rows by their packed ranks and gathers the columns once,
-//! dictionary-encoded: each distinct string is held once beside the input.
+//! synchronization, `assigned_links`, and `assigned_roles`, whose rows are distinct already).
+//! `DISTINCT` is a hash aggregate: for 13M pairs it builds a hash table as large as its input,
+//! and the rows are sorted anyway. A DataFusion sort of 13M string pairs holds the input, each
+//! sorted batch, the row-format keys of its merge and the output at once (4.4 GB at 1M
+//! identities). [`sort_columns`] ranks each column once (equal values share a rank) and sorts
+//! the rows by their ranks packed into one `u64`; when every column's rank fits in that key
+//! ([`sort_packed`]), the output columns are read back from the sorted keys in order, as
+//! dictionaries of each column's distinct values, so no column is gathered at random. The rank
+//! sort pays where columns repeat values; a column of millions of distinct strings is ranked by
+//! a comparison sort of them, slower than DataFusion's row-format sort (the correlation keys).
 
 use std::sync::Arc;
 
