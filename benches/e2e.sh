@@ -16,7 +16,7 @@ BIN="${IGAFLOW_BIN:-${CARGO_TARGET_DIR:-target}/release/igaflow}"
 OUT=benches/results
 mkdir -p "$OUT"
 CSV="$OUT/e2e.csv"
-echo "size,job,task,seconds,rows_read,changes,peak_rss_mib" > "$CSV"
+echo "size,job,task,seconds,rows_read,changes,peak_rss_mib,start_s,end_s" > "$CSV"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 AS_OF=2026-11-25
@@ -46,15 +46,15 @@ for N in ${SIZES[@]}; do
   ROWS=$(cat "$D"/day1/*/*.csv | wc -l)
   echo "  input rows (day 1, all files): $ROWS"
   timed complete "$BIN" run "$D/pipeline" --job complete --store "$D/store" --as-of $AS_OF --quiet
-  echo "$N,complete,_total,$WALL,$ROWS,,$RSS_MIB" >> "$CSV"
+  echo "$N,complete,_total,$WALL,$ROWS,,$RSS_MIB,," >> "$CSV"
   RUN=$(tasks "$N" complete "$D/store")
   cp -r "$D/store/_orders/$RUN" "$D/orders_complete"
   GEN_DAY=incremental timed incremental "$BIN" run "$D/pipeline" --job incremental --store "$D/store" --as-of $AS_OF --quiet
-  echo "$N,incremental,_total,$WALL,,,$RSS_MIB" >> "$CSV"
+  echo "$N,incremental,_total,$WALL,,,$RSS_MIB,," >> "$CSV"
   tasks "$N" incremental "$D/store" > /dev/null
   if [ -n "${MEMORY_LIMIT:-}" ]; then
     timed "complete --memory-limit $MEMORY_LIMIT" "$BIN" run "$D/pipeline" --job complete --store "$D/store_limited" --as-of $AS_OF --quiet --memory-limit "$MEMORY_LIMIT"
-    echo "$N,complete_limited,_total,$WALL,$ROWS,,$RSS_MIB" >> "$CSV"
+    echo "$N,complete_limited,_total,$WALL,$ROWS,,$RSS_MIB,," >> "$CSV"
     LRUN=$("$BIN" sql --store "$D/store_limited" --format csv "select run_id from runs order by started_at desc limit 1" | tail -1)
     python3 benches/e2e_lines.py same-orders "$D/orders_complete" "$D/store_limited/_orders/$LRUN"
   fi
@@ -62,7 +62,7 @@ for N in ${SIZES[@]}; do
     /usr/bin/time -f "%e %M" -o "$WORK/time" python3 benches/peer/duckdb_peer.py "$D" --db "$WORK/peer.duckdb" --as-of $AS_OF --compare "$D/orders_complete" > "$WORK/peer" || { cat "$WORK/peer"; exit 1; }
     read -r WALL RSS < "$WORK/time"
     echo "  duckdb peer: ${WALL}s, peak RSS $((RSS / 1024)) MiB; $(tail -1 "$WORK/peer")"
-    echo "$N,peer,_total,$WALL,$ROWS,,$((RSS / 1024))" >> "$CSV"
+    echo "$N,peer,_total,$WALL,$ROWS,,$((RSS / 1024)),," >> "$CSV"
     python3 benches/e2e_lines.py peer "$N" < "$WORK/peer" >> "$CSV"
   fi
   rm -rf "$D"

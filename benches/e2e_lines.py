@@ -24,15 +24,21 @@ def order_ids(folder):
 cmd = sys.argv[1]
 if cmd == "tasks":
     size, job = sys.argv[2], sys.argv[3]
-    for r in csv.DictReader(sys.stdin):
-        s = (stamp(r["ended_at"]) - stamp(r["started_at"])).total_seconds()
-        print(f"{size},{job},{r['task']},{s:.3f},{r['rows_read']},{r['changes']},")
+    runs = list(csv.DictReader(sys.stdin))
+    # Start and end of each task in seconds from the run's first start: a stage's wall time
+    # (its tasks overlap on the cores) is its last end less its first start.
+    t0 = min((stamp(r["started_at"]) for r in runs), default=None)
+    for r in runs:
+        a, b = stamp(r["started_at"]), stamp(r["ended_at"])
+        s = (b - a).total_seconds()
+        print(f"{size},{job},{r['task']},{s:.3f},{r['rows_read']},{r['changes']},,"
+              f"{(a - t0).total_seconds():.3f},{(b - t0).total_seconds():.3f}")
 elif cmd == "peer":
     size = sys.argv[2]
     for line in sys.stdin:
         r = json.loads(line)
         if "stage" in r:
-            print(f"{size},peer,{r['stage']},{r['seconds']},,,")
+            print(f"{size},peer,{r['stage']},{r['seconds']},,,,,")
 elif cmd == "same-orders":
     a, b = order_ids(sys.argv[2]), order_ids(sys.argv[3])
     print(f"  orders under the memory limit identical: {a == b} ({len(a)} orders)")
