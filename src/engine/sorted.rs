@@ -16,10 +16,10 @@ use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, DictionaryArray, RecordBatch, UInt32Array, UInt64Array,
     make_comparator, new_empty_array,
 };
-use datafusion::arrow::compute::kernels::{boolean, cmp, numeric, zip::zip};
+use datafusion::arrow::compute::kernels::{boolean, cmp, numeric};
 use datafusion::arrow::compute::{
-    SortOptions, cast, concat, concat_batches, filter, filter_record_batch, is_not_null, rank,
-    sort_to_indices, take,
+    SortOptions, cast, concat, concat_batches, filter, filter_record_batch, rank, sort_to_indices,
+    take,
 };
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, UInt32Type};
 use datafusion::common::{DataFusionError, Result};
@@ -364,9 +364,11 @@ fn sort_columns(
             u32::MAX
         )));
     }
-    match sort_packed(encoded_schema, &columns, batch_rows, 64)? {
+    // Each column ranked once, side by side (a sort of its distinct values), for either path.
+    let ranked = side_by_side(columns.iter(), dense_ranks)?;
+    match sort_packed(encoded_schema, &ranked, batch_rows, 64)? {
         Some(out) => Ok(out),
-        None => sort_gathered(encoded_schema, columns, batch_rows),
+        None => sort_gathered(encoded_schema, columns, &ranked, batch_rows),
     }
 }
 
@@ -375,11 +377,11 @@ fn sort_columns(
 fn sort_gathered(
     encoded_schema: &SchemaRef,
     columns: Vec<ArrayRef>,
+    ranked: &[DenseRanks],
     batch_rows: usize,
 ) -> Result<Vec<RecordBatch>> {
     let rows = columns.first().map_or(0, |c| c.len());
-    // The ranks of all columns side by side (a sort of each column's distinct values).
-    let ranks = side_by_side(columns.iter(), column_rank)?;
+    let ranks = ranked.iter().map(DenseRanks::row_ranks);
     // The rank of a row among rows: each column's rank packed after the rank of the columns
     // before it (ranks are at most the row count, below 2^32); a packed key is ranked again
     // before the next column is packed after it.
@@ -435,11 +437,10 @@ fn sort_gathered(
 /// (more columns, or more distinct values, than the bits hold).
 fn sort_packed(
     encoded_schema: &SchemaRef,
-    columns: &[ArrayRef],
+    ranked: &[DenseRanks],
     batch_rows: usize,
     max_bits: u32,
 ) -> Result<Option<Vec<RecordBatch>>> {
-    let ranked = side_by_side(columns.iter(), dense_ranks)?;
     let bits: Vec<u32> = ranked
         .iter()
         .map(|r| u64::BITS - (r.distinct.len() as u64).leading_zeros())
@@ -447,11 +448,11 @@ fn sort_packed(
     if bits.iter().sum::<u32>() > max_bits {
         return Ok(None);
     }
-    let rows = columns.first().map_or(0, |c| c.len());
+    let rows = ranked.first().map_or(0, |r| r.keys.len());
     let mut packed = vec![0u64; rows];
     for (r, &b) in ranked.iter().zip(&bits) {
         for (p, k) in packed.iter_mut().zip(r.keys.iter()) {
-            *p = (*p << b) | k.map_or(0, |k| r.value_ranks[k as usize]);
+            *p = (*p << b) | r.rank_of(k);
         }
     }
     packed.sort_unstable();
@@ -498,13 +499,25 @@ fn sort_packed(
     Ok(Some(out))
 }
 
-/// A column as [`sort_packed`] ranks it: its dictionary keys, each dictionary value's dense
+/// A column as [`sort_columns`] ranks it: its dictionary keys, each dictionary value's dense
 /// rank (1.. in value order, equal values alike, 0 for a NULL value) and the distinct values in
 /// rank order (rank `r` is `distinct[r - 1]`).
 struct DenseRanks {
     keys: UInt32Array,
     value_ranks: Vec<u64>,
     distinct: ArrayRef,
+}
+
+impl DenseRanks {
+    /// The rank of a row's dictionary key: 0 for NULL.
+    fn rank_of(&self, key: Option<u32>) -> u64 {
+        key.map_or(0, |k| self.value_ranks[k as usize])
+    }
+
+    /// Each row's rank, in row order.
+    fn row_ranks(&self) -> UInt64Array {
+        UInt64Array::from_iter_values(self.keys.iter().map(|k| self.rank_of(k)))
+    }
 }
 
 /// The [`DenseRanks`] of a column: dictionary-encoded first (a hash pass) unless it is, so only
@@ -630,7 +643,7 @@ impl Gathered {
 /// identities), and the stream of rows would otherwise wait on one thread doing it. The rows'
 /// order does not matter, as they are sorted next. Each thread keeps its own dictionaries, so
 /// a value can be stored by more than one; equal values get equal ranks all the same
-/// ([`column_rank`]).
+/// ([`dense_ranks`]).
 struct Gatherers {
     senders: Vec<tokio::sync::mpsc::Sender<RecordBatch>>,
     threads: Vec<std::thread::JoinHandle<Result<Gathered>>>,
@@ -769,29 +782,6 @@ impl Gathering {
             Self::Other(_, parts) => concat(&parts.iter().map(|c| c.as_ref()).collect::<Vec<_>>())?,
         })
     }
-}
-
-/// Each value's rank in its column: 0 for NULL, 1.. for the distinct values in order. The
-/// column is dictionary-encoded first (a hash pass), so only its distinct values are sorted.
-fn column_rank(column: &ArrayRef) -> Result<UInt64Array> {
-    let encoded = as_u32_dictionary(column)?;
-    let encoded = encoded
-        .as_any()
-        .downcast_ref::<DictionaryArray<UInt32Type>>()
-        .expect("cast to a u32 dictionary");
-    let value_ranks = UInt64Array::from_iter_values(
-        rank(encoded.values().as_ref(), None)?
-            .into_iter()
-            .map(|r| u64::from(r) + 1),
-    );
-    let ranks = take(&value_ranks, encoded.keys(), None)?;
-    let valid = is_not_null(&ranks)?;
-    let ranks = zip(&valid, &ranks, &UInt64Array::new_scalar(0))?;
-    Ok(ranks
-        .as_any()
-        .downcast_ref::<UInt64Array>()
-        .expect("u64 ranks")
-        .clone())
 }
 
 /// Drops the repeats of rows that come sorted on all their columns (equal rows adjacent), batch
@@ -1044,14 +1034,15 @@ mod tests {
                     })
                     .collect()
             };
-        let packed = sort_packed(&encoded, &columns, 100, 64).unwrap().unwrap();
+        let ranked = side_by_side(columns.iter(), dense_ranks).unwrap();
+        let packed = sort_packed(&encoded, &ranked, 100, 64).unwrap().unwrap();
         assert!(packed.iter().all(|b| b.num_rows() <= 100));
-        let gathered = sort_gathered(&encoded, columns.clone(), 100).unwrap();
+        let gathered = sort_gathered(&encoded, columns.clone(), &ranked, 100).unwrap();
         let expected: Vec<_> = expected.into_iter().collect();
         assert!(expected.len() > 1000, "repeats and distinct rows both");
         assert_eq!(decoded(packed), expected);
         assert_eq!(decoded(gathered), expected);
-        assert!(sort_packed(&encoded, &columns, 100, 12).unwrap().is_none());
+        assert!(sort_packed(&encoded, &ranked, 100, 12).unwrap().is_none());
     }
 
     #[test]
