@@ -5,12 +5,15 @@
 //! the whole owner table and the whole target table. NULL and empty values are not keys
 //! (SPEC 11.3). Correlation then is a join of this table with itself.
 
+use std::sync::Arc;
+
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::*;
 
 use super::frames::{NewTable, Replacement, commit_tables_counted, quoted, require, session};
 use super::{RunContext, TaskOutcome, TaskStatus};
 use crate::config::{ResourceType, Task};
+use crate::engine;
 use crate::error::Result;
 
 pub const TABLE: &str = "correlation_keys";
@@ -25,26 +28,35 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         true => None,
         false => super::dirty::scope(rc, &ctx, &catalog, task).await?,
     };
-    let mut all: Option<DataFrame> = None;
+    // The parts in the table's order: by resource type, side and rule.
+    let mut rts = rts;
+    rts.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut parts = Vec::new();
     for &rt in &rts {
-        for df in keys_of(rc, &ctx, &catalog, rt, scope.as_ref()).await? {
-            all = Some(match all {
-                None => df,
-                Some(a) => a.union(df)?,
-            });
-        }
+        parts.extend(keys_of(rc, &ctx, &catalog, rt, scope.as_ref()).await?);
     }
-    let Some(all) = all else {
-        return Ok(TaskOutcome::skipped(
-            "no resource type has correlation rules",
-        ));
-    };
-    let order = ["resource_type", "side", "rule", "value", "key"];
     let columns: Vec<Expr> = ["resource_type", "side", "entity", "key", "rule", "value"]
         .iter()
         .map(|c| col(*c))
         .collect();
-    let mut all = all.select(columns.clone())?;
+    let parts = parts
+        .into_iter()
+        .map(|df| df.select(columns.clone()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut all: Option<DataFrame> = None;
+    for df in &parts {
+        all = Some(match all {
+            None => df.clone(),
+            Some(a) => a.union(df.clone())?,
+        });
+    }
+    let Some(mut all) = all else {
+        return Ok(TaskOutcome::skipped(
+            "no resource type has correlation rules",
+        ));
+    };
+    // (resource type, side, rule, key) is unique: an entity's row has one value per rule.
+    let order = ["resource_type", "side", "rule", "key"];
     if subset && catalog.tables.contains_key(TABLE) {
         let names: Vec<Expr> = rts.iter().map(|rt| lit(rt.name.as_str())).collect();
         all = all.union(
@@ -67,9 +79,29 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             };
             NewTable::replaced(rc, &catalog, &ctx, TABLE, replacement, &order, false).await?
         }
-        _ => {
+        _ if subset => {
             let order = order.iter().map(|c| col(*c).sort(true, true)).collect();
             NewTable::from_frame(TABLE, all.sort(order)?).await?
+        }
+        // Whole: each part is a projection of a synchronized table, stored in key order, so
+        // the parts one after the other are in the table's order as they are read; a part
+        // that is not (an entity keyed by a number, whose text sorts otherwise) is sorted.
+        _ => {
+            let schema = Arc::new(all.schema().as_arrow().clone());
+            let read = parts
+                .into_iter()
+                .map(|df| engine::collect_ordered_by(&ctx, df, "key"));
+            let mut batches = Vec::new();
+            for (_, b) in futures::future::try_join_all(read).await? {
+                batches.extend(engine::align(&b, &schema)?);
+            }
+            NewTable {
+                name: TABLE.into(),
+                schema,
+                batches,
+                known: Default::default(),
+                patch: None,
+            }
         }
     };
     let rows = table.rows();
