@@ -8,17 +8,19 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
+use datafusion::error::DataFusionError;
 use datafusion::prelude::*;
 
 use super::frames::{NewTable, Replacement, commit_tables_counted, quoted, require, session};
 use super::{RunContext, TaskOutcome, TaskStatus};
 use crate::config::{ResourceType, Task};
 use crate::engine;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub const TABLE: &str = "correlation_keys";
 
 pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
+    let mut phases = super::Phases::new("correlation_keys");
     let (ctx, catalog) = session(rc).await?;
     // A task limited to some resource types computes them whole (not dirty) and keeps the
     // others' committed keys as they are.
@@ -88,12 +90,18 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         // that is not (an entity keyed by a number, whose text sorts otherwise) is sorted.
         _ => {
             let schema = Arc::new(all.schema().as_arrow().clone());
-            let read = parts
-                .into_iter()
-                .map(|df| engine::collect_ordered_by(&ctx, df, "key"));
+            // Each part on its own task, so that both cores read (each part's plan runs on
+            // one partition, to keep its order).
+            let read = parts.into_iter().map(|df| {
+                let ctx = ctx.clone();
+                tokio::spawn(async move { engine::collect_ordered_by(&ctx, df, "key").await })
+            });
             let mut batches = Vec::new();
-            for (_, b) in futures::future::try_join_all(read).await? {
-                batches.extend(engine::align(&b, &schema)?);
+            for part in futures::future::try_join_all(read)
+                .await
+                .map_err(|e| Error::Engine(DataFusionError::External(Box::new(e))))?
+            {
+                batches.extend(engine::align(&part?.1, &schema)?);
             }
             NewTable {
                 name: TABLE.into(),
@@ -104,9 +112,11 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             }
         }
     };
+    phases.done("keys");
     let rows = table.rows();
     let committed_now =
         commit_tables_counted(rc, &catalog, "task:compute_correlation_keys", vec![table]).await?;
+    phases.done("commit");
     let written = committed_now.rows;
     Ok(TaskOutcome {
         status: if committed_now.tables == 0 && !rc.dry_run {

@@ -634,6 +634,28 @@ impl Merged {
         order: &[&str],
         distinct: bool,
     ) -> Result<NewTable> {
+        let started = std::time::Instant::now();
+        let table = self
+            .table_unlogged(rc, read, ctx, name, order, distinct)
+            .await?;
+        tracing::debug!(
+            table = name,
+            rows = table.rows(),
+            seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+            "role model table"
+        );
+        Ok(table)
+    }
+
+    async fn table_unlogged(
+        self,
+        rc: &RunContext<'_>,
+        read: &Catalog,
+        ctx: &SessionContext,
+        name: &str,
+        order: &[&str],
+        distinct: bool,
+    ) -> Result<NewTable> {
         match self {
             // One partition: a collected in-memory table is split in two and interleaved.
             Merged::Sorted(df) => NewTable::in_order(ctx, name, df).await,
