@@ -3,7 +3,10 @@
 //! `correlation_keys` (`resource_type`, `side` = owner|target, `entity`, `key`, `rule`, `value`)
 //! holds, for each resource type and rule (numbered from 1), the rule's expression evaluated over
 //! the whole owner table and the whole target table. NULL and empty values are not keys
-//! (SPEC 11.3). Correlation then is a join of this table with itself.
+//! (SPEC 11.3). Correlation then is a join of this table with itself. The table is stored in
+//! (`resource_type`, `side`, `rule`, `key`) order: each part is read in the order its
+//! synchronized table is stored (by key), so a complete run sorts nothing unless a part is out
+//! of that order (`engine::collect_ordered_by`), and a dirty run splices its recomputed rows in.
 
 use std::sync::Arc;
 
