@@ -318,7 +318,7 @@ pub async fn collect_ordered_by(
 fn ascending(batches: &[RecordBatch], column: &str) -> Result<bool> {
     let mut previous: Option<ArrayRef> = None;
     for b in batches.iter().filter(|b| b.num_rows() > 0) {
-        let c = b.column(b.schema().index_of(column)?).clone();
+        let c = b.column(b.schema().index_of(column)?);
         if c.null_count() > 0 {
             return Ok(false);
         }

@@ -635,9 +635,18 @@ impl Merged {
         distinct: bool,
     ) -> Result<NewTable> {
         let started = std::time::Instant::now();
-        let table = self
-            .table_unlogged(rc, read, ctx, name, order, distinct)
-            .await?;
+        let table = match self {
+            // One partition: a collected in-memory table is split in two and interleaved.
+            Merged::Sorted(df) => NewTable::in_order(ctx, name, df).await?,
+            Merged::Whole(df) if distinct => NewTable::sorted_distinct(ctx, name, df).await?,
+            Merged::Whole(df) => {
+                let order = order.iter().map(|c| col(*c).sort(true, true)).collect();
+                NewTable::from_frame(name, df.sort(order)?).await?
+            }
+            Merged::Replaced(r) => {
+                NewTable::replaced(rc, read, ctx, name, *r, order, distinct).await?
+            }
+        };
         tracing::debug!(
             table = name,
             rows = table.rows(),
@@ -645,29 +654,6 @@ impl Merged {
             "role model table"
         );
         Ok(table)
-    }
-
-    async fn table_unlogged(
-        self,
-        rc: &RunContext<'_>,
-        read: &Catalog,
-        ctx: &SessionContext,
-        name: &str,
-        order: &[&str],
-        distinct: bool,
-    ) -> Result<NewTable> {
-        match self {
-            // One partition: a collected in-memory table is split in two and interleaved.
-            Merged::Sorted(df) => NewTable::in_order(ctx, name, df).await,
-            Merged::Whole(df) if distinct => NewTable::sorted_distinct(ctx, name, df).await,
-            Merged::Whole(df) => {
-                let order = order.iter().map(|c| col(*c).sort(true, true)).collect();
-                NewTable::from_frame(name, df.sort(order)?).await
-            }
-            Merged::Replaced(r) => {
-                NewTable::replaced(rc, read, ctx, name, *r, order, distinct).await
-            }
-        }
     }
 }
 
