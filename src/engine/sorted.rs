@@ -316,6 +316,17 @@ pub async fn collect_ordered_by(
 /// Whether `column` never decreases along the rows of `batches` (and holds no NULL: where a
 /// NULL stands is left to a sort).
 fn ascending(batches: &[RecordBatch], column: &str) -> Result<bool> {
+    ascending_by(batches, column, false)
+}
+
+/// Whether `column` increases from each row to the next along the rows of `batches`, no two
+/// rows equal, and holds no NULL: each value once, in order.
+pub fn strictly_ascending(batches: &[RecordBatch], column: &str) -> Result<bool> {
+    ascending_by(batches, column, true)
+}
+
+/// [`ascending`], equal neighbours refused with `strict`.
+fn ascending_by(batches: &[RecordBatch], column: &str, strict: bool) -> Result<bool> {
     let mut previous: Option<ArrayRef> = None;
     for b in batches.iter().filter(|b| b.num_rows() > 0) {
         let c = b.column(b.schema().index_of(column)?);
@@ -324,8 +335,14 @@ fn ascending(batches: &[RecordBatch], column: &str) -> Result<bool> {
         }
         let n = c.len();
         // Each row against the one before it, the first against the previous batch's last.
-        let decreases =
-            |a: &ArrayRef, b: &ArrayRef| -> Result<bool> { Ok(cmp::lt(a, b)?.true_count() > 0) };
+        let decreases = |a: &ArrayRef, b: &ArrayRef| -> Result<bool> {
+            let out_of_order = if strict {
+                cmp::lt_eq(a, b)?
+            } else {
+                cmp::lt(a, b)?
+            };
+            Ok(out_of_order.true_count() > 0)
+        };
         if let Some(last) = &previous
             && decreases(&c.slice(0, 1), last)?
         {
@@ -1530,10 +1547,18 @@ mod tests {
         let out = ordered(chunks(&with_null)).await;
         assert_eq!(out[0], (None, "6000".to_string()));
         assert_eq!(out[1..], with_null[1..]);
-        // Equal neighbours are in order.
+        // Equal neighbours are in order, but not strictly: within a batch or across one.
         let mut equal = rows.clone();
         equal[10].0 = equal[11].0.clone();
         assert!(ascending(&chunks(&equal), "a").unwrap());
+        assert!(!strictly_ascending(&chunks(&equal), "a").unwrap());
+        let mut across = rows.clone();
+        across[999].0 = across[1_000].0.clone();
+        assert!(ascending(&chunks(&across), "a").unwrap());
+        assert!(!strictly_ascending(&chunks(&across), "a").unwrap());
+        assert!(strictly_ascending(&chunks(&rows), "a").unwrap());
+        assert!(!strictly_ascending(&chunks(&with_null), "a").unwrap());
+        assert!(!strictly_ascending(&chunks(&inside), "a").unwrap());
     }
 }
 

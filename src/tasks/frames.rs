@@ -129,7 +129,7 @@ pub struct Replacement {
 }
 
 impl NewTable {
-    fn new(name: &str, (schema, batches): (SchemaRef, Vec<RecordBatch>)) -> Self {
+    pub fn new(name: &str, (schema, batches): (SchemaRef, Vec<RecordBatch>)) -> Self {
         Self {
             name: name.to_string(),
             schema,

@@ -18,7 +18,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, Int32Array, Int64Array, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::error::DataFusionError;
 use datafusion::prelude::*;
 
 use super::correlation_keys::{self, selected};
@@ -242,11 +243,20 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let mut resources = Vec::new();
     let mut scalars = Vec::new();
     let mut links = Vec::new();
+    let mut wide_scalars = Vec::new();
     for rt in &rts {
         let res = assigned_resources(rc, &ctx, &catalog, rt, dirty.as_ref()).await?;
         let res = materialize(&ctx, res).await?;
-        let (desired, spread) = desired_scalars(rc, &ctx, rt, res.clone(), &mut warnings).await?;
+        let (desired, spread, wide) =
+            desired_scalars(rc, &ctx, rt, res.clone(), &mut warnings).await?;
         scalars.push(desired);
+        wide_scalars.push(wide.map(|(wide, attributes)| WideScalars {
+            resource_type: rt.name.clone(),
+            wide,
+            attributes,
+            resources: res.clone(),
+            columns: resource_columns(rc, rt, true),
+        }));
         links.push(desired_links(rc, &ctx, &catalog, rt, res.clone()).await?);
         resources.push(with_scalar_columns(rc, rt, res, spread)?);
     }
@@ -256,13 +266,26 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let d = dirty.as_ref();
     let resources = merge_scoped(&ctx, &catalog, "assigned_resources", resources, &rts, d).await?;
     let scalars = merge_scoped(&ctx, &catalog, "assigned_scalars", scalars, &rts, d).await?;
+    // Whole, with no other type's rows to keep, and scalars in every resource type: both
+    // tables come in order from the owner tables ([`in_owner_order`]).
+    let mut whole = d.is_none();
+    for (table, schema) in [
+        ("assigned_scalars", scalars_schema()),
+        ("assigned_resources", resources_schema(rc)),
+    ] {
+        whole = whole && !has_other_types(&ctx, &catalog, table, &rts, &schema).await?;
+    }
+    let in_order = wide_scalars
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .filter(|_| whole);
     let links = merge_scoped(&ctx, &catalog, "assigned_links", links, &rts, d)
         .await?
         .with_joins_as_written();
 
     phases.done("planned");
     // The five tables are independent queries: run together, they keep both cores busy.
-    let (correlations, roles, resources, scalars, links) = futures::try_join!(
+    let (correlations, roles, (resources, scalars), links) = futures::try_join!(
         correlations.table(
             rc,
             &catalog,
@@ -272,22 +295,43 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             false,
         ),
         roles.table(rc, &catalog, &ctx, "assigned_roles", &role_order, false),
-        resources.table(
-            rc,
-            &catalog,
-            &ctx,
-            "assigned_resources",
-            &["resource_type", "owner_key"],
-            false,
-        ),
-        scalars.table(
-            rc,
-            &catalog,
-            &ctx,
-            "assigned_scalars",
-            &["resource_type", "owner_key", "attribute"],
-            false,
-        ),
+        async {
+            let started = std::time::Instant::now();
+            if let Some(parts) = in_order
+                && let Some((resources, scalars)) =
+                    in_owner_order(&ctx, parts, resources_schema(rc)).await?
+            {
+                let tables = (
+                    NewTable::new("assigned_resources", resources),
+                    NewTable::new("assigned_scalars", scalars),
+                );
+                tracing::debug!(
+                    table = "assigned_resources, assigned_scalars",
+                    rows = tables.0.rows() + tables.1.rows(),
+                    seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+                    "role model table"
+                );
+                return Ok(tables);
+            }
+            futures::try_join!(
+                resources.table(
+                    rc,
+                    &catalog,
+                    &ctx,
+                    "assigned_resources",
+                    &["resource_type", "owner_key"],
+                    false,
+                ),
+                scalars.table(
+                    rc,
+                    &catalog,
+                    &ctx,
+                    "assigned_scalars",
+                    &["resource_type", "owner_key", "attribute"],
+                    false,
+                ),
+            )
+        },
         // Repeats are dropped here, over all resource types at once (the merged parts are
         // disjoint by resource type and owner), by the rank sort: cheaper than a DISTINCT per
         // type followed by a sort of ~13M rows at 1M identities.
@@ -539,32 +583,11 @@ fn with_scalar_columns(
     res: DataFrame,
     spread: Option<DataFrame>,
 ) -> Result<DataFrame> {
-    let fixed = vec![
-        lit(rt.name.as_str()).alias("resource_type"),
-        col("owner_key"),
-        col("account_key"),
-        col("state"),
-    ];
-    let names = scalar_columns(rc);
-    let mine: Vec<&str> = names
-        .iter()
-        .copied()
-        .filter(|n| rt.scalars.iter().any(|(name, _)| name == *n))
-        .collect();
-    let null = || cast(lit(datafusion::common::ScalarValue::Null), DataType::Utf8);
-    let Some(spread) = spread.filter(|_| !mine.is_empty()) else {
-        let mut columns = fixed;
-        columns.extend(names.iter().map(|n| null().alias(*n)));
+    let spread = spread.filter(|_| !rt.scalars.is_empty());
+    let columns = resource_columns(rc, rt, spread.is_some());
+    let Some(spread) = spread else {
         return Ok(res.select(columns)?);
     };
-    let mut columns = fixed;
-    columns.extend(names.iter().map(|n| {
-        if mine.contains(n) {
-            ident(spread_name(n)).alias(*n)
-        } else {
-            null().alias(*n)
-        }
-    }));
     Ok(res
         .join(
             spread,
@@ -574,6 +597,27 @@ fn with_scalar_columns(
             None,
         )?
         .select(columns)?)
+}
+
+/// The columns of [`with_scalar_columns`]' rows: the fixed ones, then each scalar column of
+/// the pipeline from the spread frame (`spread`) when the resource type has that scalar, else
+/// NULL.
+fn resource_columns(rc: &RunContext<'_>, rt: &ResourceType, spread: bool) -> Vec<Expr> {
+    let mut columns = vec![
+        lit(rt.name.as_str()).alias("resource_type"),
+        col("owner_key"),
+        col("account_key"),
+        col("state"),
+    ];
+    let null = || cast(lit(datafusion::common::ScalarValue::Null), DataType::Utf8);
+    columns.extend(scalar_columns(rc).into_iter().map(|n| {
+        if spread && rt.scalars.iter().any(|(name, _)| name == n) {
+            ident(spread_name(n)).alias(n)
+        } else {
+            null().alias(n)
+        }
+    }));
+    columns
 }
 fn scalars_schema() -> Arc<Schema> {
     utf8(&["resource_type", "owner_key", "attribute", "value"])
@@ -807,7 +851,7 @@ pub fn rule_hits(
             )),
         ],
     )
-    .map_err(datafusion::error::DataFusionError::from)?;
+    .map_err(DataFusionError::from)?;
     Ok(table
         .select(vec![
             key.alias("owner_key"),
@@ -1140,7 +1184,7 @@ async fn correlate(
             )),
         ],
     )
-    .map_err(datafusion::error::DataFusionError::from)?;
+    .map_err(DataFusionError::from)?;
     view(ctx, "corr_rules", ctx.read_batch(rules)?)?;
     let previous = if catalog.tables.contains_key("correlations") {
         let previous = ctx
@@ -1561,23 +1605,39 @@ async fn desired_scalars(
     rt: &ResourceType,
     assigned: DataFrame,
     warnings: &mut Vec<String>,
-) -> Result<(DataFrame, Option<DataFrame>)> {
+) -> Result<(
+    DataFrame,
+    Option<DataFrame>,
+    Option<(DataFrame, Vec<String>)>,
+)> {
     if rt.scalars.is_empty() {
-        return Ok((empty(ctx, scalars_schema())?, None));
+        return Ok((empty(ctx, scalars_schema())?, None, None));
     }
-    let owner = ctx
+    let owners = ctx
         .table(rt.owner.as_str())
         .await?
-        .with_column("_owner_key", key_text(rc, &rt.owner))?
-        .join(
-            assigned.select(vec![col("owner_key").alias("_assigned")])?,
-            JoinType::LeftSemi,
-            &["_owner_key"],
-            &["_assigned"],
-            None,
-        )?;
+        .with_column("_owner_key", key_text(rc, &rt.owner))?;
+    let assigned = assigned.select(vec![col("owner_key").alias("_assigned")])?;
+    let owner = owners.clone().join(
+        assigned.clone(),
+        JoinType::LeftSemi,
+        &["_owner_key"],
+        &["_assigned"],
+        None,
+    )?;
+    // The same owners as the probe side of the join, which keeps the owner table's stored
+    // order (its key's, for a synchronized table).
+    let owner_in_order = engine::as_written(assigned.join(
+        owners,
+        JoinType::RightSemi,
+        &["_assigned"],
+        &["_owner_key"],
+        None,
+    )?);
     let mut frames = Vec::new();
     let mut spread = vec![col("_owner_key").alias("_spread_owner")];
+    // Per owner, (attribute, value, keep) of each scalar in attribute order.
+    let mut entries: Vec<(&str, Expr)> = Vec::new();
     for (column, expr) in &rt.scalars {
         let value = ctx.parse_sql_expr(&expr.text, owner.schema())?;
         let ty = target_type(rc, rt, column);
@@ -1631,8 +1691,28 @@ async fn desired_scalars(
                         .map_or("value", |c| c.ty.name())
                 ));
             }
-            desired = desired.filter(failed.not())?;
+            desired = desired.filter(failed.clone().not())?;
         }
+        let keep = if ty != DataType::Utf8 {
+            value
+                .clone()
+                .is_not_null()
+                .and(typed.clone().is_null())
+                .not()
+        } else {
+            lit(true)
+        };
+        entries.push((
+            column.as_str(),
+            named_struct(vec![
+                lit("attribute"),
+                lit(column.as_str()),
+                lit("value"),
+                crate::engine::opaque_udf().call(vec![cast(typed.clone(), DataType::Utf8)]),
+                lit("keep"),
+                keep,
+            ]),
+        ));
         frames.push(desired.select(vec![
             lit(rt.name.as_str()).alias("resource_type"),
             col("_owner_key").alias("owner_key"),
@@ -1644,10 +1724,141 @@ async fn desired_scalars(
                 .alias("value"),
         ])?);
     }
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    let attributes = entries.iter().map(|(a, _)| a.to_string()).collect();
+    let wide = owner_in_order.select(vec![
+        col("_owner_key"),
+        make_array(entries.into_iter().map(|(_, e)| e).collect()).alias("_s"),
+    ])?;
     Ok((
         union_all(frames)?.expect("at least one scalar"),
         Some(owner.select(spread)?),
+        Some((wide, attributes)),
     ))
+}
+
+/// One resource type's desired scalars, one row per assigned owner ([`desired_scalars`]).
+struct WideScalars {
+    resource_type: String,
+    /// `_owner_key`, and `_s`: the owner's scalars as (`attribute`, `value`, `keep`), in
+    /// attribute order; read in the owner table's stored order.
+    wide: DataFrame,
+    /// The scalars' names, in that order.
+    attributes: Vec<String>,
+    /// The resource type's assigned resources (`owner_key`, `account_key`, `state`).
+    resources: DataFrame,
+    /// The `assigned_resources` columns over `resources` joined with the spread scalars
+    /// ([`resource_columns`]).
+    columns: Vec<Expr>,
+}
+
+/// `assigned_resources` and `assigned_scalars` in their tables' order without a sort: each
+/// resource type's wide rows are read once, in the owner table's stored order, and when their
+/// owner keys strictly ascend (a synchronized table stored by a text key) every row derived
+/// from them in place is in order too — an owner's scalars unnested in attribute order, its
+/// resource joined to it on the probe side. The resource types follow each other by name.
+/// Both tables from one read of the owners, where they took an owner scan and a semi-join
+/// each (per scalar for `assigned_scalars`) and a sort. `None` when some type's keys do not
+/// ascend (a number key, a table read from several files): the caller sorts instead.
+async fn in_owner_order(
+    ctx: &SessionContext,
+    mut parts: Vec<WideScalars>,
+    resources_schema: SchemaRef,
+) -> Result<Option<(RowsOf, RowsOf)>> {
+    use datafusion::functions::core::expr_fn::get_field;
+    parts.sort_by(|a, b| a.resource_type.cmp(&b.resource_type));
+    // Each part on its own task: its plans run on one partition, inline in whoever polls them.
+    let read = parts.into_iter().map(|part| {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let (_, wide) = engine::collect_in_order(&ctx, part.wide).await?;
+            if !engine::strictly_ascending(&wide, "_owner_key")? {
+                tracing::debug!(
+                    resource_type = part.resource_type,
+                    "desired scalars not in key order: sorted"
+                );
+                return Ok(None);
+            }
+            if wide.is_empty() {
+                return Ok(Some((Vec::new(), Vec::new())));
+            }
+            let mut spread = vec![col("_owner_key").alias("_spread_owner")];
+            for (i, attribute) in part.attributes.iter().enumerate() {
+                let entry = array_element(col("_s"), lit(i as i64 + 1));
+                spread.push(get_field(entry, "value").alias(spread_name(attribute)));
+            }
+            let spread = ctx.read_batches(wide.clone())?.select(spread)?;
+            let resources = engine::as_written(
+                part.resources
+                    .join(
+                        spread,
+                        JoinType::Left,
+                        &["owner_key"],
+                        &["_spread_owner"],
+                        None,
+                    )?
+                    .select(part.columns)?,
+            );
+            let scalars = ctx
+                .read_batches(wide)?
+                .unnest_columns(&["_s"])?
+                .filter(get_field(col("_s"), "keep"))?
+                .select(vec![
+                    lit(part.resource_type).alias("resource_type"),
+                    col("_owner_key").alias("owner_key"),
+                    get_field(col("_s"), "attribute").alias("attribute"),
+                    get_field(col("_s"), "value").alias("value"),
+                ])?;
+            // Each read on its own task too.
+            let collect = |df: DataFrame| {
+                let ctx = ctx.clone();
+                tokio::spawn(async move { engine::collect_in_order(&ctx, df).await })
+            };
+            let (resources, scalars) = futures::try_join!(collect(resources), collect(scalars))
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            Ok::<_, Error>(Some((resources?.1, scalars?.1)))
+        })
+    });
+    let scalars_schema = scalars_schema();
+    let (mut resources, mut scalars) = (Vec::new(), Vec::new());
+    for part in futures::future::try_join_all(read)
+        .await
+        .map_err(|e| Error::Engine(DataFusionError::External(Box::new(e))))?
+    {
+        let Some((r, s)) = part? else {
+            return Ok(None);
+        };
+        resources.extend(engine::align(&r, &resources_schema)?);
+        scalars.extend(engine::align(&s, &scalars_schema)?);
+    }
+    Ok(Some((
+        (resources_schema, resources),
+        (scalars_schema, scalars),
+    )))
+}
+
+/// A table's schema and rows.
+type RowsOf = (SchemaRef, Vec<RecordBatch>);
+
+/// Whether the committed `table` has rows of resource types other than `rts` (which a task
+/// limited to some types keeps).
+async fn has_other_types(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    table: &str,
+    rts: &[&ResourceType],
+    schema: &Arc<Schema>,
+) -> Result<bool> {
+    if !catalog.tables.contains_key(table) {
+        return Ok(false);
+    }
+    let names: Vec<Expr> = rts.iter().map(|rt| lit(rt.name.as_str())).collect();
+    let n = super::frames::committed(ctx, catalog, table, schema)
+        .await?
+        .filter(col("resource_type").in_list(names, true))?
+        .count()
+        .await?;
+    Ok(n > 0)
 }
 
 /// Desired link values of assigned owners: by role, by rule, unconditional, and pre-existing.

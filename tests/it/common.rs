@@ -300,3 +300,38 @@ pub fn rewrites_patched(commit: &[serde_json::Value]) -> bool {
             .iter()
             .any(|a| a["remove"]["deletionVector"].is_object())
 }
+
+/// The rows of the latest version of `table`, as its files store them (in the order its last
+/// commit added them): `columns` of each row, as text.
+pub fn stored_rows(env: &Env, table: &str, columns: &[&str]) -> Vec<Vec<String>> {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let commits = delta_commits(env, table);
+    let last = commits.last().expect("the table has commits");
+    let mut rows = Vec::new();
+    for add in last.iter().filter_map(|a| a["add"]["path"].as_str()) {
+        let file = std::fs::File::open(env.path(&format!("store/{table}/{add}"))).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let shown: Vec<_> = columns
+                .iter()
+                .map(|c| {
+                    let column = batch.column(batch.schema().index_of(c).unwrap()).clone();
+                    (column, FormatOptions::default())
+                })
+                .collect();
+            let formatters: Vec<_> = shown
+                .iter()
+                .map(|(c, o)| ArrayFormatter::try_new(c.as_ref(), o).unwrap())
+                .collect();
+            for i in 0..batch.num_rows() {
+                rows.push(formatters.iter().map(|f| f.value(i).to_string()).collect());
+            }
+        }
+    }
+    rows
+}

@@ -805,6 +805,88 @@ fn a_role_model_that_empties_the_assignments_is_a_change() {
     );
 }
 
+/// `assigned_scalars` is stored sorted by (`resource_type`, `owner_key`, `attribute`) and
+/// `assigned_resources` by (`resource_type`, `owner_key`) both when their rows come in order
+/// from the owner table (a text key, stored in its order) and when they are sorted (a number
+/// key, stored in an order that is not its text's: 10 before 9), with the same rows.
+#[test]
+fn assigned_scalars_are_stored_sorted_for_text_and_number_owner_keys() {
+    let mut stored = Vec::new();
+    let mut resources = Vec::new();
+    for numeric in [false, true] {
+        let env = Env::new();
+        let mut text = app_pipeline("status = 'active'");
+        if numeric {
+            text = text.replace("{ id = \"string\",", "{ id = \"int\",");
+            assert!(text.contains("id = \"int\""));
+        }
+        env.write_pipeline(&text);
+        write_company(&env, 12);
+        if numeric {
+            // The same company with the keys P0000… as the numbers 1…12.
+            let renumber = |path: &str| {
+                let body = std::fs::read_to_string(env.path(path)).unwrap();
+                let renumbered = (0..12).fold(body, |b, i| {
+                    b.replace(&format!("P{i:04}"), &(i + 1).to_string())
+                });
+                env.write(path, renumbered);
+            };
+            renumber("exports/hr/persons.csv");
+            renumber("exports/app/accounts.csv");
+        }
+        env.run("complete", &[], &[]).expect_code(0);
+        let rows = stored_rows(
+            &env,
+            "assigned_scalars",
+            &["resource_type", "owner_key", "attribute", "value"],
+        );
+        assert_eq!(rows.len(), 12 * 5, "{rows:?}");
+        let mut sorted = rows.clone();
+        sorted.sort();
+        assert_eq!(rows, sorted, "numeric keys: {numeric}");
+        stored.push(rows);
+        let rows = stored_rows(
+            &env,
+            "assigned_resources",
+            &["resource_type", "owner_key", "login", "email", "owner_id"],
+        );
+        assert_eq!(rows.len(), 12, "{rows:?}");
+        let mut sorted = rows.clone();
+        sorted.sort();
+        assert_eq!(rows, sorted, "numeric keys: {numeric}");
+        resources.push(rows);
+    }
+    assert_eq!(
+        resources[1][..2].iter().map(|r| &r[1]).collect::<Vec<_>>(),
+        ["1", "10"]
+    );
+    assert_eq!(
+        resources[0][3],
+        ["app_user", "P0003", "user0003", "u0003@x.com", "P0003"]
+    );
+    assert_eq!(
+        resources[1][4],
+        ["app_user", "2", "user0001", "u0001@x.com", "2"]
+    );
+    // The number keys sort as text: 1, 10, 11, 12, 2, …; the rows are the text keys' with the
+    // keys renumbered.
+    let owners: Vec<&str> = stored[1].iter().step_by(5).map(|r| r[1].as_str()).collect();
+    assert_eq!(owners[..4], ["1", "10", "11", "12"]);
+    let renumbered = |r: &Vec<String>| -> Vec<String> {
+        let n = |k: &str| (k[1..].parse::<usize>().unwrap() + 1).to_string();
+        let key = n(&r[1]);
+        let value = if r[2] == "owner_id" {
+            n(&r[3])
+        } else {
+            r[3].clone()
+        };
+        vec![r[0].clone(), key, r[2].clone(), value]
+    };
+    let mut expected: Vec<Vec<String>> = stored[0].iter().map(renumbered).collect();
+    expected.sort();
+    assert_eq!(stored[1], expected);
+}
+
 #[test]
 fn correlation_keys_of_some_resource_types_keep_the_others() {
     let env = Env::new();
