@@ -887,6 +887,42 @@ fn assigned_scalars_are_stored_sorted_for_text_and_number_owner_keys() {
     assert_eq!(stored[1], expected);
 }
 
+/// Link values granted by role, by rule and to every assigned owner, with a value granted
+/// twice over (by role and by rule): each owner's desired values once, and none for an owner
+/// the resource type does not assign.
+#[test]
+fn link_values_by_role_by_rule_and_unconditional_are_each_desired_once() {
+    let env = Env::new();
+    let old = "values = [ { role = \"sales\", target = \"G_SALES\" }, { role = \"it\", target = \"G_IT\" } ]";
+    let text = app_pipeline("status = 'active'");
+    assert!(text.contains(old));
+    env.write_pipeline(&text.replace(
+        old,
+        "values = [ { role = \"sales\", target = \"G_SALES\" }, { role = \"it\", target = \"G_IT\" },\n\
+         { rule = \"dept = 'IT'\", target = \"G_IT\" }, { rule = \"name = 'User0002'\", target = \"G_TWO\" },\n\
+         { target = \"G_ALL\" } ]",
+    ));
+    write_company(&env, 4);
+    let persons = std::fs::read_to_string(env.path("exports/hr/persons.csv")).unwrap();
+    env.write(
+        "exports/hr/persons.csv",
+        persons.replace("P0003,User0003,IT,active", "P0003,User0003,IT,left"),
+    );
+    env.run("complete", &[], &[]).expect_code(0);
+    assert_eq!(
+        env.query("select owner_key, link, value from assigned_links order by 1, 2, 3"),
+        [
+            ["P0000", "member", "G_ALL"],
+            ["P0000", "member", "G_SALES"],
+            ["P0001", "member", "G_ALL"],
+            ["P0001", "member", "G_IT"],
+            ["P0002", "member", "G_ALL"],
+            ["P0002", "member", "G_SALES"],
+            ["P0002", "member", "G_TWO"],
+        ]
+    );
+}
+
 #[test]
 fn correlation_keys_of_some_resource_types_keep_the_others() {
     let env = Env::new();
