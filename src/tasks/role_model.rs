@@ -588,6 +588,12 @@ fn with_scalar_columns(
     let Some(spread) = spread else {
         return Ok(res.select(columns)?);
     };
+    spread_onto(res, spread, columns)
+}
+
+/// `res` joined to the spread scalars (on its probe side, whose order the rows keep),
+/// selected as `columns` ([`resource_columns`]).
+fn spread_onto(res: DataFrame, spread: DataFrame, columns: Vec<Expr>) -> Result<DataFrame> {
     Ok(res
         .join(
             spread,
@@ -634,15 +640,31 @@ async fn merge_other_types(
     new: DataFrame,
     rts: &[&ResourceType],
 ) -> Result<DataFrame> {
+    let schema = Arc::new(new.schema().as_arrow().clone());
+    match other_types_rows(ctx, catalog, table, rts, &schema).await? {
+        Some(old) => Ok(old.union(new)?),
+        None => Ok(new),
+    }
+}
+
+/// The committed rows of `table` whose resource type is not one of `rts` (`None` before the
+/// table's first commit).
+async fn other_types_rows(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    table: &str,
+    rts: &[&ResourceType],
+    schema: &Arc<Schema>,
+) -> Result<Option<DataFrame>> {
     if !catalog.tables.contains_key(table) {
-        return Ok(new);
+        return Ok(None);
     }
     let names: Vec<Expr> = rts.iter().map(|rt| lit(rt.name.as_str())).collect();
-    let schema = Arc::new(new.schema().as_arrow().clone());
-    let old = super::frames::committed(ctx, catalog, table, &schema)
-        .await?
-        .filter(col("resource_type").in_list(names, true))?;
-    Ok(old.union(new)?)
+    Ok(Some(
+        super::frames::committed(ctx, catalog, table, schema)
+            .await?
+            .filter(col("resource_type").in_list(names, true))?,
+    ))
 }
 
 /// A role-model table's next content: whole (complete mode), or the committed table with the
@@ -1788,17 +1810,7 @@ async fn in_owner_order(
                 spread.push(get_field(entry, "value").alias(spread_name(attribute)));
             }
             let spread = ctx.read_batches(wide.clone())?.select(spread)?;
-            let resources = engine::as_written(
-                part.resources
-                    .join(
-                        spread,
-                        JoinType::Left,
-                        &["owner_key"],
-                        &["_spread_owner"],
-                        None,
-                    )?
-                    .select(part.columns)?,
-            );
+            let resources = engine::as_written(spread_onto(part.resources, spread, part.columns)?);
             let scalars = ctx
                 .read_batches(wide)?
                 .unnest_columns(&["_s"])?
@@ -1849,16 +1861,12 @@ async fn has_other_types(
     rts: &[&ResourceType],
     schema: &Arc<Schema>,
 ) -> Result<bool> {
-    if !catalog.tables.contains_key(table) {
-        return Ok(false);
-    }
-    let names: Vec<Expr> = rts.iter().map(|rt| lit(rt.name.as_str())).collect();
-    let n = super::frames::committed(ctx, catalog, table, schema)
-        .await?
-        .filter(col("resource_type").in_list(names, true))?
-        .count()
-        .await?;
-    Ok(n > 0)
+    Ok(
+        match other_types_rows(ctx, catalog, table, rts, schema).await? {
+            Some(rows) => rows.count().await? > 0,
+            None => false,
+        },
+    )
 }
 
 /// Desired link values of assigned owners: by role, by rule, unconditional, and pre-existing.
