@@ -163,6 +163,7 @@ fn hot_paths(c: &mut Criterion) {
                 key: Some("employee_id".into()),
                 command_column: None,
                 split: Vec::new(),
+                dictionary: false,
                 options: options.clone(),
             };
             read(&spec).expect("loads")

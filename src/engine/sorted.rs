@@ -13,8 +13,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, DictionaryArray, RecordBatch, UInt32Array, UInt64Array,
-    make_comparator, new_empty_array,
+    Array, ArrayRef, AsArray, BooleanArray, DictionaryArray, RecordBatch, StringArray, UInt32Array,
+    UInt64Array, make_comparator, new_empty_array,
 };
 use datafusion::arrow::compute::kernels::{boolean, cmp, numeric};
 use datafusion::arrow::compute::{
@@ -784,6 +784,11 @@ impl Gatherers {
     }
 }
 
+/// A dictionary of `u32` keys and text values, as [`Gathering`] builds them.
+fn is_text_dictionary(ty: &DataType) -> bool {
+    matches!(ty, DataType::Dictionary(k, v) if **k == DataType::UInt32 && **v == DataType::Utf8)
+}
+
 /// One column of [`Gathered`].
 enum Gathering {
     Text {
@@ -796,12 +801,10 @@ enum Gathering {
 impl Gathering {
     fn new(ty: &DataType) -> Self {
         match ty {
-            DataType::Dictionary(k, v) if **k == DataType::UInt32 && **v == DataType::Utf8 => {
-                Self::Text {
-                    builder: Default::default(),
-                    distinct: 0,
-                }
-            }
+            ty if is_text_dictionary(ty) => Self::Text {
+                builder: Default::default(),
+                distinct: 0,
+            },
             other => Self::Other(other.clone(), Vec::new()),
         }
     }
@@ -809,6 +812,22 @@ impl Gathering {
     /// Appends a column's values; returns the bytes of the values it stored.
     fn push(&mut self, column: &ArrayRef) -> Result<usize> {
         match self {
+            Self::Text { builder, .. } if is_text_dictionary(column.data_type()) => {
+                // Dictionary-encoded already (a synchronization's parsed link pairs, one
+                // dictionary a batch): each of the batch's values is looked up once, not each
+                // row's. Which of them are new here is not known, so their bytes all count: a
+                // value repeated across batches (a group) is counted in each (about a fifth
+                // more than the gathered columns hold, at 1M identities; the pool's figure
+                // errs high).
+                let dictionary = column.as_dictionary::<UInt32Type>();
+                let values = dictionary.values().as_string::<i32>();
+                let bytes = values.value_data().len() + 16 * values.len();
+                let typed = dictionary.downcast_dict::<StringArray>().ok_or_else(|| {
+                    DataFusionError::Internal("a text dictionary has text values".into())
+                })?;
+                builder.extend_dictionary(&typed)?;
+                Ok(bytes)
+            }
             Self::Text { builder, distinct } => {
                 let text = match column.data_type() {
                     DataType::Utf8 => Arc::clone(column),
@@ -988,6 +1007,41 @@ mod tests {
                 .collect::<Vec<_>>(),
             expected
         );
+    }
+
+    /// Columns that come dictionary-encoded (a synchronization's parsed pairs, one dictionary
+    /// a batch, with NULL keys and a value no row uses) gather to the same rows as their
+    /// text, each distinct value stored once; the bytes counted are each batch's dictionary.
+    #[test]
+    fn dictionary_columns_are_gathered_as_their_rows() {
+        let ty = DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8));
+        let mut g = Gathering::new(&ty);
+        let parts: [(Vec<Option<u32>>, Vec<&str>); 3] = [
+            (vec![Some(0), Some(0), None, Some(1)], vec!["aa", "b"]),
+            (vec![Some(1), Some(0), Some(1)], vec!["ccc", "b", "unused"]),
+            (vec![None, Some(0)], vec!["aa"]),
+        ];
+        let mut bytes = 0;
+        let mut expected: Vec<Option<&str>> = Vec::new();
+        for (keys, values) in &parts {
+            let column: ArrayRef = Arc::new(
+                DictionaryArray::<UInt32Type>::try_new(
+                    UInt32Array::from(keys.clone()),
+                    Arc::new(StringArray::from(values.clone())),
+                )
+                .unwrap(),
+            );
+            bytes += g.push(&column).unwrap();
+            expected.extend(keys.iter().map(|k| k.map(|k| values[k as usize])));
+        }
+        assert_eq!(bytes, (3 + 32) + (10 + 48) + (2 + 16));
+        let gathered = g.finish().unwrap();
+        let dict = gathered.as_dictionary::<UInt32Type>();
+        let mut stored: Vec<&str> = dict.values().as_string::<i32>().iter().flatten().collect();
+        stored.sort_unstable();
+        assert_eq!(stored, ["aa", "b", "ccc", "unused"], "each value once");
+        let text = cast(&gathered, &DataType::Utf8).unwrap();
+        assert_eq!(text.as_string::<i32>().iter().collect::<Vec<_>>(), expected);
     }
 
     /// Batches dealt out to three threads, the same values reaching several of them: each

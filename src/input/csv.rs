@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StringBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, StringBuilder,
+    StringDictionaryBuilder,
 };
 use datafusion::arrow::compute::{CastOptions, cast_with_options, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
 
 use crate::config::{ColumnType, CsvOptions, OnBadRow};
 use crate::error::{Error, Result};
@@ -35,6 +36,12 @@ pub struct CsvSpec {
     pub command_column: Option<String>,
     /// Columns whose cells hold several values separated by this text (links).
     pub split: Vec<(String, String)>,
+    /// Text columns (other than the key) come dictionary-encoded in the batches, one
+    /// dictionary a batch, while [`Loaded::schema`] names their plain type: for files of few
+    /// distinct values repeated over millions of rows (link pairs: 13.6M memberships of 1M
+    /// identities, ~12 a run per account, 55k groups), where the plain text is most of a
+    /// load's memory. Not with `split`.
+    pub dictionary: bool,
     pub options: CsvOptions,
 }
 
@@ -49,6 +56,8 @@ pub struct Rejected {
 
 /// A loaded file: the good rows (declared columns, typed, then `_line`, then `_command` when
 /// incremental), the rejected ones, and the source text for later rejections (link endpoints).
+/// With [`CsvSpec::dictionary`] the batches' text columns are dictionaries of the `schema`'s
+/// text type (`tasks::frames::frame` and the store's writer decode them a batch at a time).
 ///
 /// The rows come in file order as batches of at most [`BATCH_ROWS`] records (more after
 /// multi-valued cells are split), each with buffers of its own: DataFusion accounts a batch's
@@ -218,6 +227,31 @@ fn read_in_chunks(
         out_fields.push(Field::new(COMMAND, DataType::Utf8, true));
     }
     let out_schema = Arc::new(Schema::new(out_fields));
+    // Which declared columns are parsed into dictionaries, and the batches' schema with them.
+    let encoded: Vec<bool> = spec
+        .columns
+        .iter()
+        .map(|(n, t)| {
+            spec.dictionary
+                && spec.split.is_empty()
+                && *t == ColumnType::String
+                && spec.key.as_deref() != Some(n.as_str())
+        })
+        .collect();
+    let batch_schema = Arc::new(Schema::new(
+        out_schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(j, f)| match encoded.get(j) {
+                Some(true) => f.as_ref().clone().with_data_type(DataType::Dictionary(
+                    Box::new(DataType::UInt32),
+                    Box::new(f.data_type().clone()),
+                )),
+                _ => f.as_ref().clone(),
+            })
+            .collect::<Vec<_>>(),
+    ));
 
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         if !eof {
@@ -321,6 +355,7 @@ fn read_in_chunks(
         wanted: &wanted,
         n_fields,
         key_index: spec.key.as_deref().and_then(index_of),
+        encoded: &encoded,
         delimiter: spec.options.delimiter,
         batch_rows: batch_rows.max(1),
     };
@@ -358,7 +393,7 @@ fn read_in_chunks(
     // Text columns in parts of at most `batch_rows` records; lines and offsets flat; the
     // reason why a record is rejected by its index (a few among millions, so not one slot
     // per record).
-    let mut parts: Vec<Vec<StringArray>> = Vec::new();
+    let mut parts: Vec<Vec<ArrayRef>> = Vec::new();
     let mut starts: Vec<(u64, usize)> = Vec::new();
     let mut reasons: BTreeMap<usize, String> = BTreeMap::new();
     for part in parsed {
@@ -391,7 +426,12 @@ fn read_in_chunks(
         let n = texts.first().map_or(0, |a| a.len());
         let mut columns = Vec::with_capacity(spec.columns.len());
         for (j, (name, ty)) in spec.columns.iter().enumerate() {
-            let text = &texts[j];
+            if encoded[j] {
+                // Text kept as text: nothing to cast.
+                columns.push(Arc::clone(&texts[j]));
+                continue;
+            }
+            let text = texts[j].as_string::<i32>();
             let array = cast_text(text, *ty)?;
             // A value that did not survive the cast is a NULL that was not one in the text.
             if array.null_count() == text.null_count() {
@@ -423,7 +463,7 @@ fn read_in_chunks(
         commands.push(match &spec.command_column {
             None => None,
             Some(command_column) => {
-                let text = &texts[spec.columns.len()];
+                let text = texts[spec.columns.len()].as_string::<i32>();
                 let mut b = StringBuilder::with_capacity(n, n * 6);
                 for i in 0..n {
                     let v = text
@@ -454,7 +494,7 @@ fn read_in_chunks(
             .expect("invariant: key is declared");
         let mut seen: HashMap<&str, u64> = HashMap::with_capacity(rows);
         for (texts, &offset) in parts.iter().zip(&offsets) {
-            let text = &texts[j];
+            let text = texts[j].as_string::<i32>();
             for i in 0..text.len() {
                 let std::collections::btree_map::Entry::Vacant(reason) = reasons.entry(offset + i)
                 else {
@@ -523,7 +563,7 @@ fn read_in_chunks(
         if let Some(c) = command {
             columns.push(Arc::new(c));
         }
-        let batch = RecordBatch::try_new(out_schema.clone(), columns)
+        let batch = RecordBatch::try_new(batch_schema.clone(), columns)
             .map_err(|e| input(file, e.to_string()))?;
         let mut batch =
             filter_record_batch(&batch, &keep).map_err(|e| input(file, e.to_string()))?;
@@ -552,6 +592,9 @@ struct Layout<'a> {
     wanted: &'a [&'a str],
     n_fields: usize,
     key_index: Option<usize>,
+    /// Whether each wanted column (by output position) is parsed into a dictionary; columns
+    /// past its end (the command) are not.
+    encoded: &'a [bool],
     delimiter: u8,
     /// Records per part of the text columns.
     batch_rows: usize,
@@ -560,8 +603,9 @@ struct Layout<'a> {
 /// A run of records as text columns, with each record's line, start and reason for rejection.
 #[derive(Default)]
 struct Records {
-    /// The text columns, in parts of at most `batch_rows` records.
-    parts: Vec<Vec<StringArray>>,
+    /// The text columns (plain, or dictionaries: [`Layout::encoded`]), in parts of at most
+    /// `batch_rows` records.
+    parts: Vec<Vec<ArrayRef>>,
     /// (line, byte offset in the file) of each record.
     starts: Vec<(u64, usize)>,
     /// (index among the run's records, reason) of each unreadable record.
@@ -788,6 +832,99 @@ fn quote_scan(data: &[u8], targets: &[usize], delimiter: u8) -> Option<(Vec<usiz
 
 /// Parses the records of `chunk`, whose first line is `first_line` and which starts at byte
 /// `offset` of the file.
+/// One wanted column of a part being parsed: plain text, or a dictionary whose runs of equal
+/// values (an account's memberships are listed together) are looked up once.
+enum TextBuilder {
+    Plain(StringBuilder),
+    Dictionary {
+        builder: StringDictionaryBuilder<UInt32Type>,
+        /// The run being counted, not appended yet: its value (`None`: NULL) and length.
+        run: Option<Option<String>>,
+        run_len: usize,
+    },
+}
+
+impl TextBuilder {
+    fn new(encoded: bool, rows: usize, bytes: usize) -> Self {
+        if encoded {
+            Self::Dictionary {
+                builder: StringDictionaryBuilder::with_capacity(rows, rows.min(1024), bytes),
+                run: None,
+                run_len: 0,
+            }
+        } else {
+            Self::Plain(StringBuilder::with_capacity(rows, bytes))
+        }
+    }
+
+    fn append(&mut self, v: Option<&str>) {
+        match self {
+            Self::Plain(b) => b.append_option(v),
+            Self::Dictionary {
+                builder,
+                run,
+                run_len,
+            } => {
+                if run.as_ref().is_some_and(|r| r.as_deref() == v) {
+                    *run_len += 1;
+                    return;
+                }
+                Self::flush(builder, run, *run_len);
+                // The run's text buffer is reused for the next run.
+                match (run.as_mut(), v) {
+                    (Some(Some(text)), Some(v)) => {
+                        text.clear();
+                        text.push_str(v);
+                    }
+                    _ => *run = Some(v.map(str::to_owned)),
+                }
+                *run_len = 1;
+            }
+        }
+    }
+
+    fn flush(
+        builder: &mut StringDictionaryBuilder<UInt32Type>,
+        run: &Option<Option<String>>,
+        n: usize,
+    ) {
+        match run {
+            Some(Some(v)) if n > 0 => {
+                // A part holds far fewer than 2^32 distinct values.
+                builder
+                    .append_n(v, n)
+                    .expect("invariant: a part's dictionary keys fit in u32");
+            }
+            Some(None) if n > 0 => builder.append_nulls(n),
+            _ => {}
+        }
+    }
+
+    /// About the bytes of text the next part's builder needs.
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Plain(b) => b.values_slice().len() + b.values_slice().len() / 32,
+            Self::Dictionary { .. } => 1024,
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Plain(b) => Arc::new(b.finish()),
+            Self::Dictionary {
+                builder,
+                run,
+                run_len,
+            } => {
+                Self::flush(builder, run, *run_len);
+                *run = None;
+                *run_len = 0;
+                Arc::new(builder.finish())
+            }
+        }
+    }
+}
+
 fn parse_records(
     layout: &Layout,
     chunk: &[u8],
@@ -802,23 +939,31 @@ fn parse_records(
     let mut record = ::csv::ByteRecord::new();
     // Each part's builders sized as the part before ended up (growing them by doubling was
     // a tenth of a large load's time, copying).
-    let sized = |bytes: &[usize]| -> Vec<StringBuilder> {
+    let sized = |bytes: &[usize]| -> Vec<TextBuilder> {
         bytes
             .iter()
-            .map(|&b| StringBuilder::with_capacity(layout.batch_rows.min(1 << 16), b))
+            .enumerate()
+            .map(|(j, &b)| {
+                TextBuilder::new(
+                    layout.encoded.get(j).copied().unwrap_or(false),
+                    layout.batch_rows.min(1 << 16),
+                    b,
+                )
+            })
             .collect()
     };
     let mut builders = sized(&vec![1024; layout.wanted.len()]);
-    let finish = |builders: &mut Vec<StringBuilder>| -> Vec<StringArray> {
-        let bytes: Vec<usize> = builders
-            .iter()
-            .map(|b| b.values_slice().len() + b.values_slice().len() / 32)
-            .collect();
-        let part = builders.iter_mut().map(|b| b.finish()).collect();
+    let finish = |builders: &mut Vec<TextBuilder>| -> Vec<ArrayRef> {
+        let bytes: Vec<usize> = builders.iter().map(TextBuilder::bytes).collect();
+        let part = builders.iter_mut().map(TextBuilder::finish).collect();
         *builders = sized(&bytes);
         part
     };
     let mut out = Records::default();
+    // One start per line at most: reserved at once, not grown by doubling (each copy into
+    // fresh pages, which this kind of VM backs slowly).
+    out.starts
+        .reserve(memchr::memchr_iter(b'\n', chunk).count() + 1);
     let n_fields = layout.n_fields;
     let (mut line, mut counted) = (first_line, 0);
     while reader.read_byte_record(&mut record)? {
@@ -852,15 +997,15 @@ fn parse_records(
         match unreadable {
             Some(r) => {
                 for b in &mut builders {
-                    b.append_null();
+                    b.append(None);
                 }
                 out.bad.push((out.starts.len() - 1, r));
             }
             None => {
                 for (b, &i) in builders.iter_mut().zip(layout.indices) {
                     match std::str::from_utf8(&record[i]) {
-                        Ok(v) if !v.is_empty() => b.append_value(v),
-                        _ => b.append_null(),
+                        Ok(v) if !v.is_empty() => b.append(Some(v)),
+                        _ => b.append(None),
                     }
                 }
             }
@@ -1158,6 +1303,7 @@ mod tests {
             key: Some(key.into()),
             command_column: None,
             split: Vec::new(),
+            dictionary: false,
             options: CsvOptions::default(),
         };
         assert!(
@@ -1248,6 +1394,7 @@ mod tests {
                 key: Some("id".into()),
                 command_column: None,
                 split: Vec::new(),
+                dictionary: false,
                 options: CsvOptions::default(),
             };
             let whole = read_in_chunks(&spec, usize::MAX, BATCH_ROWS, usize::MAX).unwrap();
@@ -1262,6 +1409,73 @@ mod tests {
             };
             assert_eq!(rejected(&whole), rejected(&blocks));
         }
+    }
+
+    /// Link pairs parsed into dictionaries (runs of one account, NULLs, bad rows among them)
+    /// decode to the rows parsed as plain text, in parts and blocks alike; the batches say
+    /// they are dictionaries, the schema gives the plain type.
+    #[test]
+    fn dictionary_columns_decode_to_the_plain_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memberships.csv");
+        let mut text = String::from("account,group,note\n");
+        for i in 0..3000 {
+            let account = format!("\"CN=User {},OU=Users\"", i / 7);
+            match i % 401 {
+                5 => text.push_str(&format!("{account},,empty group\n")),
+                6 => text.push_str(&format!("{account},G1\n")),
+                7 => text.push_str(&format!(",G{},no account\n", i % 13)),
+                _ => text.push_str(&format!("{account},G{},n{}\n", i % 13, i % 3)),
+            }
+        }
+        std::fs::write(&path, &text).unwrap();
+        let spec = |dictionary| CsvSpec {
+            file: path.clone(),
+            columns: vec![
+                ("account".into(), ColumnType::String),
+                ("group".into(), ColumnType::String),
+            ],
+            key: None,
+            command_column: None,
+            split: Vec::new(),
+            dictionary,
+            options: CsvOptions::default(),
+        };
+        let decoded = |l: &Loaded| {
+            let batches: Vec<RecordBatch> = l
+                .batches
+                .iter()
+                .map(|b| crate::engine::cast_batch(b, &l.schema).unwrap())
+                .collect();
+            datafusion::arrow::compute::concat_batches(&l.schema, &batches).unwrap()
+        };
+        let plain = read_in_chunks(&spec(false), usize::MAX, BATCH_ROWS, usize::MAX).unwrap();
+        assert_eq!(plain.num_rows(), 3000 - 8, "8 rows with too few fields");
+        for (parallel, rows, block) in [
+            (usize::MAX, BATCH_ROWS, usize::MAX),
+            (0, 100, usize::MAX),
+            (0, 64, 700),
+        ] {
+            let encoded = read_in_chunks(&spec(true), parallel, rows, block).unwrap();
+            assert_eq!(encoded.schema, plain.schema);
+            let first = encoded.batches[0].schema();
+            for j in 0..2 {
+                assert!(matches!(
+                    first.field(j).data_type(),
+                    DataType::Dictionary(k, v) if **k == DataType::UInt32 && **v == DataType::Utf8
+                ));
+            }
+            assert_eq!(first.field(2).data_type(), &DataType::Int64, "_line");
+            assert_eq!(decoded(&encoded), decoded(&plain));
+            assert_eq!(encoded.rejected.len(), plain.rejected.len());
+            // Each batch's dictionary holds a run's value once.
+            let accounts = encoded.batches[0].column(0).as_any_dictionary();
+            assert!(accounts.values().len() * 5 < accounts.len());
+        }
+        // NULLs stay NULLs (an empty group, no account).
+        let all = decoded(&plain);
+        assert_eq!(all.column(1).null_count(), 8);
+        assert_eq!(all.column(0).null_count(), 8);
     }
 
     /// Parsed on one thread and in chunks, a file gives the same rows, lines and rejections.

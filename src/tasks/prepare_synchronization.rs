@@ -37,6 +37,16 @@ impl PreparedTable {
         frame(ctx, &self.schema, &self.batches)
     }
 
+    /// [`Self::frame`] with the batches' own types: a link's text columns stay the
+    /// dictionaries they were parsed into ([`csv::CsvSpec::dictionary`]).
+    pub fn encoded_frame(&self, ctx: &SessionContext) -> Result<DataFrame> {
+        let schema = self
+            .batches
+            .first()
+            .map_or_else(|| self.schema.clone(), RecordBatch::schema);
+        Ok(ctx.read_table(engine::mem_table(schema, self.batches.clone())?)?)
+    }
+
     /// This table with its rows, leaving none here.
     pub fn take(&mut self) -> Self {
         Self {
@@ -256,6 +266,7 @@ pub async fn prepare(
             key: Some(e.key.clone()),
             command_column: incremental.then(|| e.csv.command_column.clone()),
             split: Vec::new(),
+            dictionary: false,
             options: e.csv.clone(),
         };
         let loaded = csv::load(spec).await?;
@@ -310,6 +321,7 @@ pub async fn prepare(
             key: None,
             command_column: incremental.then(|| l.csv.command_column.clone()),
             split,
+            dictionary: true,
             options: l.csv.clone(),
         };
         let loaded = csv::load(spec).await?;
@@ -498,7 +510,8 @@ async fn check_endpoints(
     };
     for ep in [&l.from, &l.to] {
         let keys = ctx.table(format!("new_keys__{}", ep.entity)).await?;
-        // The keys are the hash table: there are far fewer of them than link rows.
+        // The keys are the hash table: there are far fewer of them than link rows (whose
+        // batches, dictionary-encoded, can look the smaller side to the join's statistics).
         let bad = keys
             .join(
                 deletes_only(rows.clone())?
@@ -508,9 +521,8 @@ async fn check_endpoints(
                 &[&ep.column],
                 None,
             )?
-            .select(vec![col(LINE), col(format!("\"{}\"", ep.column))])?
-            .collect()
-            .await?;
+            .select(vec![col(LINE), col(format!("\"{}\"", ep.column))])?;
+        let bad = engine::as_written(bad).collect().await?;
         for b in &bad {
             let lines = b
                 .column(0)

@@ -1483,6 +1483,7 @@ pub fn read_manual(m: &crate::config::ManualAssignments) -> Result<crate::input:
         key: None,
         command_column: None,
         split: Vec::new(),
+        dictionary: false,
         options: m.csv.clone(),
     };
     if !m.file.is_file() {

@@ -1223,6 +1223,9 @@ async fn plan_link(
     let staged_rows = staged_table.as_ref().map(PreparedTable::num_rows);
     let desired = match staged_table {
         None => current.clone(),
+        // Pairs this task parsed and checked go to the sort as the dictionaries they were
+        // parsed into: each batch's values are looked up once, not each row's.
+        Some(b) if endpoints_checked && !incremental => b.encoded_frame(ctx)?.select(pair())?,
         Some(b) => {
             let staged = b.frame(ctx)?;
             if incremental {
@@ -1274,13 +1277,13 @@ async fn plan_link(
             .table(format!("new_keys__{}", l.to.entity))
             .await?
             .select(vec![col("_key").alias("_tk")])?;
-        to_keys.join(
+        engine::as_written(to_keys.join(
             from_keys.join(desired, JoinType::RightSemi, &["_fk"], &[f], None)?,
             JoinType::RightSemi,
             &["_tk"],
             &[t],
             None,
-        )?
+        )?)
     };
     let mut phases = super::Phases::new("synchronize");
     // Sorted, each pair once; gathered on all cores (nothing else runs in this task meanwhile).
