@@ -1221,11 +1221,12 @@ async fn plan_link(
 
     let mut warnings = Vec::new();
     let staged_rows = staged_table.as_ref().map(PreparedTable::num_rows);
+    let parsed_pairs = staged_table.is_some() && endpoints_checked && !incremental;
     let desired = match staged_table {
         None => current.clone(),
         // Pairs this task parsed and checked go to the sort as the dictionaries they were
         // parsed into: each batch's values are looked up once, not each row's.
-        Some(b) if endpoints_checked && !incremental => b.encoded_frame(ctx)?.select(pair())?,
+        Some(b) if parsed_pairs => b.encoded_frame(ctx)?.select(pair())?,
         Some(b) => {
             let staged = b.frame(ctx)?;
             if incremental {
