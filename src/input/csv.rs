@@ -182,7 +182,7 @@ pub const BATCH_ROWS: usize = 8192;
 /// [`read`], parsing on several threads when the data rows are at least `parallel_bytes` long,
 /// into batches of `batch_rows` records. A file longer than `block_bytes` is read and parsed a
 /// block at a time, so that its whole text is never held (1.4 GB for the 13.6M memberships of
-/// 1M identities, beside the 1.3 GB of text columns parsed from it); the text of its rejected
+/// 1M identities, beside the columns parsed from it); the text of its rejected
 /// records is read again from the file. A file whose blocks cannot be cut at record ends with
 /// certainty (quotes the csv reader takes as text, bare carriage returns, a header longer than a
 /// block) is read whole, as a small one is.
