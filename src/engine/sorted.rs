@@ -1042,6 +1042,14 @@ mod tests {
         assert_eq!(stored, ["aa", "b", "ccc", "unused"], "each value once");
         let text = cast(&gathered, &DataType::Utf8).unwrap();
         assert_eq!(text.as_string::<i32>().iter().collect::<Vec<_>>(), expected);
+        // Sorted, each row once: the value no row uses is no row.
+        let schema = Arc::new(Schema::new(vec![Field::new("a", ty, true)]));
+        let sorted = sort_columns(&schema, vec![gathered], 100).unwrap();
+        let sorted = cast(sorted[0].column(0), &DataType::Utf8).unwrap();
+        assert_eq!(
+            sorted.as_string::<i32>().iter().collect::<Vec<_>>(),
+            [None, Some("aa"), Some("b"), Some("ccc")]
+        );
     }
 
     /// Batches dealt out to three threads, the same values reaching several of them: each

@@ -837,8 +837,6 @@ fn quote_scan(data: &[u8], targets: &[usize], delimiter: u8) -> Option<(Vec<usiz
     Some((out, inside))
 }
 
-/// Parses the records of `chunk`, whose first line is `first_line` and which starts at byte
-/// `offset` of the file.
 /// One wanted column of a part being parsed: plain text, or a dictionary whose runs of equal
 /// values (an account's memberships are listed together) are looked up once.
 enum TextBuilder {
@@ -937,6 +935,8 @@ impl TextBuilder {
     }
 }
 
+/// Parses the records of `chunk`, whose first line is `first_line` and which starts at byte
+/// `offset` of the file.
 fn parse_records(
     layout: &Layout,
     chunk: &[u8],
