@@ -369,7 +369,7 @@ fn read_in_chunks(
     // the first record it reads): a record's line is 1 + the newlines before it.
     let first_line = 1 + memchr::memchr_iter(b'\n', &body[..data_start]).count() as u64;
     let parsed = if eof {
-        parse_chunks(&layout, data, parallel_bytes, first_line, bom + data_start)
+        parse_chunks(&layout, data, parallel_bytes, first_line, bom + data_start).0
     } else {
         let at = bom + data_start;
         match parse_blocks(
@@ -640,26 +640,31 @@ fn read_block(
 }
 
 /// The records of `data` (starting with a record, at byte `offset` of the file, on line
-/// `first_line`), each chunk on its own thread (one chunk for a small text, see [`chunks`]).
+/// `first_line`), each chunk on its own thread (one chunk for a small text, see [`chunks`]),
+/// and how many newlines `data` has (each chunk's counted once, before it is parsed).
 fn parse_chunks(
     layout: &Layout,
     data: &[u8],
     parallel_bytes: usize,
     first_line: u64,
     offset: usize,
-) -> Vec<std::result::Result<Records, ::csv::Error>> {
+) -> (Vec<std::result::Result<Records, ::csv::Error>>, u64) {
     std::thread::scope(|scope| {
-        let mut first_line = first_line;
+        let mut newlines = 0;
         let mut handles = Vec::new();
         for (a, b) in chunks(data, parallel_bytes, layout.delimiter) {
-            let line = first_line;
-            handles.push(scope.spawn(move || parse_records(layout, &data[a..b], line, offset + a)));
-            first_line += memchr::memchr_iter(b'\n', &data[a..b]).count() as u64;
+            let (chunk, line) = (&data[a..b], first_line + newlines);
+            let lines = memchr::memchr_iter(b'\n', chunk).count();
+            handles.push(
+                scope.spawn(move || parse_records(layout, chunk, line, offset + a, lines + 1)),
+            );
+            newlines += lines as u64;
         }
-        handles
+        let parsed = handles
             .into_iter()
             .map(|h| h.join().expect("invariant: CSV parsing does not panic"))
-            .collect()
+            .collect();
+        (parsed, newlines)
     })
 }
 
@@ -703,14 +708,10 @@ fn parse_blocks(
             return Ok(None);
         }
         if !region.is_empty() {
-            parsed.extend(parse_chunks(
-                layout,
-                region,
-                parallel_bytes,
-                first_line,
-                offset,
-            ));
-            first_line += memchr::memchr_iter(b'\n', region).count() as u64;
+            let (records, newlines) =
+                parse_chunks(layout, region, parallel_bytes, first_line, offset);
+            parsed.extend(records);
+            first_line += newlines;
         }
         buf.drain(..cut);
         offset += cut;
@@ -936,12 +937,13 @@ impl TextBuilder {
 }
 
 /// Parses the records of `chunk`, whose first line is `first_line` and which starts at byte
-/// `offset` of the file.
+/// `offset` of the file; it has at most `max_records` records (one per line).
 fn parse_records(
     layout: &Layout,
     chunk: &[u8],
     first_line: u64,
     offset: usize,
+    max_records: usize,
 ) -> std::result::Result<Records, ::csv::Error> {
     let mut reader = ::csv::ReaderBuilder::new()
         .has_headers(false)
@@ -972,10 +974,9 @@ fn parse_records(
         part
     };
     let mut out = Records::default();
-    // One start per line at most: reserved at once, not grown by doubling (each copy into
-    // fresh pages, which this kind of VM backs slowly).
-    out.starts
-        .reserve(memchr::memchr_iter(b'\n', chunk).count() + 1);
+    // Reserved at once, not grown by doubling (each copy into fresh pages, which this kind of
+    // VM backs slowly).
+    out.starts.reserve(max_records);
     let n_fields = layout.n_fields;
     let (mut line, mut counted) = (first_line, 0);
     while reader.read_byte_record(&mut record)? {
