@@ -332,6 +332,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             let p = Pipeline::load(&pipeline)?;
             let store = Store::open(&pipeline_store_uri(store.as_deref(), &p))?
                 .with_repeated_columns(p.repeated_columns());
+            if cli.memory_limit.is_none() {
+                crate::engine::keep_freed_memory();
+            }
             let opts = RunOptions {
                 force,
                 dry_run,
@@ -347,6 +350,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             let p = Pipeline::load(&pipeline)?;
             let store = Store::open(&pipeline_store_uri(store.as_deref(), &p))?
                 .with_repeated_columns(p.repeated_columns());
+            if cli.memory_limit.is_none() {
+                crate::engine::keep_freed_memory();
+            }
             jobs::schedule(&p, &store, cli.quiet).await
         }
         Command::Sql {

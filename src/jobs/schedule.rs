@@ -131,6 +131,8 @@ pub async fn schedule(pipeline: &Pipeline, store: &Store, quiet: bool) -> Result
             }
             Some(Err(e)) => tracing::error!(job = %job.name, error = %e, "scheduled run failed"),
         }
+        // Idle until the next run: the memory the run freed goes back to the system.
+        crate::engine::hand_back_free_memory();
         let next = jobs[i]
             .1
             .next(due.max(Utc::now() - chrono::Duration::milliseconds(1)));

@@ -534,9 +534,14 @@ async fn same_in_order(ctx: &SessionContext, catalog: &Catalog, t: &NewTable) ->
 /// On a dry run, the tables that earlier tasks of the run would have committed replace the
 /// committed ones (and appear in the returned catalog with version `u64::MAX`).
 pub async fn session(rc: &super::RunContext<'_>) -> Result<(SessionContext, Catalog)> {
+    let started = std::time::Instant::now();
     let mut catalog = rc.store.catalog().await?;
     let ctx = engine::context_at(rc.as_of);
     rc.store.register_all(&ctx, &catalog).await?;
+    tracing::debug!(
+        seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+        "session"
+    );
     let overlay = rc.overlay.lock().expect("overlay lock");
     for (name, t) in overlay.iter() {
         let _ = ctx.deregister_table(name.as_str())?;
