@@ -97,8 +97,8 @@ pub fn hand_back_free_memory() {
 /// frees stays with the process for the next task instead of going back to the system. Memory
 /// handed back and taken again is memory the system must clear again, and on a virtual machine
 /// that returns a guest's free pages to its host (free page reporting) each page taken again
-/// waits for the host to back it: at 1M identities the complete job took 1.8–4.3 s (6–12%)
-/// less in seven interleaved pairs, for 50–200 MiB more at its peak (BENCHMARKS.md,
+/// waits for the host to back it: at 1M identities the complete job took 1.8–6.4 s less in
+/// nine of ten interleaved pairs, for 50–200 MiB more at its peak (BENCHMARKS.md,
 /// thirty-sixth pass). So: blocks up to 32 MiB (glibc's largest threshold) come from the
 /// arenas rather than from fresh mappings, the arenas are not trimmed as blocks are freed,
 /// and not between tasks. A `GLIBC_TUNABLES` or `MALLOC_*_` setting of the user's is kept.

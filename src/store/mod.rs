@@ -320,10 +320,7 @@ impl Store {
             Ok::<_, Error>((name, self.provider(ctx, catalog, name).await?))
         });
         for (name, provider) in futures::future::try_join_all(loads).await? {
-            let _ = ctx.deregister_table(name.as_str())?;
-            if let Some(p) = provider {
-                ctx.register_table(name.as_str(), p)?;
-            }
+            install(ctx, name, provider)?;
         }
         Ok(())
     }
@@ -335,14 +332,25 @@ impl Store {
         catalog: &Catalog,
         name: &str,
     ) -> Result<bool> {
-        let _ = ctx.deregister_table(name)?;
-        match self.provider(ctx, catalog, name).await? {
-            Some(p) => {
-                ctx.register_table(name, p)?;
-                Ok(true)
-            }
-            None => Ok(false),
+        let provider = self.provider(ctx, catalog, name).await?;
+        install(ctx, name, provider)
+    }
+}
+
+/// Registers `provider` in `ctx` as `name` in place of what was registered under that name;
+/// with `None`, leaves the name unregistered. True when a table is registered.
+fn install(
+    ctx: &SessionContext,
+    name: &str,
+    provider: Option<Arc<dyn TableProvider>>,
+) -> Result<bool> {
+    let _ = ctx.deregister_table(name)?;
+    match provider {
+        Some(p) => {
+            ctx.register_table(name, p)?;
+            Ok(true)
         }
+        None => Ok(false),
     }
 }
 
