@@ -3,7 +3,9 @@
 //! A dirty task recomputes a few owners' rows of a large table (0.1% of the owners: a few
 //! thousand rows of millions). Those rows lie in every data file, so rewriting the table means
 //! reading and writing all of it. Instead, [`Store::find_replaced`] reads only the key columns
-//! of each committed data file, looks each row up in the replaced keys (a hash set; a row equal
+//! of each committed data file (the pages whose bounds in the file's page index may hold a
+//! key; at 1M identities a scope's keys still fall in most pages of the larger tables, in
+//! half to a third of `classification`'s and `correlations'`), looks each row up in the replaced keys (a hash set; a row equal
 //! to the one before it, as in a table stored in key order, takes its answer), and reads back
 //! just the matching rows (a Parquet row selection). The lookup is a storage kernel like a
 //! filter's, over whole files: a DataFusion join of the key columns with the keys, which it
@@ -39,7 +41,7 @@ use datafusion::parquet::arrow::arrow_reader::{
 };
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
-use datafusion::parquet::file::metadata::RowGroupMetaData;
+use datafusion::parquet::file::metadata::{PageIndexPolicy, RowGroupMetaData};
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::prelude::*;
 use deltalake::kernel::transaction::CommitBuilder;
@@ -485,13 +487,18 @@ fn encode_inline(deleted: &RoaringTreemap) -> Result<DeletionVectorDescriptor> {
     })
 }
 
-/// Replaced keys: each row of the key columns as text (see [`KeySet::encode`]). Rows with a
+/// Replaced keys: each row of the key columns as text (see [`KeySet::encode`]), and the
+/// distinct values of the first column, sorted (to rule out pages by their bounds). Rows with a
 /// NULL are left out, as a join leaves them.
-struct KeySet(datafusion::common::HashSet<Vec<u8>>);
+struct KeySet {
+    rows: datafusion::common::HashSet<Vec<u8>>,
+    firsts: Vec<Vec<u8>>,
+}
 
 impl KeySet {
     fn of(batches: &[RecordBatch]) -> datafusion::error::Result<Self> {
-        let mut set = datafusion::common::HashSet::default();
+        let mut rows = datafusion::common::HashSet::default();
+        let mut firsts = Vec::new();
         let mut buf = Vec::new();
         for b in batches {
             let columns = b
@@ -503,11 +510,21 @@ impl KeySet {
                 columns.iter().map(|c| c.as_string_view()).collect();
             for i in 0..b.num_rows() {
                 if Self::encode(&columns, i, &mut buf) {
-                    set.insert(buf.clone());
+                    rows.insert(buf.clone());
+                    firsts.push(columns[0].value(i).as_bytes().to_vec());
                 }
             }
         }
-        Ok(Self(set))
+        firsts.sort_unstable();
+        firsts.dedup();
+        Ok(Self { rows, firsts })
+    }
+
+    /// Whether a value of the first column between `min` and `max` (bytes, inclusive) can be
+    /// a key's.
+    fn first_between(&self, min: &[u8], max: &[u8]) -> bool {
+        let at = self.firsts.partition_point(|v| v.as_slice() < min);
+        self.firsts.get(at).is_some_and(|v| v.as_slice() <= max)
     }
 
     /// Row `i` of `columns` into `buf`: each value's length and bytes. False when a value is
@@ -529,7 +546,8 @@ impl KeySet {
 /// The positions in `file` of its committed rows whose columns `on` (cast to `types`, the
 /// replaced keys' types) equal one of `wanted`, in share `(part, parts)` of its row groups (a
 /// task each). A table patched here is stored in key order, so equal keys come in runs: a row
-/// equal to the one before it takes its answer.
+/// equal to the one before it takes its answer, and the pages of the first key column whose
+/// bounds (the file's page index) hold no key are not read at all ([`pages_of_keys`]).
 async fn positions_of(
     objects: &Arc<dyn object_store::ObjectStore>,
     file: &DataFile,
@@ -540,7 +558,8 @@ async fn positions_of(
 ) -> datafusion::error::Result<RoaringTreemap> {
     // Text read as views (no copy of the values), as DataFusion's scans read it.
     let mut reader = open(objects, file)?;
-    let meta = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new()).await?;
+    let indexed = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    let meta = ArrowReaderMetadata::load_async(&mut reader, indexed.clone()).await?;
     let viewed = Schema::new(
         meta.schema()
             .fields()
@@ -553,14 +572,29 @@ async fn positions_of(
             })
             .collect::<Vec<_>>(),
     );
-    let options = ArrowReaderOptions::new().with_schema(Arc::new(viewed));
-    let meta = ArrowReaderMetadata::try_new(meta.metadata().clone(), options)?;
+    let meta = ArrowReaderMetadata::try_new(
+        meta.metadata().clone(),
+        indexed.with_schema(Arc::new(viewed)),
+    )?;
     let Some(Share {
-        groups, mut start, ..
+        groups,
+        start,
+        rows: share_rows,
     }) = Share::of(meta.metadata().row_groups(), (part, parts))
     else {
         return Ok(RoaringTreemap::new());
     };
+    // The runs of rows read, as positions in the share (all of it without a page index).
+    let text =
+        |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+    let first_is_text = types.first().is_some_and(text)
+        && meta
+            .schema()
+            .field_with_name(&on[0])
+            .is_ok_and(|f| text(f.data_type()));
+    let runs = first_is_text
+        .then(|| pages_of_keys(meta.metadata(), &groups, &on[0], wanted))
+        .flatten();
     let builder =
         ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta).with_row_groups(groups);
     let roots: Vec<usize> = on
@@ -568,34 +602,118 @@ async fn positions_of(
         .map(|c| builder.schema().index_of(c))
         .collect::<std::result::Result<_, _>>()?;
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let (builder, mut runs) = match runs {
+        Some(runs) => {
+            tracing::debug!(
+                file = %file.path,
+                rows = share_rows,
+                read = runs.iter().map(|r| r.1).sum::<u64>(),
+                "key pages"
+            );
+            if runs.is_empty() {
+                return Ok(RoaringTreemap::new());
+            }
+            let selection = run_selection(&runs);
+            (builder.with_row_selection(selection), runs)
+        }
+        None => (builder, vec![(0, u64::MAX)]),
+    };
+    runs.reverse();
     let mut rows = builder.with_projection(mask).build()?;
     let mut found = RoaringTreemap::new();
     let mut buf = Vec::new();
+    // The next row's position in the share, and the rows left in its run.
+    let (mut at, mut left) = runs.pop().unwrap_or_default();
     while let Some(b) = rows.try_next().await? {
         let mut columns = Vec::with_capacity(on.len());
         for (c, t) in on.iter().zip(types) {
             let c = b.column(b.schema().index_of(c)?);
-            let text = matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
             columns.push(match c.data_type() {
-                DataType::Utf8View if text => c.clone(),
+                DataType::Utf8View if text(t) => c.clone(),
                 _ => cast(&cast(c, t)?, &DataType::Utf8View)?,
             });
         }
         let columns: Vec<&StringViewArray> = columns.iter().map(|c| c.as_string_view()).collect();
         let mut hit = false;
         for i in 0..b.num_rows() {
+            while left == 0 {
+                (at, left) = runs.pop().unwrap_or((at, u64::MAX));
+            }
             let same = i > 0 && columns.iter().all(|c| same_as_before(c, i));
             if !same {
-                hit = KeySet::encode(&columns, i, &mut buf) && wanted.0.contains(&buf);
+                hit = KeySet::encode(&columns, i, &mut buf) && wanted.rows.contains(&buf);
             }
-            let p = start + i as u64;
+            let p = start + at;
             if hit && !file.deleted.contains(p) {
                 found.insert(p);
             }
+            at += 1;
+            left -= 1;
         }
-        start += b.num_rows() as u64;
     }
     Ok(found)
+}
+
+/// The runs of rows (start and length, as positions from the first of `groups`) of the pages
+/// of column `column` whose bounds in the page index may hold a value of `wanted`'s first
+/// column; `None` without a page index for the column (or not a byte array), where every row
+/// is read. Pages of NULLs hold no key. Bounds the writer truncated still enclose the page's
+/// values (a shorter minimum, a greater maximum). In a table stored in key order, a few
+/// thousand keys of a million fall in fewer pages than there are.
+fn pages_of_keys(
+    meta: &datafusion::parquet::file::metadata::ParquetMetaData,
+    groups: &[usize],
+    column: &str,
+    wanted: &KeySet,
+) -> Option<Vec<(u64, u64)>> {
+    use datafusion::parquet::file::page_index::column_index::ColumnIndexMetaData;
+    let leaf = meta
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.path().parts() == [column.to_string()])?;
+    let (bounds, locations) = (meta.column_index()?, meta.offset_index()?);
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut offset = 0u64;
+    for &g in groups {
+        let ColumnIndexMetaData::BYTE_ARRAY(index) = bounds.get(g)?.get(leaf)? else {
+            return None;
+        };
+        let pages = locations.get(g)?.get(leaf)?.page_locations();
+        let rows = meta.row_group(g).num_rows() as u64;
+        for (p, page) in pages.iter().enumerate() {
+            let first = page.first_row_index as u64;
+            let end = pages.get(p + 1).map_or(rows, |n| n.first_row_index as u64);
+            let keep = match (index.min_value(p), index.max_value(p)) {
+                (Some(min), Some(max)) => wanted.first_between(min, max),
+                _ => !index.is_null_page(p),
+            };
+            if !keep || end <= first {
+                continue;
+            }
+            match runs.last_mut() {
+                Some((s, n)) if *s + *n == offset + first => *n += end - first,
+                _ => runs.push((offset + first, end - first)),
+            }
+        }
+        offset += rows;
+    }
+    Some(runs)
+}
+
+/// A row selection of `runs` (start and length, in order).
+fn run_selection(runs: &[(u64, u64)]) -> RowSelection {
+    let mut selectors = Vec::with_capacity(runs.len() * 2);
+    let mut at = 0u64;
+    for &(start, len) in runs {
+        if start > at {
+            selectors.push(RowSelector::skip((start - at) as usize));
+        }
+        selectors.push(RowSelector::select(len as usize));
+        at = start + len;
+    }
+    RowSelection::from(selectors)
 }
 
 /// Whether row `i` of `c` holds the same value as row `i - 1` (`i > 0`), NULL equal to
@@ -646,7 +764,9 @@ async fn read_rows(
 ) -> std::result::Result<Vec<RecordBatch>, String> {
     let failed = |e: &dyn std::fmt::Display| format!("{}: {e}", file.path);
     let reader = open(objects, file).map_err(|e| failed(&e))?;
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+    // With the page index, the pages holding no wanted row are not fetched at all.
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
         .await
         .map_err(|e| failed(&e))?;
     let Some(share) = Share::of(builder.metadata().row_groups(), share) else {
@@ -784,8 +904,11 @@ mod tests {
             ],
         )
         .unwrap();
+        // Pages of two rows, so that lookups rule out pages by their bounds.
         let props = WriterProperties::builder()
             .set_max_row_group_row_count(Some(group))
+            .set_data_page_row_count_limit(2)
+            .set_write_batch_size(2)
             .build();
         let mut bytes = Vec::new();
         let mut w = ArrowWriter::try_new(&mut bytes, schema, Some(props)).unwrap();
@@ -818,25 +941,37 @@ mod tests {
         KeySet::of(&[b]).unwrap()
     }
 
+    /// `(rt, owner)` rows in key order, with runs of one owner, a NULL owner and two resource
+    /// types.
+    const ROWS: [(&str, Option<&str>); 11] = [
+        ("a", Some("o1")),
+        ("a", Some("o1")),
+        ("a", Some("o2")),
+        ("a", Some("o2")),
+        ("a", Some("o2")),
+        ("a", Some("o3")),
+        ("a", None),
+        ("b", Some("o1")),
+        ("b", Some("o2")),
+        ("b", Some("o2")),
+        ("b", Some("o30")),
+    ];
+
+    fn keys1(values: &[&str]) -> KeySet {
+        use datafusion::arrow::array::StringArray;
+        let b = RecordBatch::try_from_iter(vec![(
+            "k",
+            Arc::new(StringArray::from_iter_values(values.iter())) as _,
+        )])
+        .unwrap();
+        KeySet::of(&[b]).unwrap()
+    }
+
     #[tokio::test]
     async fn the_rows_of_the_replaced_keys_are_found_in_every_share_of_the_row_groups() {
         let dir = tempfile::tempdir().unwrap();
-        // In key order, with runs of one owner, a NULL owner and two resource types; 3-row
-        // groups, so runs cross group and share boundaries.
-        let rows = [
-            ("a", Some("o1")),
-            ("a", Some("o1")),
-            ("a", Some("o2")),
-            ("a", Some("o2")),
-            ("a", Some("o2")),
-            ("a", Some("o3")),
-            ("a", None),
-            ("b", Some("o1")),
-            ("b", Some("o2")),
-            ("b", Some("o2")),
-            ("b", Some("o30")),
-        ];
-        let (objects, mut file) = key_file(dir.path(), &rows, 3).await;
+        // 3-row groups, so runs cross group and share boundaries.
+        let (objects, mut file) = key_file(dir.path(), &ROWS, 3).await;
         // `a`/`o2` and `b`/`o1`; a NULL key matches nothing, and `o3` is not `o30`'s prefix.
         let wanted = keys(&[
             ("a", Some("o2")),
@@ -882,5 +1017,66 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got.iter().collect::<Vec<u64>>(), vec![5, 9]);
+    }
+
+    #[tokio::test]
+    async fn pages_whose_bounds_hold_no_key_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two-row pages of `owner`: [o1 o1] [o2 o2] [o2 o3] [NULL o1] [o2 o2] [o30], in
+        // row groups of four rows.
+        let (objects, file) = key_file(dir.path(), &ROWS, 4).await;
+        let wanted = keys1(&["o3"]);
+        let mut reader = open(&objects, &file).unwrap();
+        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required);
+        let meta = ArrowReaderMetadata::load_async(&mut reader, options)
+            .await
+            .unwrap();
+        let meta = meta.metadata();
+        // Only the page from o2 to o3 may hold `o3` (`o30` sorts after it).
+        assert_eq!(
+            pages_of_keys(meta, &[0, 1, 2], "owner", &wanted),
+            Some(vec![(4, 2)])
+        );
+        // Positions are counted from the share's first group.
+        assert_eq!(
+            pages_of_keys(meta, &[1, 2], "owner", &wanted),
+            Some(vec![(0, 2)])
+        );
+        assert_eq!(pages_of_keys(meta, &[2], "owner", &wanted), Some(vec![]));
+        // `rt` holds `a` and `b` only: no page may hold `o3`.
+        assert_eq!(pages_of_keys(meta, &[0, 1, 2], "rt", &wanted), Some(vec![]));
+        // Adjacent pages read are one run, across groups too.
+        let wanted = keys1(&["o2", "o30"]);
+        assert_eq!(
+            pages_of_keys(meta, &[0, 1, 2], "owner", &wanted),
+            Some(vec![(2, 4), (8, 3)])
+        );
+        // Not a byte array: no page index to go by.
+        assert_eq!(pages_of_keys(meta, &[0, 1, 2], "n", &wanted), None);
+
+        // The lookup finds the same rows as a read of every page, in every share.
+        let on = ["owner".to_string()];
+        let types = [DataType::Utf8];
+        for (wanted, expected) in [
+            (vec!["o3"], vec![5]),
+            (vec!["o1", "o30"], vec![0, 1, 7, 10]),
+            (vec!["o2"], vec![2, 3, 4, 8, 9]),
+            (vec!["o0", "o4"], vec![]),
+        ] {
+            let wanted = keys1(&wanted);
+            for parts in [1, 2, 3] {
+                let mut all = RoaringTreemap::new();
+                for part in 0..parts {
+                    all |= positions_of(&objects, &file, (part, parts), &on, &types, &wanted)
+                        .await
+                        .unwrap();
+                }
+                assert_eq!(
+                    all.iter().collect::<Vec<u64>>(),
+                    expected,
+                    "{parts} share(s)"
+                );
+            }
+        }
     }
 }
