@@ -488,17 +488,18 @@ fn encode_inline(deleted: &RoaringTreemap) -> Result<DeletionVectorDescriptor> {
 }
 
 /// Replaced keys: each row of the key columns as text (see [`KeySet::encode`]), and the
-/// distinct values of the first column, sorted (to rule out pages by their bounds). Rows with a
-/// NULL are left out, as a join leaves them.
+/// distinct values of the last column (the most selective: an owner or account key after its
+/// entity or resource type), sorted, to rule out pages by their bounds and rows by a merge
+/// ([`Sorted`]). Rows with a NULL are left out, as a join leaves them.
 struct KeySet {
     rows: datafusion::common::HashSet<Vec<u8>>,
-    firsts: Vec<Vec<u8>>,
+    lasts: Vec<Vec<u8>>,
 }
 
 impl KeySet {
     fn of(batches: &[RecordBatch]) -> datafusion::error::Result<Self> {
         let mut rows = datafusion::common::HashSet::default();
-        let mut firsts = Vec::new();
+        let mut lasts = Vec::new();
         let mut buf = Vec::new();
         for b in batches {
             let columns = b
@@ -511,20 +512,21 @@ impl KeySet {
             for i in 0..b.num_rows() {
                 if Self::encode(&columns, i, &mut buf) {
                     rows.insert(buf.clone());
-                    firsts.push(columns[0].value(i).as_bytes().to_vec());
+                    let last = columns[columns.len() - 1];
+                    lasts.push(last.value(i).as_bytes().to_vec());
                 }
             }
         }
-        firsts.sort_unstable();
-        firsts.dedup();
-        Ok(Self { rows, firsts })
+        lasts.sort_unstable();
+        lasts.dedup();
+        Ok(Self { rows, lasts })
     }
 
-    /// Whether a value of the first column between `min` and `max` (bytes, inclusive) can be
+    /// Whether a value of the last column between `min` and `max` (bytes, inclusive) can be
     /// a key's.
-    fn first_between(&self, min: &[u8], max: &[u8]) -> bool {
-        let at = self.firsts.partition_point(|v| v.as_slice() < min);
-        self.firsts.get(at).is_some_and(|v| v.as_slice() <= max)
+    fn last_between(&self, min: &[u8], max: &[u8]) -> bool {
+        let at = self.lasts.partition_point(|v| v.as_slice() < min);
+        self.lasts.get(at).is_some_and(|v| v.as_slice() <= max)
     }
 
     /// Row `i` of `columns` into `buf`: each value's length and bytes. False when a value is
@@ -587,13 +589,14 @@ async fn positions_of(
     // The runs of rows read, as positions in the share (all of it without a page index).
     let text =
         |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
-    let first_is_text = types.first().is_some_and(text)
+    let last_column = &on[on.len() - 1];
+    let last_is_text = types.last().is_some_and(text)
         && meta
             .schema()
-            .field_with_name(&on[0])
+            .field_with_name(last_column)
             .is_ok_and(|f| text(f.data_type()));
-    let runs = first_is_text
-        .then(|| pages_of_keys(meta.metadata(), &groups, &on[0], wanted))
+    let runs = last_is_text
+        .then(|| pages_of_keys(meta.metadata(), &groups, last_column, wanted))
         .flatten();
     let builder =
         ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta).with_row_groups(groups);
@@ -622,6 +625,7 @@ async fn positions_of(
     let mut rows = builder.with_projection(mask).build()?;
     let mut found = RoaringTreemap::new();
     let mut buf = Vec::new();
+    let mut sorted = Sorted::new(&wanted.lasts);
     // The next row's position in the share, and the rows left in its run.
     let (mut at, mut left) = runs.pop().unwrap_or_default();
     while let Some(b) = rows.try_next().await? {
@@ -634,6 +638,7 @@ async fn positions_of(
             });
         }
         let columns: Vec<&StringViewArray> = columns.iter().map(|c| c.as_string_view()).collect();
+        let last = columns[columns.len() - 1];
         let mut hit = false;
         for i in 0..b.num_rows() {
             while left == 0 {
@@ -641,7 +646,15 @@ async fn positions_of(
             }
             let same = i > 0 && columns.iter().all(|c| same_as_before(c, i));
             if !same {
-                hit = KeySet::encode(&columns, i, &mut buf) && wanted.rows.contains(&buf);
+                // The last column first: most rows' value is no key's, which a merge with the
+                // keys' sorted values tells without hashing; the whole row is looked up only
+                // when there are more columns, or when the column is not in order.
+                hit = !last.is_null(i)
+                    && match sorted.holds(last.value(i).as_bytes()) {
+                        Some(false) => false,
+                        Some(true) if columns.len() == 1 => true,
+                        _ => KeySet::encode(&columns, i, &mut buf) && wanted.rows.contains(&buf),
+                    };
             }
             let p = start + at;
             if hit && !file.deleted.contains(p) {
@@ -652,6 +665,52 @@ async fn positions_of(
         }
     }
     Ok(found)
+}
+
+/// Membership in sorted distinct values, for values that come mostly in order (a column of a
+/// table stored in key order): a cursor moves forward through the values (by doubling steps),
+/// and back by a binary search when a value is smaller than the one before.
+struct Sorted<'a> {
+    values: &'a [Vec<u8>],
+    /// The first value not below the last one looked up.
+    at: usize,
+    seeks: u64,
+    backs: u64,
+}
+
+impl<'a> Sorted<'a> {
+    fn new(values: &'a [Vec<u8>]) -> Self {
+        Self {
+            values,
+            at: 0,
+            seeks: 0,
+            backs: 0,
+        }
+    }
+
+    /// Whether `v` is one of the values; `None` once the values looked up have gone back more
+    /// than once in eight (not in order: a hash lookup is cheaper then).
+    fn holds(&mut self, v: &[u8]) -> Option<bool> {
+        if self.backs * 8 > self.seeks + 64 {
+            return None;
+        }
+        self.seeks += 1;
+        let values = self.values;
+        if self.at > 0 && values[self.at - 1].as_slice() >= v {
+            self.backs += 1;
+            self.at = values[..self.at].partition_point(|x| x.as_slice() < v);
+        } else {
+            // Every value before `at` is below `v`: double the step until one is not.
+            let mut step = 1;
+            while self.at + step <= values.len() && values[self.at + step - 1].as_slice() < v {
+                step *= 2;
+            }
+            let from = self.at + step / 2;
+            let to = (self.at + step).min(values.len());
+            self.at = from + values[from..to].partition_point(|x| x.as_slice() < v);
+        }
+        Some(values.get(self.at).is_some_and(|x| x.as_slice() == v))
+    }
 }
 
 /// The runs of rows (start and length, as positions from the first of `groups`) of the pages
@@ -686,7 +745,7 @@ fn pages_of_keys(
             let first = page.first_row_index as u64;
             let end = pages.get(p + 1).map_or(rows, |n| n.first_row_index as u64);
             let keep = match (index.min_value(p), index.max_value(p)) {
-                (Some(min), Some(max)) => wanted.first_between(min, max),
+                (Some(min), Some(max)) => wanted.last_between(min, max),
                 _ => !index.is_null_page(p),
             };
             if !keep || end <= first {
@@ -1017,6 +1076,52 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got.iter().collect::<Vec<u64>>(), vec![5, 9]);
+    }
+
+    #[test]
+    fn sorted_values_answer_as_a_set_in_any_order() {
+        let values: Vec<Vec<u8>> = ["b", "d", "d0", "f", "h", "k", "m", "p", "s", "w"]
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect();
+        let probes: Vec<&[u8]> = [
+            "", "a", "b", "c", "d", "d0", "d00", "e", "f", "g", "h", "w", "x",
+        ]
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+        // In order (with repeats), backwards, and scrambled.
+        let mut ascending: Vec<&[u8]> = probes.iter().flat_map(|p| [*p, *p]).collect();
+        ascending.sort();
+        let backwards: Vec<&[u8]> = ascending.iter().rev().copied().collect();
+        let scrambled: Vec<&[u8]> = (0..400)
+            .map(|i| probes[(i * 7 + i / 13) % probes.len()])
+            .collect();
+        for (name, order) in [
+            ("ascending", &ascending),
+            ("backwards", &backwards),
+            ("scrambled", &scrambled),
+        ] {
+            let mut sorted = Sorted::new(&values);
+            let mut gave_up = false;
+            for v in order.iter() {
+                let truth = values.iter().any(|x| x.as_slice() == *v);
+                match sorted.holds(v) {
+                    Some(held) => {
+                        assert!(!gave_up, "{name}: answers again after giving up");
+                        assert_eq!(held, truth, "{name}: {:?}", String::from_utf8_lossy(v));
+                    }
+                    None => gave_up = true,
+                }
+            }
+            // In order, the merge never gives up; long out of order, it does.
+            match name {
+                "ascending" => assert!(!gave_up),
+                "scrambled" => assert!(gave_up),
+                _ => {}
+            }
+        }
+        assert_eq!(Sorted::new(&[]).holds(b"a"), Some(false));
     }
 
     #[tokio::test]
