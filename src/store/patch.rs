@@ -4,10 +4,12 @@
 //! thousand rows of millions). Those rows lie in every data file, so rewriting the table means
 //! reading and writing all of it. Instead, [`Store::find_replaced`] reads only the key columns
 //! of each committed data file (the pages whose bounds in the file's page index may hold a
-//! key; at 1M identities a scope's keys still fall in most pages of the larger tables, in
-//! half to a third of `classification`'s and `correlations'`), looks each row up in the replaced keys (a hash set; a row equal
-//! to the one before it, as in a table stored in key order, takes its answer), and reads back
-//! just the matching rows (a Parquet row selection). The lookup is a storage kernel like a
+//! key: at 1M identities a scope's keys still fall in nearly every page of the larger tables,
+//! in about half of `classification`'s and three fifths of `correlations'`), looks each row up
+//! in the replaced keys (its last column merged with the keys' sorted values, the whole row
+//! hashed only when that matches; a row equal to the one before it, as in a table stored in
+//! key order, takes its answer), and reads back just the matching rows (a Parquet row
+//! selection). The lookup is a storage kernel like a
 //! filter's, over whole files: a DataFusion join of the key columns with the keys, which it
 //! replaced, spent more on repartitioning and probing than on decoding (the dirty role model's
 //! five tables at 1M identities: 1.40-1.54 s -> 1.15-1.20 s). [`Store::write_patch`] then commits the recomputed rows as one new data file and
@@ -548,7 +550,7 @@ impl KeySet {
 /// The positions in `file` of its committed rows whose columns `on` (cast to `types`, the
 /// replaced keys' types) equal one of `wanted`, in share `(part, parts)` of its row groups (a
 /// task each). A table patched here is stored in key order, so equal keys come in runs: a row
-/// equal to the one before it takes its answer, and the pages of the first key column whose
+/// equal to the one before it takes its answer, and the pages of the last key column whose
 /// bounds (the file's page index) hold no key are not read at all ([`pages_of_keys`]).
 async fn positions_of(
     objects: &Arc<dyn object_store::ObjectStore>,
@@ -714,7 +716,7 @@ impl<'a> Sorted<'a> {
 }
 
 /// The runs of rows (start and length, as positions from the first of `groups`) of the pages
-/// of column `column` whose bounds in the page index may hold a value of `wanted`'s first
+/// of column `column` whose bounds in the page index may hold a value of `wanted`'s last
 /// column; `None` without a page index for the column (or not a byte array), where every row
 /// is read. Pages of NULLs hold no key. Bounds the writer truncated still enclose the page's
 /// values (a shorter minimum, a greater maximum). In a table stored in key order, a few
