@@ -9,10 +9,10 @@
 //! in the replaced keys (its last column merged with the keys' sorted values, the whole row
 //! hashed only when that matches; a row equal to the one before it, as in a table stored in
 //! key order, takes its answer), and reads back just the matching rows (a Parquet row
-//! selection). The lookup is a storage kernel like a
-//! filter's, over whole files: a DataFusion join of the key columns with the keys, which it
-//! replaced, spent more on repartitioning and probing than on decoding (the dirty role model's
-//! five tables at 1M identities: 1.40-1.54 s -> 1.15-1.20 s). [`Store::write_patch`] then commits the recomputed rows as one new data file and
+//! selection). The lookup is a storage kernel like a filter's, over whole files: a DataFusion
+//! join of the key columns with the keys, which it replaced, spent more on repartitioning and
+//! probing than on decoding (the dirty role model's five tables at 1M identities: 1.40-1.54 s
+//! -> 1.15-1.20 s). [`Store::write_patch`] then commits the recomputed rows as one new data file and
 //! each touched file again with a deletion vector marking its replaced rows: a Delta commit
 //! whose size is that of the change, not of the table.
 //!
@@ -607,7 +607,7 @@ async fn positions_of(
         .map(|c| builder.schema().index_of(c))
         .collect::<std::result::Result<_, _>>()?;
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    let (builder, mut runs) = match runs {
+    let (builder, runs) = match runs {
         Some(runs) => {
             tracing::debug!(
                 file = %file.path,
@@ -623,13 +623,13 @@ async fn positions_of(
         }
         None => (builder, vec![(0, u64::MAX)]),
     };
-    runs.reverse();
+    let mut runs = runs.into_iter();
     let mut rows = builder.with_projection(mask).build()?;
     let mut found = RoaringTreemap::new();
     let mut buf = Vec::new();
     let mut sorted = Sorted::new(&wanted.lasts);
     // The next row's position in the share, and the rows left in its run.
-    let (mut at, mut left) = runs.pop().unwrap_or_default();
+    let (mut at, mut left) = runs.next().unwrap_or_default();
     while let Some(b) = rows.try_next().await? {
         let mut columns = Vec::with_capacity(on.len());
         for (c, t) in on.iter().zip(types) {
@@ -644,7 +644,7 @@ async fn positions_of(
         let mut hit = false;
         for i in 0..b.num_rows() {
             while left == 0 {
-                (at, left) = runs.pop().unwrap_or((at, u64::MAX));
+                (at, left) = runs.next().unwrap_or((at, u64::MAX));
             }
             let same = i > 0 && columns.iter().all(|c| same_as_before(c, i));
             if !same {
