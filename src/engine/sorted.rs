@@ -356,6 +356,35 @@ fn ascending_by(batches: &[RecordBatch], column: &str, strict: bool) -> Result<b
     Ok(true)
 }
 
+/// The values of `column` along the rows of `batches`, each row whose value differs from the
+/// row before it (the first row too), decoded from a dictionary: the distinct values, in
+/// order, of a column the rows are sorted on (a link's `from` endpoint in its sorted pairs).
+/// Compared a row with the next, as the rows come, where a hash aggregate (`DISTINCT`) of the
+/// 13.6M membership pairs' endpoints built a table of 1.1M keys.
+pub fn distinct_adjacent(batches: &[RecordBatch], column: &str) -> Result<Vec<ArrayRef>> {
+    let mut previous: Option<ArrayRef> = None;
+    let mut out = Vec::new();
+    for b in batches.iter().filter(|b| b.num_rows() > 0) {
+        let c = b.column(b.schema().index_of(column)?);
+        let n = c.len();
+        let first = match &previous {
+            Some(last) => cmp::distinct(&c.slice(0, 1), last)?.value(0),
+            None => true,
+        };
+        let rest = cmp::distinct(&c.slice(1, n - 1), &c.slice(0, n - 1))?;
+        let keep: BooleanArray = std::iter::once(Some(first))
+            .chain(rest.values().iter().map(Some))
+            .collect();
+        let kept = filter(c.as_ref(), &keep)?;
+        out.push(match kept.data_type() {
+            DataType::Dictionary(_, value) => cast(&kept, value)?,
+            _ => kept,
+        });
+        previous = Some(c.slice(n - 1, 1));
+    }
+    Ok(out)
+}
+
 /// `df` planned on a single partition.
 fn on_one_partition(ctx: &SessionContext, df: DataFrame) -> DataFrame {
     let mut config = ctx.copied_config();
@@ -931,6 +960,44 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    /// Repeats are dropped within a batch and across batches (an empty batch between), NULL
+    /// once as a value of its own, dictionaries decoded, and the values kept in order.
+    #[test]
+    fn adjacent_repeats_are_dropped_across_batches() {
+        let input = vec![
+            batch(&[(None, "x"), (None, "y"), (Some("a"), "x"), (Some("a"), "y")]),
+            batch(&[]),
+            batch(&[(Some("a"), "z"), (Some("b"), "x")]),
+            batch(&[(Some("b"), "y"), (Some("c"), "x"), (Some("c"), "x")]),
+        ];
+        let plain = distinct_adjacent(&input, "a").unwrap();
+        let encoded_schema = encoded_schema(&input[0].schema());
+        let encoded: Vec<RecordBatch> = input
+            .iter()
+            .map(|b| super::super::cast_batch(b, &encoded_schema).unwrap())
+            .collect();
+        assert!(matches!(
+            encoded[0].column(0).data_type(),
+            DataType::Dictionary(_, _)
+        ));
+        for out in [plain, distinct_adjacent(&encoded, "a").unwrap()] {
+            let values: Vec<Option<String>> = out
+                .iter()
+                .flat_map(|a| {
+                    a.as_string::<i32>()
+                        .iter()
+                        .map(|v| v.map(str::to_string))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            assert_eq!(
+                values,
+                vec![None, Some("a".into()), Some("b".into()), Some("c".into())]
+            );
+        }
+        assert!(distinct_adjacent(&[], "a").unwrap().is_empty());
     }
 
     #[test]

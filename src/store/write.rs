@@ -109,6 +109,7 @@ impl Store {
         mode: WriteMode,
         run_id: &str,
     ) -> Result<u64> {
+        let started = std::time::Instant::now();
         let schema = nullable(&rows.schema);
         let in_table =
             |e: datafusion::error::DataFusionError| Error::store(format!("table {name}: {e}"));
@@ -203,6 +204,11 @@ impl Store {
             builder = builder.with_schema_mode(SchemaMode::Overwrite);
         }
         let table = builder.await?;
+        tracing::debug!(
+            table = name,
+            seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+            "table written"
+        );
         // A new schema (a column retyped in pipeline.toml): a checkpoint at this version, so
         // that loading the table does not replay the older files' statistics against the new
         // types (the Delta kernel warns about each of them on every later read).

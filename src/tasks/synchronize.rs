@@ -339,12 +339,19 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     if unblock {
         change.unblock.push(connector.to_string());
     }
-    let mut pending: Vec<(String, Rows, WriteMode, Option<Box<Patch>>)> = Vec::new();
+    /// A table's rows to write: ready, or a query run as its write starts, beside the others'
+    /// encoding (`recently_modified`'s sort of every changed key).
+    enum ToWrite {
+        Ready(Rows),
+        Query(DataFrame),
+    }
+    let mut pending: Vec<(String, ToWrite, WriteMode, Option<Box<Patch>>)> = Vec::new();
     let rows = |(schema, batches): (SchemaRef, Vec<RecordBatch>)| Rows {
         schema,
         batches,
         map: None,
     };
+    let ready = |s| ToWrite::Ready(rows(s));
     let modified = recently_modified(rc, &plans)?;
     for p in plans {
         let (state_patch, history_patch) = match p.patches {
@@ -352,17 +359,17 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             None => (None, None),
         };
         if let Some(s) = p.new_state {
-            pending.push((p.name.clone(), rows(s), WriteMode::Overwrite, state_patch));
+            pending.push((p.name.clone(), ready(s), WriteMode::Overwrite, state_patch));
         }
         if let Some(h) = p.new_history {
             let name = format!("{}__history", p.name);
-            pending.push((name, h, WriteMode::Overwrite, history_patch));
+            pending.push((name, ToWrite::Ready(h), WriteMode::Overwrite, history_patch));
         }
     }
     if let Some(modified) = modified {
         pending.push((
             "recently_modified".into(),
-            rows(super::frames::collect(modified).await?),
+            ToWrite::Query(modified),
             WriteMode::Append,
             None,
         ));
@@ -375,7 +382,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         )?;
         pending.push((
             "rejected_rows".into(),
-            rows((batch.schema(), vec![batch])),
+            ready((batch.schema(), vec![batch])),
             WriteMode::Append,
             None,
         ));
@@ -389,6 +396,10 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             .into_iter()
             .enumerate()
             .map(|(step, (name, table_rows, mode, patch))| async move {
+                let table_rows = match table_rows {
+                    ToWrite::Ready(r) => r,
+                    ToWrite::Query(df) => rows(super::frames::collect(df).await?),
+                };
                 let rows = table_rows
                     .batches
                     .iter()
@@ -1358,13 +1369,39 @@ async fn plan_link(
             return Ok(plan);
         }
     } else {
-        // recently_modified names the `from` key of each changed pair.
-        plan.modified = Some(
-            tagged(added.clone(), "insert", quoted(f).alias("key"))?
+        // recently_modified names the `from` key of each changed pair. Pairs in order (a first
+        // load's, or a merge's sides) list each key's pairs together: its keys are read off
+        // them, each once, with no grouping.
+        let sorted_sides = match &merged {
+            Some((added, removed)) => Some((added.as_slice(), removed.as_slice())),
+            None if base_rows == 0 => Some((desired_batches.as_slice(), &[][..])),
+            None => None,
+        };
+        plan.modified = Some(match sorted_sides {
+            Some((added, removed)) if desired_schema.field(0).name() == f => {
+                let key = desired_schema.field(0).clone().with_name("key");
+                let changed = Arc::new(Schema::new(vec![
+                    key.clone(),
+                    Field::new("change", DataType::Utf8, false),
+                ]));
+                let mut batches = Vec::new();
+                for (side, change) in [(added, "insert"), (removed, "delete")] {
+                    for keys in engine::distinct_adjacent(side, f)? {
+                        let n = keys.len();
+                        let keys = datafusion::arrow::compute::cast(&keys, key.data_type())?;
+                        let changes = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                            change, n,
+                        )));
+                        batches.push(RecordBatch::try_new(changed.clone(), vec![keys, changes])?);
+                    }
+                }
+                frame(ctx, &changed, &batches)?
+            }
+            _ => tagged(added.clone(), "insert", quoted(f).alias("key"))?
                 .union(tagged(removed.clone(), "delete", quoted(f).alias("key"))?)?
                 .select(vec![col("key"), col("_cc").alias("change")])?
                 .distinct()?,
-        );
+        });
     }
     let rows = tagged(added, "insert", key().alias("_ck"))?.union(tagged(
         removed,
