@@ -683,9 +683,10 @@ fn parse_chunks_at(
 /// The records of the rest of `f`, read a block at a time after `buf` (the data read so far,
 /// starting with a record at byte `offset`, on line `first_line`): each block is parsed up to
 /// the last record end in it, the rest carried to the next. While a block's records are parsed
-/// (on threads of their own), the next block is read and cut: reading and finding where the
-/// records end, on one thread, took a third of the 13.6M memberships' load and left the other
-/// core idle. `None` when a block cannot be cut with certainty (see [`read_in_chunks`]).
+/// (on threads of their own), the next block is read and cut, where the other cores used to
+/// wait for it; the one scan that cuts a block also splits it into chunks ([`next_region`]).
+/// With both, the 13.6M memberships' load took 0.6–0.8 s less (BENCHMARKS.md, thirty-eighth
+/// pass). `None` when a block cannot be cut with certainty (see [`read_in_chunks`]).
 #[allow(clippy::too_many_arguments)]
 fn parse_blocks(
     layout: &Layout,
