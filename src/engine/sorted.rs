@@ -13,8 +13,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, DictionaryArray, RecordBatch, StringArray, UInt32Array,
-    UInt64Array, make_comparator, new_empty_array,
+    Array, ArrayRef, AsArray, BooleanArray, Datum, DictionaryArray, RecordBatch, StringArray,
+    UInt32Array, UInt64Array, make_comparator, new_empty_array,
 };
 use datafusion::arrow::compute::kernels::{boolean, cmp, numeric};
 use datafusion::arrow::compute::{
@@ -22,6 +22,7 @@ use datafusion::arrow::compute::{
     take,
 };
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, UInt32Type};
+use datafusion::arrow::error::ArrowError;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::spill_file::SpillFile;
@@ -327,31 +328,12 @@ pub fn strictly_ascending(batches: &[RecordBatch], column: &str) -> Result<bool>
 
 /// [`ascending`], equal neighbours refused with `strict`.
 fn ascending_by(batches: &[RecordBatch], column: &str, strict: bool) -> Result<bool> {
-    let mut previous: Option<ArrayRef> = None;
-    for b in batches.iter().filter(|b| b.num_rows() > 0) {
-        let c = b.column(b.schema().index_of(column)?);
-        if c.null_count() > 0 {
+    let out_of_order = if strict { cmp::lt_eq } else { cmp::lt };
+    for compared in against_previous(batches, column, out_of_order) {
+        let (c, decreases) = compared?;
+        if c.null_count() > 0 || decreases.true_count() > 0 {
             return Ok(false);
         }
-        let n = c.len();
-        // Each row against the one before it, the first against the previous batch's last.
-        let decreases = |a: &ArrayRef, b: &ArrayRef| -> Result<bool> {
-            let out_of_order = if strict {
-                cmp::lt_eq(a, b)?
-            } else {
-                cmp::lt(a, b)?
-            };
-            Ok(out_of_order.true_count() > 0)
-        };
-        if let Some(last) = &previous
-            && decreases(&c.slice(0, 1), last)?
-        {
-            return Ok(false);
-        }
-        if n > 1 && decreases(&c.slice(1, n - 1), &c.slice(0, n - 1))? {
-            return Ok(false);
-        }
-        previous = Some(c.slice(n - 1, 1));
     }
     Ok(true)
 }
@@ -362,27 +344,40 @@ fn ascending_by(batches: &[RecordBatch], column: &str, strict: bool) -> Result<b
 /// Compared a row with the next, as the rows come, where a hash aggregate (`DISTINCT`) of the
 /// 13.6M membership pairs' endpoints built a table of 1.1M keys.
 pub fn distinct_adjacent(batches: &[RecordBatch], column: &str) -> Result<Vec<ArrayRef>> {
+    against_previous(batches, column, cmp::distinct)
+        .map(|compared| {
+            let (c, differs) = compared?;
+            // The very first row has none before it (NULL): it is kept.
+            let keep: BooleanArray = differs.iter().map(|d| Some(d.unwrap_or(true))).collect();
+            let kept = filter(c.as_ref(), &keep)?;
+            Ok(match kept.data_type() {
+                DataType::Dictionary(_, value) => cast(&kept, value)?,
+                _ => kept,
+            })
+        })
+        .collect()
+}
+
+/// Each non-empty batch's `column`, with `op` of each of its rows against the row before it:
+/// the first against the previous batch's last, and NULL for the very first row.
+fn against_previous<'a>(
+    batches: &'a [RecordBatch],
+    column: &'a str,
+    op: impl Fn(&dyn Datum, &dyn Datum) -> std::result::Result<BooleanArray, ArrowError> + 'a,
+) -> impl Iterator<Item = Result<(ArrayRef, BooleanArray)>> + 'a {
     let mut previous: Option<ArrayRef> = None;
-    let mut out = Vec::new();
-    for b in batches.iter().filter(|b| b.num_rows() > 0) {
-        let c = b.column(b.schema().index_of(column)?);
+    batches.iter().filter(|b| b.num_rows() > 0).map(move |b| {
+        let c = Arc::clone(b.column(b.schema().index_of(column)?));
         let n = c.len();
         let first = match &previous {
-            Some(last) => cmp::distinct(&c.slice(0, 1), last)?.value(0),
-            None => true,
+            Some(last) => op(&c.slice(0, 1), last)?,
+            None => BooleanArray::new_null(1),
         };
-        let rest = cmp::distinct(&c.slice(1, n - 1), &c.slice(0, n - 1))?;
-        let keep: BooleanArray = std::iter::once(Some(first))
-            .chain(rest.values().iter().map(Some))
-            .collect();
-        let kept = filter(c.as_ref(), &keep)?;
-        out.push(match kept.data_type() {
-            DataType::Dictionary(_, value) => cast(&kept, value)?,
-            _ => kept,
-        });
+        let rest = op(&c.slice(1, n - 1), &c.slice(0, n - 1))?;
+        let compared = concat(&[&first, &rest])?;
         previous = Some(c.slice(n - 1, 1));
-    }
-    Ok(out)
+        Ok((c, compared.as_boolean().clone()))
+    })
 }
 
 /// `df` planned on a single partition.

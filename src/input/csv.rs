@@ -762,46 +762,36 @@ fn next_region(
         if !*eof {
             *eof = read_block(f, buf, block_bytes)?;
         }
-        let mut bounds = None;
-        let cut = if *eof {
-            buf.len()
+        let (cut, bounds) = if *eof {
+            (buf.len(), None)
         } else {
             // The start of the last record that begins past the middle of the data, and the
-            // chunks' starts at even parts of it.
+            // chunks' starts after even parts of it.
             let len = buf.len();
             let threads = crate::engine::threads();
-            let split = threads > 1 && len >= parallel_bytes;
-            let parts: Vec<usize> = match split {
-                true => (1..threads).map(|k| len * k / threads).collect(),
+            let even = match threads > 1 && len >= parallel_bytes {
+                true => parts(len, threads),
                 false => Vec::new(),
             };
-            let mut targets = parts.clone();
+            let mut targets = even.clone();
             targets.extend([len / 2, len - (len / 2).min(1 << 16)]);
             targets.sort_unstable();
-            match record_starts_in(buf, &targets, layout.delimiter) {
-                None => return Ok(None),
-                Some(starts) => match starts.last() {
-                    Some(&cut) => {
-                        if split {
-                            // Each chunk from a start below the cut to the next.
-                            let mut at = vec![0];
-                            for &t in &parts {
-                                if let Some(&s) = starts.iter().find(|&&s| s > t)
-                                    && s < cut
-                                    && at.last().is_some_and(|&l| l < s)
-                                {
-                                    at.push(s);
-                                }
-                            }
-                            at.push(cut);
-                            bounds = Some(at.windows(2).map(|w| (w[0], w[1])).collect());
-                        }
-                        cut
-                    }
-                    // One record longer than the data so far: read on.
-                    None => continue,
-                },
-            }
+            let Some(starts) = record_starts_in(buf, &targets, layout.delimiter) else {
+                return Ok(None);
+            };
+            // One record longer than the data so far: read on.
+            let Some(&cut) = starts.last() else {
+                continue;
+            };
+            // The first start after each part's offset, below the cut, each once.
+            let mut chunk_starts: Vec<usize> = even
+                .iter()
+                .filter_map(|&t| starts.iter().copied().find(|&s| s > t))
+                .filter(|&s| s < cut)
+                .collect();
+            chunk_starts.dedup();
+            let bounds = (!even.is_empty()).then(|| split_at(chunk_starts, cut));
+            (cut, bounds)
         };
         let region = &buf[..cut];
         if memchr::memchr_iter(b'\r', region).any(|i| region.get(i + 1) != Some(&b'\n')) {
@@ -855,13 +845,23 @@ fn chunks(data: &[u8], parallel_bytes: usize, delimiter: u8) -> Vec<(usize, usiz
     {
         return whole;
     }
-    let targets: Vec<usize> = (1..threads).map(|k| data.len() * k / threads).collect();
+    let targets = parts(data.len(), threads);
     let Some(starts) = record_starts_after(data, &targets, delimiter) else {
         return whole;
     };
+    split_at(starts, data.len())
+}
+
+/// Offsets that cut `len` bytes into `threads` even parts.
+fn parts(len: usize, threads: usize) -> Vec<usize> {
+    (1..threads).map(|k| len * k / threads).collect()
+}
+
+/// The byte ranges from 0 to `end` that the ascending `starts` (each below `end`) divide it into.
+fn split_at(starts: impl IntoIterator<Item = usize>, end: usize) -> Vec<(usize, usize)> {
     let mut bounds = vec![0];
     bounds.extend(starts);
-    bounds.push(data.len());
+    bounds.push(end);
     bounds.windows(2).map(|w| (w[0], w[1])).collect()
 }
 

@@ -1388,6 +1388,7 @@ async fn plan_link(
                 for (side, change) in [(added, "insert"), (removed, "delete")] {
                     for keys in engine::distinct_adjacent(side, f)? {
                         let n = keys.len();
+                        // A merge's removed pairs are read from the store (possibly as views).
                         let keys = datafusion::arrow::compute::cast(&keys, key.data_type())?;
                         let changes = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
                             change, n,
