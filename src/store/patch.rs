@@ -610,16 +610,17 @@ async fn positions_of(
             })
             .collect::<Vec<_>>(),
     );
+    // The runs of rows read, as positions in the share (all of it without a page index).
+    let last_column = &on[on.len() - 1];
+    let last_is_text = types.last().is_some_and(text)
+        && meta
+            .schema()
+            .field_with_name(last_column)
+            .is_ok_and(|f| text(f.data_type()));
     let meta = ArrowReaderMetadata::try_new(
         meta.metadata().clone(),
         indexed.with_schema(Arc::new(viewed)),
     )?;
-    // The runs of rows read, as positions in the share (all of it without a page index).
-    let last_column = &on[on.len() - 1];
-    let last_is_text = types.last().is_some_and(text)
-        && meta.schema().field_with_name(last_column).is_ok_and(|f| {
-            text(f.data_type()) || matches!(f.data_type(), DataType::Dictionary(..))
-        });
     let runs = last_is_text
         .then(|| pages_of_keys(meta.metadata(), &groups, last_column, wanted))
         .flatten();
@@ -802,12 +803,7 @@ fn pages_of_keys(
     wanted: &KeySet,
 ) -> Option<Vec<(u64, u64)>> {
     use datafusion::parquet::file::page_index::column_index::ColumnIndexMetaData;
-    let leaf = meta
-        .file_metadata()
-        .schema_descr()
-        .columns()
-        .iter()
-        .position(|c| c.path().parts() == [column.to_string()])?;
+    let leaf = leaf_of(meta, column)?;
     let (bounds, locations) = (meta.column_index()?, meta.offset_index()?);
     let mut runs: Vec<(u64, u64)> = Vec::new();
     let mut offset = 0u64;
@@ -925,22 +921,28 @@ fn all_dictionary(
     groups: &[usize],
     column: &str,
 ) -> bool {
-    let Some(leaf) = meta
-        .file_metadata()
+    leaf_of(meta, column).is_some_and(|leaf| {
+        groups.iter().all(|&g| {
+            let chunk = meta.row_group(g).column(leaf);
+            chunk.dictionary_page_offset().is_some()
+                && chunk.page_encoding_stats_mask().is_some_and(|mask| {
+                    mask.is_only(Encoding::PLAIN_DICTIONARY)
+                        || mask.is_only(Encoding::RLE_DICTIONARY)
+                })
+        })
+    })
+}
+
+/// The index of top-level column `column` among the file's leaf columns.
+fn leaf_of(
+    meta: &datafusion::parquet::file::metadata::ParquetMetaData,
+    column: &str,
+) -> Option<usize> {
+    meta.file_metadata()
         .schema_descr()
         .columns()
         .iter()
         .position(|c| c.path().parts() == [column.to_string()])
-    else {
-        return false;
-    };
-    groups.iter().all(|&g| {
-        let chunk = meta.row_group(g).column(leaf);
-        chunk.dictionary_page_offset().is_some()
-            && chunk.page_encoding_stats_mask().is_some_and(|mask| {
-                mask.is_only(Encoding::PLAIN_DICTIONARY) || mask.is_only(Encoding::RLE_DICTIONARY)
-            })
-    })
 }
 
 /// Share `(part, parts)` of a file's row groups: consecutive ones, so their rows are numbered
