@@ -63,6 +63,9 @@ pub struct Store {
     /// read ([`Store::rows_of_keys`]): a committed version never changes, and a dirty task
     /// looks several tables up more than once, each open of a Delta table replaying its log.
     versions: std::sync::Mutex<HashMap<(String, u64), VersionFiles>>,
+    /// The key values that the patches this process committed left in none of a table
+    /// version's older files ([`patch::Cleared`]), by table and version.
+    cleared: std::sync::Mutex<HashMap<(String, u64), Arc<patch::Cleared>>>,
 }
 
 /// A committed table version's data files, `None` when they cannot be read by position.
@@ -104,6 +107,7 @@ impl Store {
                 commits: Default::default(),
                 repeated: HashMap::new(),
                 versions: Default::default(),
+                cleared: Default::default(),
             });
         }
         let path = match uri.strip_prefix("file://") {
@@ -126,6 +130,7 @@ impl Store {
             commits: Default::default(),
             repeated: HashMap::new(),
             versions: Default::default(),
+            cleared: Default::default(),
         })
     }
 

@@ -17,6 +17,15 @@
 //! each touched file again with a deletion vector marking its replaced rows: a Delta commit
 //! whose size is that of the change, not of the table.
 //!
+//! A patch also tells which of the keys' values (of their last column: an owner or account
+//! key) no other live row of the files held, so that once committed no live row of those files
+//! holds them. The process remembers that for the version the patch commits ([`Cleared`]): a
+//! later lookup in that version on the same column reads those files only for its other
+//! values, and not at all when there are none. That is the orders task of an incremental job
+//! reading the rows of the owners the role model has just recomputed: the 1M company's
+//! `assigned_links`, `assigned_scalars`, `assigned_resources`, `classification` and
+//! `correlations` lookups read only the patches' new files.
+//!
 //! The deletion vectors are inline (in the Delta log, Z85 of the portable Roaring bitmap), so a
 //! table stays a folder of Parquet files and its log: nothing else to copy, compact or scrub.
 //! Each patch unites the file's earlier deletion vector with the new positions. A complete run
@@ -84,6 +93,45 @@ pub struct Patch {
     /// each (read by [`Store::replaced_rows`]).
     files: Arc<Vec<DataFile>>,
     found: Vec<RoaringTreemap>,
+    /// The key values the patch leaves in none of the committed files.
+    cleared: Arc<Cleared>,
+}
+
+/// Values of a key column that no live row of some data files holds: what a patch leaves
+/// (every row of the files holding one of the values was a replaced key's, and is deleted).
+/// Remembered for the version the patch commits, so that a later lookup in that version (the
+/// orders task reading the owners the role model has just recomputed) reads the files only
+/// for the other values — when there are none, not at all.
+#[derive(Debug)]
+pub(super) struct Cleared {
+    /// The key column (the last of the patch's key columns) and its type in the keys.
+    column: String,
+    last_type: DataType,
+    /// The values, sorted, as [`KeySet::lasts`] holds them.
+    values: Vec<Vec<u8>>,
+    /// The data files cleared of them (the files of the version the patch was found in).
+    files: datafusion::common::HashSet<object_store::path::Path>,
+}
+
+impl Cleared {
+    /// Whether a lookup on columns `on`, keys of `types`, can leave the values out: its last
+    /// column is this one, with text as text or the same type.
+    fn applies_to(&self, on: &[&str], types: &[DataType]) -> bool {
+        let text =
+            |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+        on.last() == Some(&self.column.as_str())
+            && types
+                .last()
+                .is_some_and(|t| t == &self.last_type || (text(t) && text(&self.last_type)))
+    }
+}
+
+/// What [`Store::key_positions`] finds: the positions of the keys' rows in each file, and the
+/// values of the keys' last column that no other live row of the files holds.
+struct Positions {
+    files: Vec<RoaringTreemap>,
+    gone: Vec<Vec<u8>>,
+    types: Vec<DataType>,
 }
 
 #[derive(Debug)]
@@ -210,7 +258,16 @@ impl Store {
             return Ok(None);
         }
         let files = Arc::new(files);
-        let positions = self.key_positions(name, files.clone(), keys, on).await?;
+        let positions = self
+            .key_positions(name, version, files.clone(), keys, on)
+            .await?;
+        let cleared = Cleared {
+            column: on[on.len() - 1].to_string(),
+            last_type: positions.types[positions.types.len() - 1].clone(),
+            values: positions.gone,
+            files: files.iter().map(|f| f.path.clone()).collect(),
+        };
+        let positions = positions.files;
         let mut touched = Vec::new();
         let mut removed_rows = 0;
         for (i, ((add, remove), found)) in actions.into_iter().zip(&positions).enumerate() {
@@ -233,6 +290,7 @@ impl Store {
             removed_rows,
             files,
             found: positions,
+            cleared: Arc::new(cleared),
         }))
     }
 
@@ -262,9 +320,12 @@ impl Store {
         let Some(files) = self.files_at(name, version).await? else {
             return Ok(None);
         };
-        let positions = self.key_positions(name, files.clone(), keys, on).await?;
+        let positions = self
+            .key_positions(name, version, files.clone(), keys, on)
+            .await?;
         Ok(Some(
-            self.read_found(name, &files, &positions, schema).await?,
+            self.read_found(name, &files, &positions.files, schema)
+                .await?,
         ))
     }
 
@@ -320,15 +381,17 @@ impl Store {
         Ok(rows)
     }
 
-    /// For each of `files` (of table `name`), the positions of its committed rows whose columns
-    /// `on` equal a row of `keys`.
+    /// For each of `files` (of table `name` at `version`), the positions of its committed rows
+    /// whose columns `on` equal a row of `keys`; and the values of the keys' last column that no
+    /// other row of the files holds (see [`Cleared`]).
     async fn key_positions(
         &self,
         name: &str,
+        version: u64,
         files: Arc<Vec<DataFile>>,
         keys: DataFrame,
         on: &[&str],
-    ) -> Result<Vec<RoaringTreemap>> {
+    ) -> Result<Positions> {
         // The key columns of every file read (a task per share of its row groups, one share
         // per core) and each row looked up in the keys.
         let key_types: Vec<DataType> = keys
@@ -338,30 +401,72 @@ impl Store {
             .map(|f| f.data_type().clone())
             .collect();
         let wanted = Arc::new(KeySet::of(&keys.collect().await?)?);
+        // The files a patch of this version cleared of some of the keys' last values are
+        // looked up for the others only (and not read when there are none).
+        let cleared = self
+            .cleared
+            .lock()
+            .expect("not poisoned")
+            .get(&(name.to_string(), version))
+            .cloned()
+            .filter(|c| c.applies_to(on, &key_types));
+        let rest = cleared
+            .as_ref()
+            .map(|c| Arc::new(wanted.without(&c.values)));
         let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
         let tasks: Vec<_> = (0..files.len())
-            .flat_map(|i| (0..parts).map(move |part| (i, part)))
-            .map(|(i, part)| {
-                let (objects, files, wanted) =
-                    (self.objects.clone(), files.clone(), wanted.clone());
+            .filter_map(|i| {
+                let keys = match (&cleared, &rest) {
+                    (Some(c), Some(rest)) if c.files.contains(&files[i].path) => rest.clone(),
+                    _ => wanted.clone(),
+                };
+                if keys.rows.is_empty() {
+                    tracing::debug!(table = name, file = %files[i].path, "keys cleared by a patch");
+                }
+                (!keys.rows.is_empty()).then_some((i, keys))
+            })
+            .flat_map(|(i, keys)| (0..parts).map(move |part| (i, part, keys.clone())))
+            .map(|(i, part, keys)| {
+                let (objects, files) = (self.objects.clone(), files.clone());
                 let on: Vec<String> = on.iter().map(|c| c.to_string()).collect();
                 let key_types = key_types.clone();
                 let task = tokio::spawn(async move {
                     let share = (part, parts);
-                    positions_of(&objects, &files[i], share, &on, &key_types, &wanted).await
+                    let lookup =
+                        positions_of(&objects, &files[i], share, &on, &key_types, &keys).await?;
+                    let shared: Vec<Vec<u8>> = keys
+                        .lasts
+                        .iter()
+                        .zip(&lookup.shared)
+                        .filter(|(_, s)| **s)
+                        .map(|(v, _)| v.clone())
+                        .collect();
+                    Ok::<_, datafusion::error::DataFusionError>((lookup.found, shared))
                 });
                 (i, task)
             })
             .collect();
         let mut positions = vec![RoaringTreemap::new(); files.len()];
+        let mut shared: datafusion::common::HashSet<Vec<u8>> = Default::default();
         for (i, task) in tasks {
-            let found = task
+            let (found, values) = task
                 .await
                 .map_err(|e| Error::store(format!("table {name}: {e}")))?
                 .map_err(|e| Error::store(format!("table {name}: {e}")))?;
             positions[i] |= found;
+            shared.extend(values);
         }
-        Ok(positions)
+        let gone = wanted
+            .lasts
+            .iter()
+            .filter(|v| !shared.contains(*v))
+            .cloned()
+            .collect();
+        Ok(Positions {
+            files: positions,
+            gone,
+            types: key_types,
+        })
     }
 
     /// Commits a [`Patch`] and the rows replacing the deleted ones as the next Delta version
@@ -404,9 +509,11 @@ impl Store {
         }
         crate::tasks::failpoint(&format!("patch.{name}.appended"));
         if patch.touched.is_empty() {
-            return table
+            let version = table
                 .version()
-                .ok_or_else(|| Error::store(format!("table {name}: no Delta version")));
+                .ok_or_else(|| Error::store(format!("table {name}: no Delta version")))?;
+            self.remember_cleared(name, version, patch);
+            return Ok(version);
         }
         let mut actions = Vec::with_capacity(patch.touched.len() * 2);
         for t in &patch.touched {
@@ -435,7 +542,18 @@ impl Store {
             )
             .await?;
         crate::tasks::failpoint(&format!("patch.{name}.deleted"));
+        self.remember_cleared(name, commit.version(), patch);
         Ok(commit.version())
+    }
+
+    /// Remembers the key values `patch` cleared its files of, for lookups in `version`.
+    fn remember_cleared(&self, name: &str, version: u64, patch: &Patch) {
+        if !patch.cleared.values.is_empty() {
+            self.cleared
+                .lock()
+                .expect("not poisoned")
+                .insert((name.to_string(), version), patch.cleared.clone());
+        }
     }
 }
 
@@ -530,6 +648,31 @@ impl KeySet {
         Ok(Self { rows, lasts })
     }
 
+    /// The keys whose last value is not among `values` (sorted).
+    fn without(&self, values: &[Vec<u8>]) -> Self {
+        let out = |v: &[u8]| values.binary_search_by(|x| x[..].cmp(v)).is_err();
+        Self {
+            rows: self
+                .rows
+                .iter()
+                .filter(|r| out(Self::last_of(r)))
+                .cloned()
+                .collect(),
+            lasts: self.lasts.iter().filter(|v| out(v)).cloned().collect(),
+        }
+    }
+
+    /// The last value of an encoded row ([`KeySet::encode`]).
+    fn last_of(mut row: &[u8]) -> &[u8] {
+        loop {
+            let n = u32::from_le_bytes(row[..4].try_into().expect("four bytes")) as usize;
+            if row.len() == 4 + n {
+                return &row[4..];
+            }
+            row = &row[4 + n..];
+        }
+    }
+
     /// Whether a value of the last column between `min` and `max` (bytes, inclusive) can be
     /// a key's.
     fn last_between(&self, min: &[u8], max: &[u8]) -> bool {
@@ -565,7 +708,7 @@ async fn positions_of(
     on: &[String],
     types: &[DataType],
     wanted: &KeySet,
-) -> datafusion::error::Result<RoaringTreemap> {
+) -> datafusion::error::Result<Lookup> {
     // Text read as views (no copy of the values), as DataFusion's scans read it.
     let mut reader = open(objects, file)?;
     let indexed = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
@@ -576,7 +719,7 @@ async fn positions_of(
         rows: share_rows,
     }) = Share::of(meta.metadata().row_groups(), (part, parts))
     else {
-        return Ok(RoaringTreemap::new());
+        return Ok(Lookup::none(wanted));
     };
     let text =
         |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
@@ -644,7 +787,7 @@ async fn positions_of(
                 "key pages"
             );
             if runs.is_empty() {
-                return Ok(RoaringTreemap::new());
+                return Ok(Lookup::none(wanted));
             }
             let selection = run_selection(&runs);
             (builder.with_row_selection(selection), runs)
@@ -654,8 +797,11 @@ async fn positions_of(
     let mut runs = runs.into_iter();
     let mut rows = builder.with_projection(mask).build()?;
     let mut found = RoaringTreemap::new();
+    let mut shared = vec![false; wanted.lasts.len()];
     let mut buf = Vec::new();
     let mut sorted = Sorted::new(&wanted.lasts);
+    // The key value of the last column a row not hit holds (an index into the keys' values).
+    let mut shares_last = None;
     // The next row's position in the share, and the rows left in its run.
     let (mut at, mut left) = runs.next().unwrap_or_default();
     while let Some(b) = rows.try_next().await? {
@@ -684,22 +830,59 @@ async fn positions_of(
                 // The last column first: most rows' value is no key's, which a merge with the
                 // keys' sorted values tells without hashing; the whole row is looked up only
                 // when there are more columns, or when the column is not in order.
-                hit = !last.is_null(i)
-                    && match sorted.holds(last.value(i)) {
-                        Some(false) => false,
-                        Some(true) if columns.len() == 1 => true,
-                        _ => KeySet::encode(&columns, i, &mut buf) && wanted.rows.contains(&buf),
-                    };
+                (hit, shares_last) = match last.is_null(i) {
+                    true => (false, None),
+                    false => match sorted.holds(last.value(i)) {
+                        Some(false) => (false, None),
+                        Some(true) if columns.len() == 1 => (true, None),
+                        Some(true) => {
+                            let hit =
+                                KeySet::encode(&columns, i, &mut buf) && wanted.rows.contains(&buf);
+                            (hit, (!hit).then_some(sorted.at))
+                        }
+                        None => {
+                            let hit =
+                                KeySet::encode(&columns, i, &mut buf) && wanted.rows.contains(&buf);
+                            let at = (!hit)
+                                .then(|| {
+                                    wanted.lasts.binary_search_by(|v| v[..].cmp(last.value(i)))
+                                })
+                                .and_then(|r| r.ok());
+                            (hit, at)
+                        }
+                    },
+                };
             }
             let p = start + at;
-            if hit && !file.deleted.contains(p) {
-                found.insert(p);
+            if !file.deleted.contains(p) {
+                if hit {
+                    found.insert(p);
+                } else if let Some(k) = shares_last {
+                    shared[k] = true;
+                }
             }
             at += 1;
             left -= 1;
         }
     }
-    Ok(found)
+    Ok(Lookup { found, shared })
+}
+
+/// What [`positions_of`] finds in a share of a file: the positions of the rows of the keys,
+/// and for each of the keys' last values ([`KeySet::lasts`]) whether a live row holding it is
+/// no key's (so the value is left in the file once the rows found are deleted).
+struct Lookup {
+    found: RoaringTreemap,
+    shared: Vec<bool>,
+}
+
+impl Lookup {
+    fn none(wanted: &KeySet) -> Self {
+        Self {
+            found: RoaringTreemap::new(),
+            shared: vec![false; wanted.lasts.len()],
+        }
+    }
 }
 
 /// Membership in sorted distinct values, for values that come mostly in order (a column of a
@@ -1227,7 +1410,8 @@ mod tests {
                 for part in 0..parts {
                     all |= positions_of(&objects, &file, (part, parts), &on, &types, wanted)
                         .await
-                        .unwrap();
+                        .unwrap()
+                        .found;
                 }
                 all.iter().collect::<Vec<u64>>()
             }
@@ -1253,7 +1437,36 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(got.iter().collect::<Vec<u64>>(), vec![0, 1, 7, 10]);
+        assert_eq!(got.found.iter().collect::<Vec<u64>>(), vec![0, 1, 7, 10]);
+        // Keys on one column hold every row of their value: none is left to other rows.
+        assert_eq!(got.shared, vec![false, false]);
+        // Which of the keys' owners other live rows hold, whatever the shares: `o2` (of `b`),
+        // not `o3` or `o30` (each one key's only row); once `b`/`o2`'s rows are deleted, none.
+        let cleared = keys(&[("a", Some("o3")), ("b", Some("o30")), ("a", Some("o2"))]);
+        let shared = |file: DataFile, parts: usize| {
+            let (objects, on, types, cleared) =
+                (objects.clone(), on.clone(), types.clone(), &cleared);
+            async move {
+                let mut shared = vec![false; cleared.lasts.len()];
+                for part in 0..parts {
+                    let got = positions_of(&objects, &file, (part, parts), &on, &types, cleared)
+                        .await
+                        .unwrap();
+                    shared.iter_mut().zip(got.shared).for_each(|(s, g)| *s |= g);
+                }
+                shared
+            }
+        };
+        assert_eq!(
+            cleared.lasts,
+            vec![b"o2".to_vec(), b"o3".to_vec(), b"o30".to_vec()]
+        );
+        for parts in [1, 2, 3, 7] {
+            assert_eq!(shared(whole.clone(), parts).await, vec![true, false, false]);
+        }
+        let mut without_b_o2 = whole.clone();
+        without_b_o2.deleted.extend([8u64, 9]);
+        assert_eq!(shared(without_b_o2, 2).await, vec![false, false, false]);
         // A row deleted by an earlier patch is not found again.
         file.deleted.insert(3);
         assert_eq!(found(file, 2).await, vec![2, 4, 7]);
@@ -1268,7 +1481,7 @@ mod tests {
         let got = positions_of(&objects, &whole, (0, 1), &on, &[DataType::Int64], &wanted)
             .await
             .unwrap();
-        assert_eq!(got.iter().collect::<Vec<u64>>(), vec![5, 9]);
+        assert_eq!(got.found.iter().collect::<Vec<u64>>(), vec![5, 9]);
     }
 
     #[test]
@@ -1408,7 +1621,8 @@ mod tests {
                 for part in 0..parts {
                     all |= positions_of(&objects, &file, (part, parts), &on, &types, &wanted)
                         .await
-                        .unwrap();
+                        .unwrap()
+                        .found;
                 }
                 assert_eq!(
                     all.iter().collect::<Vec<u64>>(),
@@ -1417,5 +1631,44 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn keys_without_cleared_values_keep_the_others_whole() {
+        let set = keys(&[
+            ("a", Some("o1")),
+            ("b", Some("o1")),
+            ("a", Some("o2")),
+            ("b", Some("o30")),
+        ]);
+        let mut buf = Vec::new();
+        let a = StringViewArray::from(vec!["ab"]);
+        let b = StringViewArray::from(vec!["o30"]);
+        assert!(KeySet::encode(
+            &[KeyText::Views(&a), KeyText::Views(&b)],
+            0,
+            &mut buf
+        ));
+        assert_eq!(KeySet::last_of(&buf), b"o30");
+        let rest = set.without(&[b"o1".to_vec(), b"o3".to_vec()]);
+        assert_eq!(rest.lasts, vec![b"o2".to_vec(), b"o30".to_vec()]);
+        let mut lasts: Vec<&[u8]> = rest.rows.iter().map(|r| KeySet::last_of(r)).collect();
+        lasts.sort();
+        assert_eq!(lasts, vec![&b"o2"[..], &b"o30"[..]]);
+        assert!(set.without(&set.lasts).rows.is_empty());
+
+        let cleared = Cleared {
+            column: "owner_key".into(),
+            last_type: DataType::Utf8,
+            values: vec![],
+            files: Default::default(),
+        };
+        assert!(cleared.applies_to(&["owner_key"], &[DataType::Utf8View]));
+        assert!(cleared.applies_to(
+            &["resource_type", "owner_key"],
+            &[DataType::Utf8, DataType::Utf8]
+        ));
+        assert!(!cleared.applies_to(&["account_key"], &[DataType::Utf8]));
+        assert!(!cleared.applies_to(&["owner_key"], &[DataType::Int64]));
     }
 }

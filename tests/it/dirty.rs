@@ -283,6 +283,7 @@ fn incremental_runs_equal_a_complete_recomputation() {
     let mut persons: BTreeMap<String, Person> = BTreeMap::new();
     let mut accounts: BTreeMap<String, Account> = BTreeMap::new();
     let mut members: BTreeMap<(String, String), ()> = BTreeMap::new();
+    let mut cleared_lookups = 0;
     // Day 0: 12 persons, most with an account, a service account.
     let mut hr = String::from("command,id,dept,status,mail\n");
     for i in 0..12 {
@@ -421,11 +422,16 @@ fn incremental_runs_equal_a_complete_recomputation() {
             write_app(&env, &accounts, &members);
         }
 
-        let out = env.run("incremental", &[], &[]);
+        let out = env.run(
+            "incremental",
+            &[],
+            &[("IGAFLOW_LOG", "igaflow::store=debug")],
+        );
         assert!(
             matches!(out.code, Some(0)),
             "iteration {iteration}: {out:?}"
         );
+        cleared_lookups += out.stderr.matches("keys cleared by a patch").count();
         let incremental = state(&env.store());
         if iteration > 0 {
             // Really incremental: a scope of changed keys, not "everything".
@@ -490,6 +496,9 @@ fn incremental_runs_equal_a_complete_recomputation() {
         }
         std::fs::remove_dir_all(&copy).unwrap();
     }
+    // The orders task's lookups of the owners the role model had just patched skipped the
+    // files the patch had cleared of them (and met the checks above).
+    assert!(cleared_lookups > 0, "no lookup skipped a cleared file");
     // The store has `deletion_vectors`: the dirty tasks patched their tables, and rewrote
     // them whole once patches had piled up (both paths met the checks above).
     for table in ["correlation_keys", "assigned_roles", "person__history"] {
