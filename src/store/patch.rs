@@ -23,8 +23,8 @@
 //! later lookup in that version on the same column reads those files only for its other
 //! values, and not at all when there are none. That is the orders task of an incremental job
 //! reading the rows of the owners the role model has just recomputed: the 1M company's
-//! `assigned_links`, `assigned_scalars`, `assigned_resources`, `classification` and
-//! `correlations` lookups read only the patches' new files.
+//! lookups of `assigned_links`, `assigned_scalars` and `assigned_resources` by owner and of
+//! `correlations` by account read only the patches' new files.
 //!
 //! The deletion vectors are inline (in the Delta log, Z85 of the portable Roaring bitmap), so a
 //! table stays a folder of Parquet files and its log: nothing else to copy, compact or scrub.
@@ -420,7 +420,7 @@ impl Store {
                     (Some(c), Some(rest)) if c.files.contains(&files[i].path) => rest.clone(),
                     _ => wanted.clone(),
                 };
-                if keys.rows.is_empty() {
+                if keys.rows.is_empty() && !wanted.rows.is_empty() {
                     tracing::debug!(table = name, file = %files[i].path, "keys cleared by a patch");
                 }
                 (!keys.rows.is_empty()).then_some((i, keys))
