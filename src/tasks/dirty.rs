@@ -458,7 +458,11 @@ pub enum Side {
 pub struct ScopeRows {
     changed: DataFrame,
     owners: DataFrame,
-    accounts: DataFrame,
+    /// The session's frame of `correlations`.
+    stored: DataFrame,
+    /// The linked rows of the owners (`correlations` by `owner_key`) and the accounts, found
+    /// when first wanted ([`ScopeRows::accounts`]): the owners' lookups need neither.
+    accounts: tokio::sync::OnceCell<(DataFrame, DataFrame)>,
     found: tokio::sync::Mutex<std::collections::HashMap<(String, String), DataFrame>>,
 }
 
@@ -496,34 +500,51 @@ impl ScopeRows {
             .select(vec![col("key").alias("k")])?
             .union(linked_keys(of_changed.clone(), "owner_key")?)?;
         let owners = materialize(ctx, owners.distinct()?).await?;
-        let of_owners = keyed(
-            rc,
-            ctx,
-            catalog,
-            "correlations",
-            stored,
-            "owner_key",
-            &owners,
-        )
-        .await?;
-        let of_owners = materialize(ctx, of_owners).await?;
-        let accounts = changed
-            .clone()
-            .union(linked_keys(of_owners.clone(), "account_key")?)?;
-        let accounts = materialize(ctx, accounts.distinct()?).await?;
-        let found = [
-            (("correlations", "account_key"), of_changed),
-            (("correlations", "owner_key"), of_owners),
-        ]
+        let found = [(
+            ("correlations".to_string(), "account_key".to_string()),
+            of_changed,
+        )]
         .into_iter()
-        .map(|((t, c), df)| ((t.to_string(), c.to_string()), df))
         .collect();
         Ok(Self {
             changed,
             owners,
-            accounts,
+            stored,
+            accounts: tokio::sync::OnceCell::new(),
             found: tokio::sync::Mutex::new(found),
         })
+    }
+
+    /// The linked rows of the owners (`correlations` by `owner_key`), and the accounts: the
+    /// changed ones and the owners' linked ones. Found once, when first wanted.
+    async fn accounts(
+        &self,
+        rc: &RunContext<'_>,
+        ctx: &SessionContext,
+        catalog: &Catalog,
+    ) -> Result<&(DataFrame, DataFrame)> {
+        use super::role_model::materialize;
+        self.accounts
+            .get_or_try_init(|| async {
+                let of_owners = keyed(
+                    rc,
+                    ctx,
+                    catalog,
+                    "correlations",
+                    self.stored.clone(),
+                    "owner_key",
+                    &self.owners,
+                )
+                .await?;
+                let of_owners = materialize(ctx, of_owners).await?;
+                let accounts = self
+                    .changed
+                    .clone()
+                    .union(linked_keys(of_owners.clone(), "account_key")?)?;
+                let accounts = materialize(ctx, accounts.distinct()?).await?;
+                Ok::<_, crate::error::Error>((of_owners, accounts))
+            })
+            .await
     }
 
     /// Looks up the rows of each `(table, column, side)` of `wanted` at once (each lookup is
@@ -574,7 +595,7 @@ impl ScopeRows {
         let keys = match side {
             Side::Changed => &self.changed,
             Side::Owners => &self.owners,
-            Side::Accounts => &self.accounts,
+            Side::Accounts => &self.accounts(rc, ctx, catalog).await?.1,
         };
         let df = keyed(rc, ctx, catalog, name, table, on, keys).await?;
         super::role_model::materialize(ctx, df).await
@@ -595,7 +616,9 @@ impl ScopeRows {
         keys: &DataFrame,
     ) -> Result<DataFrame> {
         let id = (name.to_string(), on.to_string());
-        let found = {
+        let found = if name == "correlations" && on == "owner_key" {
+            self.accounts(rc, ctx, catalog).await?.0.clone()
+        } else {
             let mut memo = self.found.lock().await;
             match memo.get(&id) {
                 Some(df) => df.clone(),
