@@ -49,15 +49,17 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     // 1. Correlations. Dirty: only the accounts whose correlation may have changed are
     // correlated again; the others keep their committed rows.
     let scope = super::dirty::scope(rc, &ctx, &catalog, task).await?;
-    if scope.is_some() && catalog.tables.contains_key("correlations") {
-        // Dirty: the committed correlations are cut to the affected accounts and owners some
-        // ten times over (per resource type); read once, not decoded from the store each time.
-        let stored = materialize(&ctx, ctx.table("correlations").await?).await?;
-        view(&ctx, "correlations", stored)?;
-    }
     let before = match &scope {
         Some(s) if catalog.tables.contains_key("correlations") => {
-            keys_before(rc, &ctx, &catalog, &s.since).await?
+            // Dirty: the committed correlations are cut to the affected accounts and owners
+            // some ten times over (per resource type); read once, not decoded from the store
+            // each time (while the changed owners' correlation keys of the last run are found).
+            let (stored, before) = futures::try_join!(
+                async { materialize(&ctx, ctx.table("correlations").await?).await },
+                keys_before(rc, &ctx, &catalog, &s.since, &s.owners)
+            )?;
+            view(&ctx, "correlations", stored)?;
+            before
         }
         _ => None,
     };
@@ -891,8 +893,9 @@ pub fn rule_hits(
 }
 
 /// The `correlation_keys` the committed correlations were computed from: the version the
-/// role model of the watermark run `since` read when it started, registered as
-/// `correlation_keys_before`. `None` (then every account is correlated again) when that cannot
+/// role model of the watermark run `since` read when it started; its rows whose key is one of
+/// `owners` (the scope's changed owners, `entity` and `key`) where the store can find them by
+/// key, else all of it, registered as `correlation_keys_before`. `None` (then every account is correlated again) when that cannot
 /// be told or read: no role model start recorded, role models of that run that read different
 /// versions, or a version an anonymization has removed (below the table's floor: it scrubs
 /// the keys after the role model of its run).
@@ -901,6 +904,7 @@ async fn keys_before(
     ctx: &SessionContext,
     catalog: &Catalog,
     since: &str,
+    owners: &DataFrame,
 ) -> Result<Option<DataFrame>> {
     if since.is_empty() || !catalog.tables.contains_key("task_runs") {
         return Ok(None);
@@ -954,6 +958,17 @@ async fn keys_before(
     let Ok(Some(provider)) = rc.store.provider(ctx, &then, correlation_keys::TABLE).await else {
         return Ok(None);
     };
+    // Only the changed owners' keys are read from it (by key, as `keyed` reads a table); the
+    // scan is the fallback.
+    let schema = provider.schema();
+    let keys = owners.clone().select(vec![col("key")])?.distinct()?;
+    if let Some(rows) = rc
+        .store
+        .rows_of_keys(correlation_keys::TABLE, version, keys, &["key"], &schema)
+        .await?
+    {
+        return Ok(Some(super::frames::frame(ctx, &schema, &rows)?));
+    }
     let name = "correlation_keys_before";
     let _ = ctx.deregister_table(name)?;
     ctx.register_table(name, provider)?;
