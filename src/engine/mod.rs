@@ -268,6 +268,12 @@ pub fn context() -> SessionContext {
     ctx
 }
 
+/// Whether `t` is one of Arrow's text types (`Utf8`, `Utf8View`, `LargeUtf8`).
+pub fn is_text(t: &datafusion::arrow::datatypes::DataType) -> bool {
+    use datafusion::arrow::datatypes::DataType;
+    matches!(t, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)
+}
+
 /// Lets the Parquet scans of `ctx` planned from now on apply their filters while decoding
 /// (`pushdown_filters`), the joins' dynamic filters included: a scan cut to a small set of keys
 /// then decodes its other columns only for the rows kept. For the narrow queries of an

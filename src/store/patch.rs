@@ -117,8 +117,7 @@ impl Cleared {
     /// Whether a lookup on columns `on`, keys of `types`, can leave the values out: its last
     /// column is this one, with text as text or the same type.
     fn applies_to(&self, on: &[&str], types: &[DataType]) -> bool {
-        let text =
-            |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+        let text = crate::engine::is_text;
         on.last() == Some(&self.column.as_str())
             && types
                 .last()
@@ -130,8 +129,7 @@ impl Cleared {
 /// values of the keys' last column that no other live row of the files holds.
 struct Positions {
     files: Vec<RoaringTreemap>,
-    gone: Vec<Vec<u8>>,
-    types: Vec<DataType>,
+    cleared: Cleared,
 }
 
 #[derive(Debug)]
@@ -261,13 +259,10 @@ impl Store {
         let positions = self
             .key_positions(name, version, files.clone(), keys, on)
             .await?;
-        let cleared = Cleared {
-            column: on[on.len() - 1].to_string(),
-            last_type: positions.types[positions.types.len() - 1].clone(),
-            values: positions.gone,
-            files: files.iter().map(|f| f.path.clone()).collect(),
-        };
-        let positions = positions.files;
+        let Positions {
+            files: positions,
+            cleared,
+        } = positions;
         let mut touched = Vec::new();
         let mut removed_rows = 0;
         for (i, ((add, remove), found)) in actions.into_iter().zip(&positions).enumerate() {
@@ -456,16 +451,20 @@ impl Store {
             positions[i] |= found;
             shared.extend(values);
         }
-        let gone = wanted
-            .lasts
-            .iter()
-            .filter(|v| !shared.contains(*v))
-            .cloned()
-            .collect();
+        let cleared = Cleared {
+            column: on[on.len() - 1].to_string(),
+            last_type: key_types[key_types.len() - 1].clone(),
+            values: wanted
+                .lasts
+                .iter()
+                .filter(|v| !shared.contains(*v))
+                .cloned()
+                .collect(),
+            files: files.iter().map(|f| f.path.clone()).collect(),
+        };
         Ok(Positions {
             files: positions,
-            gone,
-            types: key_types,
+            cleared,
         })
     }
 
@@ -721,8 +720,7 @@ async fn positions_of(
     else {
         return Ok(Lookup::none(wanted));
     };
-    let text =
-        |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+    let text = crate::engine::is_text;
     // Text read as views (no copy of the values), as DataFusion's scans read it; a key column
     // whose pages in the share are all dictionary-encoded read as the dictionary's keys (no
     // view a row: equal keys are equal values, and a run of them is one lookup).
@@ -835,19 +833,19 @@ async fn positions_of(
                     false => match sorted.holds(last.value(i)) {
                         Some(false) => (false, None),
                         Some(true) if columns.len() == 1 => (true, None),
-                        Some(true) => {
+                        held => {
                             let hit =
                                 KeySet::encode(&columns, i, &mut buf) && wanted.rows.contains(&buf);
-                            (hit, (!hit).then_some(sorted.at))
-                        }
-                        None => {
-                            let hit =
-                                KeySet::encode(&columns, i, &mut buf) && wanted.rows.contains(&buf);
-                            let at = (!hit)
-                                .then(|| {
-                                    wanted.lasts.binary_search_by(|v| v[..].cmp(last.value(i)))
-                                })
-                                .and_then(|r| r.ok());
+                            // Not hit: which of the keys' values the row holds, if any (the
+                            // merge's cursor is on it, or it is searched for out of order).
+                            let at = match held {
+                                _ if hit => None,
+                                Some(_) => Some(sorted.at),
+                                None => wanted
+                                    .lasts
+                                    .binary_search_by(|v| v[..].cmp(last.value(i)))
+                                    .ok(),
+                            };
                             (hit, at)
                         }
                     },

@@ -538,10 +538,6 @@ struct Scrub<'a> {
     lifecycle: &'a Lifecycle,
 }
 
-fn is_text(t: &DataType) -> bool {
-    matches!(t, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)
-}
-
 impl Scrub<'_> {
     fn is_owner_table(&self, name: &str) -> bool {
         name == self.entity.name
@@ -556,7 +552,7 @@ impl Scrub<'_> {
         let texts: Vec<String> = schema
             .fields()
             .iter()
-            .filter(|f| is_text(f.data_type()))
+            .filter(|f| crate::engine::is_text(f.data_type()))
             .map(|f| f.name().clone())
             .collect();
         if texts.is_empty() {
@@ -613,7 +609,8 @@ impl Scrub<'_> {
                     when(col("_sc_owner").is_not_null(), value).otherwise(old.clone())?,
                     old,
                 )
-            } else if is_text(f.data_type()) && (name != TASK_RUNS || n == "message") {
+            } else if crate::engine::is_text(f.data_type()) && (name != TASK_RUNS || n == "message")
+            {
                 let old = cast(quoted(n), DataType::Utf8);
                 (
                     when(

@@ -616,6 +616,8 @@ impl ScopeRows {
         keys: &DataFrame,
     ) -> Result<DataFrame> {
         let id = (name.to_string(), on.to_string());
+        // The owners' correlation rows are found with the accounts (not in `found`, whose
+        // lock a lookup of the accounts' side holds while it waits for them).
         let found = if name == "correlations" && on == "owner_key" {
             self.accounts(rc, ctx, catalog).await?.0.clone()
         } else {

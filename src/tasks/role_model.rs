@@ -893,10 +893,10 @@ pub fn rule_hits(
 }
 
 /// The `correlation_keys` the committed correlations were computed from: the version the
-/// role model of the watermark run `since` read when it started; its rows whose key is one of
-/// `owners` (the scope's changed owners, `entity` and `key`) where the store can find them by
-/// key, else all of it, registered as `correlation_keys_before`. `None` (then every account is correlated again) when that cannot
-/// be told or read: no role model start recorded, role models of that run that read different
+/// role model of the watermark run `since` read when it started (registered as
+/// `correlation_keys_before`), cut to the rows whose key is one of `owners` (the scope's
+/// changed owners, `entity` and `key`). `None` (then every account is correlated again) when
+/// that cannot be told or read: no role model start recorded, role models of that run that read different
 /// versions, or a version an anonymization has removed (below the table's floor: it scrubs
 /// the keys after the role model of its run).
 async fn keys_before(
@@ -958,21 +958,18 @@ async fn keys_before(
     let Ok(Some(provider)) = rc.store.provider(ctx, &then, correlation_keys::TABLE).await else {
         return Ok(None);
     };
-    // Only the changed owners' keys are read from it (by key, as `keyed` reads a table); the
-    // scan is the fallback.
-    let schema = provider.schema();
-    let keys = owners.clone().select(vec![col("key")])?.distinct()?;
-    if let Some(rows) = rc
-        .store
-        .rows_of_keys(correlation_keys::TABLE, version, keys, &["key"], &schema)
-        .await?
-    {
-        return Ok(Some(super::frames::frame(ctx, &schema, &rows)?));
-    }
     let name = "correlation_keys_before";
     let _ = ctx.deregister_table(name)?;
     ctx.register_table(name, provider)?;
-    Ok(Some(ctx.table(name).await?))
+    // Only the changed owners' rows, found by key in that version.
+    let keys = owners
+        .clone()
+        .select(vec![col("key").alias("k")])?
+        .distinct()?;
+    let table = ctx.table(name).await?;
+    let found =
+        super::dirty::keyed(rc, ctx, &then, correlation_keys::TABLE, table, "key", &keys).await?;
+    Ok(Some(found))
 }
 
 /// The committed correlations of `rt`'s accounts that are not correlated again (`accounts`, a
