@@ -140,7 +140,12 @@ impl Store {
         }
 
         crate::tasks::failpoint("anonymize.compact");
-        // 3. The older log entries (commits, checkpoints, checksums).
+        // 3. The older log entries (commits, checkpoints, checksums), and the older versions
+        // this process loaded.
+        self.loaded
+            .lock()
+            .expect("not poisoned")
+            .retain(|(table, v), _| table != name || *v >= version);
         for m in old {
             match self.objects.delete(&m.location).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}

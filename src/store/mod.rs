@@ -66,6 +66,10 @@ pub struct Store {
     /// The key values that the patches this process committed left in none of a table
     /// version's older files ([`patch::Cleared`]), by table and version.
     cleared: std::sync::Mutex<HashMap<(String, u64), Arc<patch::Cleared>>>,
+    /// Committed table versions as loaded ([`Store::delta_at`]): every task of a run opens a
+    /// session of all the tables, and a version never changes, so each log is replayed once
+    /// per process rather than once per task.
+    loaded: std::sync::Mutex<HashMap<(String, u64), DeltaTable>>,
 }
 
 /// A committed table version's data files, `None` when they cannot be read by position.
@@ -108,6 +112,7 @@ impl Store {
                 repeated: HashMap::new(),
                 versions: Default::default(),
                 cleared: Default::default(),
+                loaded: Default::default(),
             });
         }
         let path = match uri.strip_prefix("file://") {
@@ -131,6 +136,7 @@ impl Store {
             repeated: HashMap::new(),
             versions: Default::default(),
             cleared: Default::default(),
+            loaded: Default::default(),
         })
     }
 
@@ -252,13 +258,21 @@ impl Store {
         }
     }
 
-    /// Loads the Delta table `name` at a given version.
+    /// The Delta table `name` at a given version, loaded once per process.
     pub async fn delta_at(&self, name: &str, version: u64) -> Result<DeltaTable> {
+        let id = (name.to_string(), version);
+        if let Some(table) = self.loaded.lock().expect("not poisoned").get(&id) {
+            return Ok(table.clone());
+        }
         let table = DeltaTableBuilder::from_url(self.table_url(name))?
             .with_storage_options(self.storage_options.clone())
             .with_version(version)
             .load()
             .await?;
+        self.loaded
+            .lock()
+            .expect("not poisoned")
+            .insert(id, table.clone());
         Ok(table)
     }
 
