@@ -1280,6 +1280,43 @@ async fn correlate(
     ])?)
 }
 
+/// The committed rows of owner entity `entity` whose key is among the dirty owners `dirty`
+/// (`entity`, `key`), collected once per session: the roles and each resource type read them,
+/// several times each, and at 1M identities every read of the cut table scanned the million
+/// owners again. A text key is looked up in the store ([`super::dirty::keyed`]).
+async fn dirty_owner_rows(
+    rc: &RunContext<'_>,
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    entity: &str,
+    dirty: &DataFrame,
+) -> Result<DataFrame> {
+    let name = format!("dirty_owner_rows__{entity}");
+    if ctx.table_exist(name.as_str())? {
+        return Ok(ctx.table(name.as_str()).await?);
+    }
+    let table = require(ctx, catalog, entity, "synchronize").await?;
+    let e = rc.pipeline.entity(entity).expect("invariant: validated");
+    let text_key = table
+        .schema()
+        .field_with_unqualified_name(&e.key)
+        .is_ok_and(|f| engine::is_text(f.data_type()));
+    let rows = match text_key {
+        true => {
+            let keys = dirty
+                .clone()
+                .filter(col("entity").eq(lit(entity)))?
+                .select(vec![col("key").alias("k")])?
+                .distinct()?;
+            super::dirty::keyed(rc, ctx, catalog, entity, table, &e.key, &keys).await?
+        }
+        false => super::dirty::restrict(table, quoted(&e.key), entity, dirty)?,
+    };
+    let rows = materialize(ctx, rows).await?;
+    view(ctx, &name, rows.clone())?;
+    Ok(rows)
+}
+
 /// Assigned roles and the warnings of manual assignments.
 async fn assigned_roles(
     rc: &RunContext<'_>,
@@ -1300,11 +1337,10 @@ async fn assigned_roles(
     let mut composite_frames = Vec::new();
     let mut known = Vec::new();
     for owner in &owners {
-        let mut table = require(ctx, catalog, owner, "synchronize").await?;
-        if let Some(d) = dirty {
-            let e = rc.pipeline.entity(owner).expect("invariant: validated");
-            table = super::dirty::restrict(table, quoted(&e.key), owner, d)?;
-        }
+        let table = match dirty {
+            Some(d) => dirty_owner_rows(rc, ctx, catalog, owner, d).await?,
+            None => require(ctx, catalog, owner, "synchronize").await?,
+        };
         known.push(
             table
                 .clone()
@@ -1577,11 +1613,10 @@ async fn assigned_resources(
     rt: &ResourceType,
     dirty: Option<&DataFrame>,
 ) -> Result<DataFrame> {
-    let mut owner = require(ctx, catalog, &rt.owner, "synchronize").await?;
-    if let Some(d) = dirty {
-        let e = rc.pipeline.entity(&rt.owner).expect("invariant: validated");
-        owner = super::dirty::restrict(owner, quoted(&e.key), &rt.owner, d)?;
-    }
+    let owner = match dirty {
+        Some(d) => dirty_owner_rows(rc, ctx, catalog, &rt.owner, d).await?,
+        None => require(ctx, catalog, &rt.owner, "synchronize").await?,
+    };
     let key = key_text(rc, &rt.owner);
     view(
         ctx,
