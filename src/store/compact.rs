@@ -167,4 +167,54 @@ mod tests {
         );
         assert_eq!(super::log_version("_last_checkpoint"), None);
     }
+
+    /// The process keeps the table versions it loaded (`Store::delta_at`); a compaction drops
+    /// those it removes, so that a read of one fails rather than finding data files the
+    /// compaction deleted.
+    #[tokio::test]
+    async fn compacted_versions_are_no_longer_kept_loaded() {
+        use std::sync::Arc;
+
+        use datafusion::arrow::array::{Int64Array, RecordBatch};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::Store::open(dir.path().to_str().unwrap()).unwrap();
+        let catalog = store.catalog().await.unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+        let mut versions = Vec::new();
+        for v in 0..3 {
+            let batch =
+                RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![v]))])
+                    .unwrap();
+            let mode = crate::store::WriteMode::Overwrite;
+            let written = store
+                .write_table(&catalog, "t", schema.clone(), vec![batch], mode, "run")
+                .await
+                .unwrap();
+            versions.push(written);
+        }
+        let first = store.delta_at("t", versions[0]).await.unwrap();
+        assert_eq!(first.version(), Some(versions[0]));
+        // Kept: the same version again, even with its log entry gone.
+        let log = dir
+            .path()
+            .join(format!("t/_delta_log/{:020}.json", versions[0]));
+        let entry = std::fs::read(&log).unwrap();
+        std::fs::remove_file(&log).unwrap();
+        assert!(store.delta_at("t", versions[0]).await.is_ok());
+        std::fs::write(&log, entry).unwrap();
+
+        let compacted = store
+            .compact_before("t", versions[2], chrono::Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(compacted.versions, 2);
+        assert!(
+            store.delta_at("t", versions[0]).await.is_err(),
+            "a version the compaction removed is no longer loaded"
+        );
+        let last = store.delta_at("t", versions[2]).await.unwrap();
+        assert_eq!(last.version(), Some(versions[2]));
+    }
 }
