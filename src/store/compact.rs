@@ -140,12 +140,9 @@ impl Store {
         }
 
         crate::tasks::failpoint("anonymize.compact");
-        // 3. The older log entries (commits, checkpoints, checksums), and the older versions
-        // this process loaded.
-        self.loaded
-            .lock()
-            .expect("not poisoned")
-            .retain(|(table, v), _| table != name || *v >= version);
+        // 3. The older log entries (commits, checkpoints, checksums), and what this process
+        // keeps of the older versions.
+        self.forget_versions_before(name, version);
         for m in old {
             match self.objects.delete(&m.location).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}

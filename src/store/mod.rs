@@ -299,6 +299,16 @@ impl Store {
         Ok(table)
     }
 
+    /// Drops what this process keeps of the versions of `name` before `version` (loaded
+    /// tables, data files, cleared keys): a compaction has removed them.
+    fn forget_versions_before(&self, name: &str, version: u64) {
+        let older = |(table, v): &(String, u64)| table == name && *v < version;
+        let lock = "not poisoned";
+        self.loaded.lock().expect(lock).retain(|id, _| !older(id));
+        self.versions.lock().expect(lock).retain(|id, _| !older(id));
+        self.cleared.lock().expect(lock).retain(|id, _| !older(id));
+    }
+
     /// A DataFusion provider for the committed version of `name`, if the table exists.
     pub async fn provider(
         &self,

@@ -1683,15 +1683,15 @@ async fn merge(
         )?)
     };
     let recomputed = of_kind("owner", "owner_key")?.union(of_kind("account", "account_key")?)?;
-    let recomputed = recomputed
-        .select(vec![col("order_id").alias("rid")])?
-        .distinct()?;
     // Collected once: the queries below read it three times, each a scan of every stored
     // order otherwise.
-    let recomputed = match full {
-        true => recomputed,
-        false => super::role_model::materialize(ctx, recomputed).await?,
-    };
+    let recomputed = super::role_model::materialize(
+        ctx,
+        recomputed
+            .select(vec![col("order_id").alias("rid")])?
+            .distinct()?,
+    )
+    .await?;
     view(ctx, "orders_recomputed", recomputed)?;
     let in_scope = if full { "TRUE" } else { "r.rid IS NOT NULL" };
     // Dirty: only the orders of this run and the old ones in scope can change; the others are

@@ -1281,9 +1281,10 @@ async fn correlate(
 }
 
 /// The committed rows of owner entity `entity` whose key is among the dirty owners `dirty`
-/// (`entity`, `key`), collected once per session: the roles and each resource type read them,
-/// several times each, and at 1M identities every read of the cut table scanned the million
-/// owners again. A text key is looked up in the store ([`super::dirty::keyed`]).
+/// (`entity`, `key`; a role model's session has one such set), collected once per session: the
+/// roles and each resource type read them, several times each, and at 1M identities every read
+/// of the cut table scanned the million owners again. A text key is looked up in the store
+/// ([`super::dirty::keyed`]).
 async fn dirty_owner_rows(
     rc: &RunContext<'_>,
     ctx: &SessionContext,
