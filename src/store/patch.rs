@@ -712,14 +712,10 @@ async fn positions_of(
     let mut reader = open(objects, file)?;
     let indexed = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
     let meta = ArrowReaderMetadata::load_async(&mut reader, indexed.clone()).await?;
-    let Some(Share {
-        groups,
-        start,
-        rows: share_rows,
-    }) = Share::of(meta.metadata().row_groups(), (part, parts))
-    else {
+    let Some(share) = Share::of(meta.metadata().row_groups(), (part, parts)) else {
         return Ok(Lookup::none(wanted));
     };
+    let groups = share.groups.clone();
     let text = crate::engine::is_text;
     // Text read as views (no copy of the values), as DataFusion's scans read it; a key column
     // whose pages in the share are all dictionary-encoded read as the dictionary's keys (no
@@ -764,7 +760,9 @@ async fn positions_of(
     )?;
     let runs = last_is_text
         .then(|| pages_of_keys(meta.metadata(), &groups, last_column, wanted))
-        .flatten();
+        .flatten()
+        .map(|runs| share.clip(&runs))
+        .or_else(|| (!share.whole()).then(|| vec![(share.from, share.rows)]));
     let builder =
         ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta).with_row_groups(groups);
     let roots: Vec<usize> = on
@@ -776,7 +774,7 @@ async fn positions_of(
         Some(runs) => {
             tracing::debug!(
                 file = %file.path,
-                rows = share_rows,
+                rows = share.rows,
                 read = runs.iter().map(|r| r.1).sum::<u64>(),
                 dictionary = matches!(
                     builder.schema().field_with_name(last_column).map(|f| f.data_type()),
@@ -851,7 +849,7 @@ async fn positions_of(
                     },
                 };
             }
-            let p = start + at;
+            let p = share.first + at;
             if !file.deleted.contains(p) {
                 if hit {
                     found.insert(p);
@@ -1126,29 +1124,66 @@ fn leaf_of(
         .position(|c| c.path().parts() == [column.to_string()])
 }
 
-/// Share `(part, parts)` of a file's row groups: consecutive ones, so their rows are numbered
-/// on from the first's.
+/// Share `(part, parts)` of a file's rows: an equal slice of them (a file of one row group, as
+/// most tables' files up to a million rows are, is still read on every core), and the row
+/// groups that hold it. Positions in the share's row groups are numbered on from the first's.
 struct Share {
     groups: Vec<usize>,
-    /// The file position of the share's first row.
-    start: u64,
-    /// The rows of the share.
+    /// The file position of the first row of `groups`.
+    first: u64,
+    /// The rows of `groups`.
+    span: u64,
+    /// The share's rows, as positions from `first`: the ones of `groups` it reads.
+    from: u64,
     rows: u64,
 }
 
 impl Share {
-    /// `None` when the share is empty (more shares than row groups).
+    /// `None` when the share is empty (more shares than rows).
     fn of(groups: &[RowGroupMetaData], (part, parts): (usize, usize)) -> Option<Self> {
-        let (first, end) = (
-            part * groups.len() / parts,
-            (part + 1) * groups.len() / parts,
+        let total: u64 = groups.iter().map(|g| g.num_rows() as u64).sum();
+        let (start, end) = (
+            part as u64 * total / parts as u64,
+            (part as u64 + 1) * total / parts as u64,
         );
-        let rows = |g: &[RowGroupMetaData]| g.iter().map(|g| g.num_rows() as u64).sum::<u64>();
-        (first < end).then(|| Self {
-            groups: (first..end).collect(),
-            start: rows(&groups[..first]),
-            rows: rows(&groups[first..end]),
+        if start >= end {
+            return None;
+        }
+        let (mut at, mut held, mut first, mut span) = (0u64, Vec::new(), 0u64, 0u64);
+        for (g, meta) in groups.iter().enumerate() {
+            let rows = meta.num_rows() as u64;
+            if at < end && at + rows > start {
+                if held.is_empty() {
+                    first = at;
+                }
+                held.push(g);
+                span += rows;
+            }
+            at += rows;
+        }
+        Some(Self {
+            groups: held,
+            first,
+            span,
+            from: start - first,
+            rows: end - start,
         })
+    }
+
+    /// Whether the share reads every row of its row groups.
+    fn whole(&self) -> bool {
+        self.from == 0 && self.rows == self.span
+    }
+
+    /// `runs` (start and length, from `first`, in order) cut to the share's rows.
+    fn clip(&self, runs: &[(u64, u64)]) -> Vec<(u64, u64)> {
+        let end = self.from + self.rows;
+        runs.iter()
+            .filter_map(|&(s, n)| {
+                let (s, e) = (s.max(self.from), (s + n).min(end));
+                (s < e).then(|| (s, e - s))
+            })
+            .collect()
     }
 }
 
@@ -1170,19 +1205,22 @@ async fn read_rows(
     let Some(share) = Share::of(builder.metadata().row_groups(), share) else {
         return Ok(Vec::new());
     };
-    let end = share.start + share.rows;
+    let (start, end) = (
+        share.first + share.from,
+        share.first + share.from + share.rows,
+    );
     let wanted: RoaringTreemap = positions
         .iter()
-        .skip_while(|p| *p < share.start)
+        .skip_while(|p| *p < start)
         .take_while(|p| *p < end)
-        .map(|p| p - share.start)
+        .map(|p| p - share.first)
         .collect();
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
     let rows = builder
         .with_row_groups(share.groups)
-        .with_row_selection(selection(&wanted, share.rows, true))
+        .with_row_selection(selection(&wanted, share.span, true))
         .build()
         .map_err(|e| failed(&e))?;
     rows.try_collect().await.map_err(|e| failed(&e))
@@ -1628,6 +1666,65 @@ mod tests {
                     "{parts} share(s)"
                 );
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_of_one_row_group_is_shared_by_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        // One row group of 11 rows, two-row pages: every share but the first starts inside
+        // the group, most of them inside a page.
+        let (objects, file) = key_file(dir.path(), &ROWS, ROWS.len(), true).await;
+        let mut reader = open(&objects, &file).unwrap();
+        let meta = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+            .await
+            .unwrap();
+        let groups = meta.metadata().row_groups();
+        assert_eq!(groups.len(), 1);
+        // Shares of equal rows, one after another, that cover the file once.
+        for parts in [1usize, 2, 3, 5, 11, 12] {
+            let shares: Vec<(u64, u64)> = (0..parts)
+                .filter_map(|part| Share::of(groups, (part, parts)))
+                .map(|s| (s.first + s.from, s.rows))
+                .collect();
+            assert_eq!(shares.len(), parts.min(ROWS.len()), "{parts} shares");
+            let mut at = 0;
+            for (start, rows) in shares {
+                assert_eq!(start, at, "{parts} shares");
+                assert!(rows >= (ROWS.len() / parts) as u64);
+                at += rows;
+            }
+            assert_eq!(at, ROWS.len() as u64);
+        }
+        let on = ["owner".to_string()];
+        let types = [DataType::Utf8];
+        let wanted = keys1(&["o2", "o30"]);
+        let positions: RoaringTreemap = [2u64, 3, 4, 8, 9, 10].into_iter().collect();
+        for parts in [1, 2, 3, 5, 11] {
+            // Each row is looked up in one share: the rows of `o2` and `o30` found once.
+            let mut found = Vec::new();
+            let mut read = Vec::new();
+            for part in 0..parts {
+                let got = positions_of(&objects, &file, (part, parts), &on, &types, &wanted)
+                    .await
+                    .unwrap();
+                found.extend(got.found.iter());
+                for b in read_rows(&objects, &file, &positions, (part, parts))
+                    .await
+                    .unwrap()
+                {
+                    let n = b.column(b.schema().index_of("n").unwrap()).clone();
+                    read.extend(
+                        n.as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                            .values()
+                            .iter()
+                            .copied(),
+                    );
+                }
+            }
+            assert_eq!(found, vec![2, 3, 4, 8, 9, 10], "{parts} share(s)");
+            // The rows at the positions, each read once, in order.
+            assert_eq!(read, vec![2, 3, 4, 8, 9, 10], "{parts} share(s)");
         }
     }
 
