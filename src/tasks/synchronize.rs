@@ -920,10 +920,27 @@ async fn plan_entity(
             warnings: Vec::new(),
         }
     } else {
+        // A change file names the keys it changes: only their committed rows are compared,
+        // looked up by key in the store (at 1M identities, a thousand of a million rows,
+        // instead of every row's values encoded). A key that is not text is compared as text
+        // in the change set: the whole table then, as before.
+        let text_key = current
+            .schema()
+            .field_with_unqualified_name(&e.key)
+            .is_ok_and(|f| engine::is_text(f.data_type()));
+        let compared = match incremental && text_key {
+            true => {
+                let keys = staged.clone().select(vec![key().alias("k")])?.distinct()?;
+                let keys = super::role_model::materialize(ctx, keys).await?;
+                super::dirty::keyed(rc, ctx, catalog, &e.name, current.clone(), &e.key, &keys)
+                    .await?
+            }
+            false => current.clone(),
+        };
         let batches = change_set(
             ctx,
             encode(staged.clone(), incremental)?,
-            encode(current.clone(), false)?,
+            encode(compared, false)?,
             sql,
         )
         .await?;
