@@ -430,6 +430,14 @@ pub async fn keyed(
     table.semi_on(on, keys.clone())
 }
 
+/// Whether column `c` of `df` holds text, so that [`keyed`] (and its fallback semi join) compare
+/// it with a scope's key text as it is; another type needs a cast first (see [`restrict`]).
+pub fn text_column(df: &DataFrame, c: &str) -> bool {
+    df.schema()
+        .field_with_unqualified_name(c)
+        .is_ok_and(|f| crate::engine::is_text(f.data_type()))
+}
+
 /// Column `c` of the linked rows of `correlations` rows, as `k`.
 pub fn linked_keys(correlations: DataFrame, c: &str) -> Result<DataFrame> {
     Ok(correlations

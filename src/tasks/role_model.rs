@@ -1298,11 +1298,7 @@ async fn dirty_owner_rows(
     }
     let table = require(ctx, catalog, entity, "synchronize").await?;
     let e = rc.pipeline.entity(entity).expect("invariant: validated");
-    let text_key = table
-        .schema()
-        .field_with_unqualified_name(&e.key)
-        .is_ok_and(|f| engine::is_text(f.data_type()));
-    let rows = match text_key {
+    let rows = match super::dirty::text_column(&table, &e.key) {
         true => {
             let keys = dirty
                 .clone()

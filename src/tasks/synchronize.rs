@@ -924,14 +924,9 @@ async fn plan_entity(
         // looked up by key in the store (at 1M identities, a thousand of a million rows,
         // instead of every row's values encoded). A key that is not text is compared as text
         // in the change set: the whole table then, as before.
-        let text_key = current
-            .schema()
-            .field_with_unqualified_name(&e.key)
-            .is_ok_and(|f| engine::is_text(f.data_type()));
-        let compared = match incremental && text_key {
+        let compared = match incremental && super::dirty::text_column(&current, &e.key) {
             true => {
                 let keys = staged.clone().select(vec![key().alias("k")])?.distinct()?;
-                let keys = super::role_model::materialize(ctx, keys).await?;
                 super::dirty::keyed(rc, ctx, catalog, &e.name, current.clone(), &e.key, &keys)
                     .await?
             }
