@@ -331,7 +331,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             };
             let p = Pipeline::load(&pipeline)?;
             let store = Store::open(&pipeline_store_uri(store.as_deref(), &p))?
-                .with_repeated_columns(p.repeated_columns());
+                .with_repeated_columns(p.repeated_columns())
+                .with_indexed_columns(p.indexed_columns());
             if cli.memory_limit.is_none() {
                 crate::engine::keep_freed_memory();
             }
@@ -349,7 +350,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Schedule { pipeline, store } => {
             let p = Pipeline::load(&pipeline)?;
             let store = Store::open(&pipeline_store_uri(store.as_deref(), &p))?
-                .with_repeated_columns(p.repeated_columns());
+                .with_repeated_columns(p.repeated_columns())
+                .with_indexed_columns(p.indexed_columns());
             if cli.memory_limit.is_none() {
                 crate::engine::keep_freed_memory();
             }

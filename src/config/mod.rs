@@ -320,6 +320,37 @@ impl Pipeline {
         repeated
     }
 
+    /// The text columns, by table, that a dirty run looks rows up by
+    /// ([`crate::store::Store::with_indexed_columns`]): each entity's key, each link's `from`
+    /// column, the owner and account keys of the role model's tables the orders read, and the
+    /// orders' ids.
+    pub fn indexed_columns(&self) -> HashMap<String, Vec<String>> {
+        let mut indexed: HashMap<String, Vec<String>> = HashMap::new();
+        for e in &self.entities {
+            indexed.insert(e.name.clone(), vec![e.key.clone()]);
+        }
+        for l in &self.links {
+            indexed.insert(l.name.clone(), vec![l.from.column.clone()]);
+        }
+        // Not `correlation_keys` (5M rows in no order of `key` at 1M identities): its index
+        // is as large as its file, and its lookup runs beside a longer read.
+        let fixed: [(&str, &[&str]); 6] = [
+            ("correlations", &["owner_key", "account_key"]),
+            ("classification", &["account_key"]),
+            ("assigned_resources", &["owner_key"]),
+            ("assigned_scalars", &["owner_key"]),
+            ("assigned_links", &["owner_key"]),
+            ("provisioning_orders", &["order_id"]),
+        ];
+        for (table, columns) in fixed {
+            indexed.insert(
+                table.to_string(),
+                columns.iter().map(|c| c.to_string()).collect(),
+            );
+        }
+        indexed
+    }
+
     /// Reads and validates `PIPELINE/pipeline.toml` (or the file itself when a file is given).
     pub fn load(path: &Path) -> Result<Self> {
         let file = if path.is_dir() {

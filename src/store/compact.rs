@@ -139,6 +139,23 @@ impl Store {
             files += 1;
         }
 
+        // The key indexes of the data files gone (named after their file, see `key_index`).
+        for m in self.list_meta(&format!("_igaflow/keys/{name}")).await? {
+            let Some(file) = m.location.filename() else {
+                continue;
+            };
+            let data_file = file
+                .find(".parquet.")
+                .map(|at| &file[..at + ".parquet".len()]);
+            if data_file.is_some_and(|f| referenced.contains(f)) || m.last_modified >= started {
+                continue;
+            }
+            match self.objects.delete(&m.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::store(format!("deleting {}: {e}", m.location))),
+            }
+        }
+
         crate::tasks::failpoint("anonymize.compact");
         // 3. The older log entries (commits, checkpoints, checksums), and what this process
         // keeps of the older versions.

@@ -27,6 +27,7 @@
 
 mod catalog;
 mod compact;
+mod key_index;
 mod patch;
 mod patched_scan;
 mod write;
@@ -70,6 +71,15 @@ pub struct Store {
     /// session of all the tables, and a version never changes, so each log is replayed once
     /// per process rather than once per task.
     loaded: std::sync::Mutex<HashMap<(String, u64), DeltaTable>>,
+    /// The rows key lookups found ([`Store::rows_of_keys`]), for a task that looks the same
+    /// keys up in the same version again (the orders of a dirty run read the accounts and
+    /// owners the role model read).
+    found: std::sync::Mutex<Vec<patch::Found>>,
+    /// Text columns, by table, whose data files get a key index ([`key_index`]) when the
+    /// table is written whole (see [`Store::with_indexed_columns`]).
+    indexed: HashMap<String, Vec<String>>,
+    /// Key indexes loaded (`None`: the file has none), by path.
+    indexes: std::sync::Mutex<HashMap<object_store::path::Path, Option<Arc<key_index::KeyIndex>>>>,
 }
 
 /// A committed table version's data files, `None` when they cannot be read by position.
@@ -113,6 +123,9 @@ impl Store {
                 versions: Default::default(),
                 cleared: Default::default(),
                 loaded: Default::default(),
+                found: Default::default(),
+                indexed: HashMap::new(),
+                indexes: Default::default(),
             });
         }
         let path = match uri.strip_prefix("file://") {
@@ -137,6 +150,9 @@ impl Store {
             versions: Default::default(),
             cleared: Default::default(),
             loaded: Default::default(),
+            found: Default::default(),
+            indexed: HashMap::new(),
+            indexes: Default::default(),
         })
     }
 
@@ -148,6 +164,14 @@ impl Store {
     /// a dictionary of them only grows the file.
     pub fn with_repeated_columns(mut self, repeated: HashMap<String, Vec<String>>) -> Self {
         self.repeated = repeated;
+        self
+    }
+
+    /// The store, indexing the text columns `indexed` names (table → columns) in each data
+    /// file of a table written whole ([`key_index`]): the columns the key lookups of a dirty
+    /// run read ([`Store::rows_of_keys`]).
+    pub fn with_indexed_columns(mut self, indexed: HashMap<String, Vec<String>>) -> Self {
+        self.indexed = indexed;
         self
     }
 
@@ -307,6 +331,10 @@ impl Store {
         self.loaded.lock().expect(lock).retain(|id, _| !older(id));
         self.versions.lock().expect(lock).retain(|id, _| !older(id));
         self.cleared.lock().expect(lock).retain(|id, _| !older(id));
+        self.found
+            .lock()
+            .expect(lock)
+            .retain(|f| !f.older(name, version));
     }
 
     /// A DataFusion provider for the committed version of `name`, if the table exists.

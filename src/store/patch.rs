@@ -130,6 +130,41 @@ impl Cleared {
 struct Positions {
     files: Vec<RoaringTreemap>,
     cleared: Cleared,
+    /// Whether a key index gave the positions of some file (which then may hold rows of
+    /// other values with a key's hash).
+    indexed: bool,
+}
+
+/// The most rows of one key lookup that [`Store::rows_of_keys`] remembers.
+const FOUND_ROWS: usize = 250_000;
+
+/// A key lookup's rows ([`Store::rows_of_keys`]), with what they depend on: the table version,
+/// the key columns and types, the keys (encoded and sorted, [`KeySet::sorted_rows`]) and the
+/// schema they were read in.
+pub(super) struct Found {
+    name: String,
+    version: u64,
+    on: Vec<String>,
+    key_types: Vec<DataType>,
+    keys: Vec<Vec<u8>>,
+    schema: SchemaRef,
+    rows: Vec<RecordBatch>,
+}
+
+impl Found {
+    /// Whether this is a lookup in a version of table `name` before `version`.
+    pub(super) fn older(&self, name: &str, version: u64) -> bool {
+        self.name == name && self.version < version
+    }
+
+    fn same_lookup(&self, other: &Found) -> bool {
+        self.name == other.name
+            && self.version == other.version
+            && self.on == other.on
+            && self.key_types == other.key_types
+            && self.schema == other.schema
+            && self.keys == other.keys
+    }
 }
 
 #[derive(Debug)]
@@ -157,6 +192,8 @@ pub(super) struct DataFile {
     pub(super) path: object_store::path::Path,
     pub(super) size: u64,
     pub(super) deleted: RoaringTreemap,
+    /// Rows stored in the file, deleted ones included.
+    pub(super) records: u64,
 }
 
 /// An active data file of a table version, with its row count and Delta actions.
@@ -203,6 +240,7 @@ pub(super) async fn active_files(
                 path: store.object_path(&format!("{name}/{}", v.object_store_path())),
                 size: v.size() as u64,
                 deleted,
+                records: records as u64,
             },
             records: records as u64,
             remove: v.remove_action(true),
@@ -256,12 +294,21 @@ impl Store {
             return Ok(None);
         }
         let files = Arc::new(files);
+        let (wanted, key_types) = KeySet::wanted(keys).await?;
         let positions = self
-            .key_positions(name, version, files.clone(), keys, on)
+            .key_positions(
+                name,
+                version,
+                files.clone(),
+                (Arc::new(wanted), key_types),
+                on,
+                false,
+            )
             .await?;
         let Positions {
             files: positions,
             cleared,
+            ..
         } = positions;
         let mut touched = Vec::new();
         let mut removed_rows = 0;
@@ -303,7 +350,9 @@ impl Store {
     /// The committed rows of table `name` at `version` whose columns `on` equal a row of
     /// `keys`, read by position, with `schema`: what a semi join of the table with the keys
     /// gives, without decoding its other columns for every row. `None` when the table's files
-    /// cannot be read that way (see [`active_files`]).
+    /// cannot be read that way (see [`active_files`]). The rows of a lookup (up to
+    /// [`FOUND_ROWS`]) are remembered for the rest of the process: a committed version never
+    /// changes, and a later task may look the same keys up again.
     pub async fn rows_of_keys(
         &self,
         name: &str,
@@ -315,13 +364,55 @@ impl Store {
         let Some(files) = self.files_at(name, version).await? else {
             return Ok(None);
         };
+        let (wanted, key_types) = KeySet::wanted(keys).await?;
+        let id = Found {
+            name: name.to_string(),
+            version,
+            on: on.iter().map(|c| c.to_string()).collect(),
+            key_types: key_types.clone(),
+            keys: wanted.sorted_rows(),
+            schema: schema.clone(),
+            rows: Vec::new(),
+        };
+        if let Some(known) = self
+            .found
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .find(|f| f.same_lookup(&id))
+        {
+            tracing::debug!(table = name, "rows of keys found before");
+            return Ok(Some(known.rows.clone()));
+        }
+        let lasts = wanted.lasts.clone();
         let positions = self
-            .key_positions(name, version, files.clone(), keys, on)
+            .key_positions(
+                name,
+                version,
+                files.clone(),
+                (Arc::new(wanted), key_types),
+                on,
+                true,
+            )
             .await?;
-        Ok(Some(
-            self.read_found(name, &files, &positions.files, schema)
-                .await?,
-        ))
+        let mut rows = self
+            .read_found(name, &files, &positions.files, schema)
+            .await?;
+        if positions.indexed {
+            // A key index points to the rows of each key's hash: those of another value with
+            // the same hash are left out here.
+            rows = rows
+                .iter()
+                .map(|b| only_values(b, on[0], &lasts))
+                .collect::<Result<_>>()?;
+        }
+        if rows.iter().map(|b| b.num_rows()).sum::<usize>() <= FOUND_ROWS {
+            self.found.lock().expect("not poisoned").push(Found {
+                rows: rows.clone(),
+                ..id
+            });
+        }
+        Ok(Some(rows))
     }
 
     /// The data files of table `name` at committed `version`, `None` when they cannot be read
@@ -377,25 +468,22 @@ impl Store {
     }
 
     /// For each of `files` (of table `name` at `version`), the positions of its committed rows
-    /// whose columns `on` equal a row of `keys`; and the values of the keys' last column that no
-    /// other row of the files holds (see [`Cleared`]).
+    /// whose columns `on` equal a row of `wanted` (keys of `key_types`); and the values of the
+    /// keys' last column that no other row of the files holds (see [`Cleared`]). With
+    /// `indexed`, a file's key index may give the positions instead: then they may include
+    /// rows of other values (see [`Positions::indexed`]), and nothing is taken as cleared.
     async fn key_positions(
         &self,
         name: &str,
         version: u64,
         files: Arc<Vec<DataFile>>,
-        keys: DataFrame,
+        (wanted, key_types): (Arc<KeySet>, Vec<DataType>),
         on: &[&str],
+        indexed: bool,
     ) -> Result<Positions> {
         // The key columns of every file read (a task per share of its row groups, one share
-        // per core) and each row looked up in the keys.
-        let key_types: Vec<DataType> = keys
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.data_type().clone())
-            .collect();
-        let wanted = Arc::new(KeySet::of(&keys.collect().await?)?);
+        // per core) and each row looked up in the keys; or, where `indexed` allows it for a
+        // lookup on one text column, the positions taken from the file's key index.
         // The files a patch of this version cleared of some of the keys' last values are
         // looked up for the others only (and not read when there are none).
         let cleared = self
@@ -409,12 +497,32 @@ impl Store {
             .as_ref()
             .map(|c| Arc::new(wanted.without(&c.values)));
         let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut positions = vec![RoaringTreemap::new(); files.len()];
+        let mut from_index = vec![false; files.len()];
+        let one_text_column =
+            indexed && on.len() == 1 && key_types.first().is_some_and(crate::engine::is_text);
+        let keys_of = |i: usize| match (&cleared, &rest) {
+            (Some(c), Some(rest)) if c.files.contains(&files[i].path) => rest.clone(),
+            _ => wanted.clone(),
+        };
+        if one_text_column {
+            for (i, file) in files.iter().enumerate() {
+                let keys = keys_of(i);
+                if keys.rows.is_empty() {
+                    continue;
+                }
+                if let Some(index) = self.key_index(name, file, on[0]).await {
+                    let mut found = index.rows_of(&keys.lasts);
+                    found -= &file.deleted;
+                    positions[i] = found;
+                    from_index[i] = true;
+                }
+            }
+        }
         let tasks: Vec<_> = (0..files.len())
+            .filter(|&i| !from_index[i])
             .filter_map(|i| {
-                let keys = match (&cleared, &rest) {
-                    (Some(c), Some(rest)) if c.files.contains(&files[i].path) => rest.clone(),
-                    _ => wanted.clone(),
-                };
+                let keys = keys_of(i);
                 if keys.rows.is_empty() && !wanted.rows.is_empty() {
                     tracing::debug!(table = name, file = %files[i].path, "keys cleared by a patch");
                 }
@@ -441,7 +549,6 @@ impl Store {
                 (i, task)
             })
             .collect();
-        let mut positions = vec![RoaringTreemap::new(); files.len()];
         let mut shared: datafusion::common::HashSet<Vec<u8>> = Default::default();
         for (i, task) in tasks {
             let (found, values) = task
@@ -462,10 +569,76 @@ impl Store {
                 .collect(),
             files: files.iter().map(|f| f.path.clone()).collect(),
         };
+        // A file looked up by its index says nothing of the values other rows hold: none is
+        // taken as cleared from it (only patches, which read the files, remember any).
+        let cleared = match from_index.iter().any(|&f| f) {
+            true => Cleared {
+                values: Vec::new(),
+                ..cleared
+            },
+            false => cleared,
+        };
         Ok(Positions {
             files: positions,
             cleared,
+            indexed: from_index.iter().any(|&f| f),
         })
+    }
+
+    /// The key index of column `column` of `file` (of table `name`), loaded once per
+    /// process; `None` when the file has none (or one that is not its own).
+    async fn key_index(
+        &self,
+        name: &str,
+        file: &DataFile,
+        column: &str,
+    ) -> Option<Arc<super::key_index::KeyIndex>> {
+        let path = super::key_index::path_of(self, name, &file.path, column);
+        if let Some(known) = self.indexes.lock().expect("not poisoned").get(&path) {
+            return known.clone();
+        }
+        // A local store's index is mapped, not read: a lookup touches a few of its pages.
+        let local = self.local_dir().map(|dir| dir.join(path.as_ref()));
+        let mapped = local.and_then(|p| {
+            let file = std::fs::File::open(p).ok()?;
+            // SAFETY: an index file is written once, whole, and never changed; `parse` checks
+            // its length against the header.
+            let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+            Some(bytes::Bytes::from_owner(map))
+        });
+        let index = match mapped {
+            Some(bytes) => super::key_index::KeyIndex::parse(bytes, file.records),
+            None if self.local_dir().is_some() => None,
+            None => self.fetch_key_index(&path, file.records).await,
+        };
+        self.indexes
+            .lock()
+            .expect("not poisoned")
+            .insert(path, index.clone());
+        index
+    }
+
+    /// A key index read from an object store ([`Store::key_index`]).
+    async fn fetch_key_index(
+        &self,
+        path: &object_store::path::Path,
+        records: u64,
+    ) -> Option<Arc<super::key_index::KeyIndex>> {
+        use object_store::ObjectStoreExt;
+        match self.objects.get(path).await {
+            Ok(got) => match got.bytes().await {
+                Ok(bytes) => super::key_index::KeyIndex::parse(bytes, records),
+                Err(e) => {
+                    tracing::debug!(%path, "key index not read: {e}");
+                    None
+                }
+            },
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => {
+                tracing::debug!(%path, "key index not read: {e}");
+                None
+            }
+        }
     }
 
     /// Commits a [`Patch`] and the rows replacing the deleted ones as the next Delta version
@@ -558,6 +731,26 @@ impl Store {
 
 /// Whether `stored` has exactly `new`'s columns, with the same types (nullability aside; the
 /// string types as one).
+/// The rows of `b` whose column `column`, as text, is one of `values` (sorted).
+fn only_values(b: &RecordBatch, column: &str, values: &[Vec<u8>]) -> Result<RecordBatch> {
+    let c = b
+        .column_by_name(column)
+        .ok_or_else(|| Error::store(format!("key column {column} not read")))?;
+    let c = cast(c, &DataType::Utf8View)?;
+    let c = c.as_string_view();
+    let keep: datafusion::arrow::array::BooleanArray = (0..c.len())
+        .map(|i| {
+            Some(
+                !c.is_null(i)
+                    && values
+                        .binary_search_by(|v| v[..].cmp(c.value(i).as_bytes()))
+                        .is_ok(),
+            )
+        })
+        .collect();
+    Ok(datafusion::arrow::compute::filter_record_batch(b, &keep)?)
+}
+
 fn same_columns(stored: &Schema, new: &Schema) -> bool {
     fn plain(t: &DataType) -> &DataType {
         match t {
@@ -621,6 +814,24 @@ struct KeySet {
 }
 
 impl KeySet {
+    /// The rows of `keys`, collected, and the types of its columns.
+    async fn wanted(keys: DataFrame) -> Result<(Self, Vec<DataType>)> {
+        let types = keys
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        Ok((Self::of(&keys.collect().await?)?, types))
+    }
+
+    /// The encoded rows, sorted: equal for equal sets of keys.
+    fn sorted_rows(&self) -> Vec<Vec<u8>> {
+        let mut rows: Vec<Vec<u8>> = self.rows.iter().cloned().collect();
+        rows.sort_unstable();
+        rows
+    }
+
     fn of(batches: &[RecordBatch]) -> datafusion::error::Result<Self> {
         let mut rows = datafusion::common::HashSet::default();
         let mut lasts = Vec::new();
@@ -849,8 +1060,10 @@ async fn positions_of(
                     },
                 };
             }
+            // Most rows are no key's and hold none of the keys' values: their deletion is not
+            // looked up.
             let p = share.first + at;
-            if !file.deleted.contains(p) {
+            if (hit || shares_last.is_some()) && !file.deleted.contains(p) {
                 if hit {
                     found.insert(p);
                 } else if let Some(k) = shares_last {
@@ -1079,7 +1292,13 @@ impl<'a> KeyText<'a> {
                     return false;
                 }
                 let views = c.views();
-                views[i] == views[i - 1] || c.value(i) == c.value(i - 1)
+                let (now, before) = (views[i], views[i - 1]);
+                // A view holds a value of up to 12 bytes whole, and a longer one's length and
+                // first 4 bytes in its low 64 bits: views unequal there are unequal values.
+                now == before
+                    || (now as u32 > 12
+                        && now as u64 == before as u64
+                        && c.value(i) == c.value(i - 1))
             }
             KeyText::Dictionary { keys, .. } => {
                 if keys.null_count() > 0 && (keys.is_null(i) || keys.is_null(i - 1)) {
@@ -1360,6 +1579,7 @@ mod tests {
             path: object_store::path::Path::from("keys.parquet"),
             size: bytes.len() as u64,
             deleted: RoaringTreemap::new(),
+            records: rows.len() as u64,
         };
         (objects, file)
     }

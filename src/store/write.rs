@@ -160,6 +160,23 @@ impl Store {
             WriteMode::Overwrite => SaveMode::Overwrite,
             WriteMode::Append => SaveMode::Append,
         };
+        // Key indexes of a table written whole, built beside the writer from the same rows (in
+        // the order written), and kept if they are one file's.
+        let indexed = self.indexed.get(name).cloned().unwrap_or_default();
+        let rows_written: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let indexes = (mode == WriteMode::Overwrite
+            && map.is_none()
+            && !indexed.is_empty()
+            && rows_written > 0)
+            .then(|| {
+                let batches = batches.clone();
+                tokio::task::spawn_blocking(move || {
+                    indexed
+                        .into_iter()
+                        .filter_map(|c| super::key_index::build(&batches, &c).map(|b| (c, b)))
+                        .collect::<Vec<_>>()
+                })
+            });
         // One partition, so that the rows are written in their order.
         let source = LazyRows {
             schema: schema.clone(),
@@ -204,6 +221,13 @@ impl Store {
             builder = builder.with_schema_mode(SchemaMode::Overwrite);
         }
         let table = builder.await?;
+        if let Some(indexes) = indexes {
+            let indexes = indexes
+                .await
+                .map_err(|e| Error::store(format!("table {name}: key index: {e}")))?;
+            self.write_key_indexes(name, &table, rows_written, indexes)
+                .await?;
+        }
         tracing::debug!(
             table = name,
             seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
@@ -220,6 +244,37 @@ impl Store {
         table
             .version()
             .ok_or_else(|| Error::store(format!("table {name}: Delta write returned no version")))
+    }
+}
+
+impl Store {
+    /// Writes `indexes` (column, index) of the data file of `table`'s new version when it is
+    /// one file of `rows` rows, the rows they were built from ([`super::key_index`]).
+    async fn write_key_indexes(
+        &self,
+        name: &str,
+        table: &deltalake::DeltaTable,
+        rows: u64,
+        indexes: Vec<(String, Vec<u8>)>,
+    ) -> Result<()> {
+        use object_store::ObjectStoreExt;
+        let Some(files) = super::patch::active_files(self, name, table).await? else {
+            return Ok(());
+        };
+        let [file] = files.as_slice() else {
+            return Ok(());
+        };
+        if file.records != rows || !file.file.deleted.is_empty() {
+            return Ok(());
+        }
+        for (column, bytes) in indexes {
+            let path = super::key_index::path_of(self, name, &file.file.path, &column);
+            self.objects
+                .put(&path, bytes.into())
+                .await
+                .map_err(|e| Error::store(format!("writing {path}: {e}")))?;
+        }
+        Ok(())
     }
 }
 
@@ -416,5 +471,119 @@ mod tests {
             reader.metadata().row_group(0).column(0).compression(),
             Compression::LZ4_RAW
         );
+    }
+
+    /// A table written whole gets a key index of each column named; a lookup by it finds
+    /// the rows a scan of the key column finds (the same rows, in file order), and a store
+    /// whose index does not match its file (here: cut short) scans instead.
+    #[tokio::test]
+    async fn key_indexes_find_the_rows_a_scan_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let indexed = || [("t".to_string(), vec!["k".to_string()])].into();
+        let store = Store::open(root).unwrap().with_indexed_columns(indexed());
+        let catalog = store.catalog().await.unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        // Runs of a key across batches, a key again further on, NULLs, long and short keys.
+        let keys: Vec<Option<String>> = (0..3000)
+            .map(|i| match i % 11 {
+                0 => None,
+                r => Some(format!("key {:04} {}", (i / 3) % 400, "x".repeat(r))),
+            })
+            .collect();
+        let batches: Vec<RecordBatch> = keys
+            .chunks(700)
+            .enumerate()
+            .map(|(c, ks)| {
+                let n = (0..ks.len()).map(|i| (c * 700 + i) as i64);
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(StringArray::from(ks.to_vec())),
+                        Arc::new(Int64Array::from_iter_values(n)),
+                    ],
+                )
+                .unwrap()
+            })
+            .collect();
+        let version = store
+            .write_table(
+                &catalog,
+                "t",
+                schema.clone(),
+                batches,
+                WriteMode::Overwrite,
+                "run",
+            )
+            .await
+            .unwrap();
+        let index_dir = dir.path().join("_igaflow/keys/t");
+        let indexes: Vec<_> = std::fs::read_dir(&index_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(indexes.len(), 1, "{indexes:?}");
+        assert!(indexes[0].to_string_lossy().ends_with(".parquet.k.idx"));
+
+        // Wanted: some keys present (in runs and apart), one absent, and a NULL.
+        let wanted: Vec<Option<String>> = [5usize, 17, 18, 399]
+            .iter()
+            .flat_map(|&k| (1..11).map(move |r| Some(format!("key {k:04} {}", "x".repeat(r)))))
+            .chain([Some("key 9999 x".to_string()), None])
+            .collect();
+        let expected: Vec<i64> = keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.is_some() && wanted.contains(k))
+            .map(|(i, _)| i as i64)
+            .collect();
+        assert!(expected.len() > 20);
+        async fn found(store: &Store, version: u64, wanted: &[Option<String>]) -> Vec<i64> {
+            let ctx = datafusion::prelude::SessionContext::new();
+            let keys = ctx
+                .read_batch(
+                    RecordBatch::try_from_iter(vec![(
+                        "k",
+                        Arc::new(StringArray::from(wanted.to_vec())) as _,
+                    )])
+                    .unwrap(),
+                )
+                .unwrap();
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Utf8, true),
+                Field::new("n", DataType::Int64, true),
+            ]));
+            let rows = store
+                .rows_of_keys("t", version, keys, &["k"], &schema)
+                .await
+                .unwrap()
+                .expect("files read by position");
+            rows.iter()
+                .flat_map(|b| b.column(1).as_primitive::<Int64Type>().values().to_vec())
+                .collect()
+        }
+        let used = |store: &Store| {
+            let indexes = store.indexes.lock().unwrap();
+            indexes.len() == 1 && indexes.values().all(|i| i.is_some())
+        };
+        assert_eq!(
+            found(&store, version, &wanted).await,
+            expected,
+            "by the index"
+        );
+        assert!(used(&store));
+        // Another process, whose index of the file is cut short: it scans.
+        let bytes = std::fs::read(&indexes[0]).unwrap();
+        std::fs::write(&indexes[0], &bytes[..bytes.len() - 16]).unwrap();
+        let damaged = Store::open(root).unwrap().with_indexed_columns(indexed());
+        assert_eq!(
+            found(&damaged, version, &wanted).await,
+            expected,
+            "by a scan"
+        );
+        assert!(!used(&damaged));
     }
 }

@@ -217,6 +217,23 @@ fn history_anonymization_leaves_no_personal_bytes_in_the_store() {
         hits.join("\n")
     );
     all_tables_readable(&env);
+    // The key indexes left are those of data files still there: the compaction deleted the
+    // indexes of the files it deleted (an index is named after its file).
+    let mut indexes = 0;
+    for table in std::fs::read_dir(env.path("store/_igaflow/keys")).unwrap() {
+        let table = table.unwrap().path();
+        let name = table.file_name().unwrap().to_string_lossy().to_string();
+        for index in std::fs::read_dir(&table).unwrap() {
+            let index = index.unwrap().file_name().to_string_lossy().to_string();
+            let data_file = &index[..index.find(".parquet.").unwrap() + ".parquet".len()];
+            assert!(
+                env.path(&format!("store/{name}/{data_file}")).exists(),
+                "{index} of {name}: its data file is gone"
+            );
+            indexes += 1;
+        }
+    }
+    assert!(indexes > 0, "the complete runs indexed their tables");
     // Day 3's order file, rewritten: the mail the order replaced was the value alone and its
     // anonymized value is NULL, so the old value is null (as in a table), not empty text.
     let day3_orders: Vec<serde_json::Value> = std::fs::read_dir(env.path("store/_orders"))
