@@ -321,8 +321,8 @@ impl Pipeline {
     }
 
     /// The text columns, by table, that a dirty run looks rows up by
-    /// ([`crate::store::Store::with_indexed_columns`]): each entity's key, each link's `from`
-    /// column, the owner and account keys of the role model's tables the orders read, and the
+    /// or patches ([`crate::store::Store::with_indexed_columns`]): each entity's key, each
+    /// link's `from` column, the owner and account keys of the role model's tables, and the
     /// orders' ids.
     pub fn indexed_columns(&self) -> HashMap<String, Vec<String>> {
         let mut indexed: HashMap<String, Vec<String>> = HashMap::new();
@@ -334,8 +334,9 @@ impl Pipeline {
         }
         // Not `correlation_keys` (5M rows in no order of `key` at 1M identities): its index
         // is as large as its file, and its lookup runs beside a longer read.
-        let fixed: [(&str, &[&str]); 6] = [
+        let fixed: [(&str, &[&str]); 7] = [
             ("correlations", &["owner_key", "account_key"]),
+            ("assigned_roles", &["owner_key"]),
             ("classification", &["account_key"]),
             ("assigned_resources", &["owner_key"]),
             ("assigned_scalars", &["owner_key"]),

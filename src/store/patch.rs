@@ -499,23 +499,30 @@ impl Store {
         let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut positions = vec![RoaringTreemap::new(); files.len()];
         let mut from_index = vec![false; files.len()];
-        let one_text_column =
-            indexed && on.len() == 1 && key_types.first().is_some_and(crate::engine::is_text);
+        // The rows of a file that may hold a key, from its index of the last key column:
+        // every row holding one of the keys' last values (and a few of other values with the
+        // same hash), where the others are not read.
+        let mut candidates: Vec<Option<Arc<RoaringTreemap>>> = vec![None; files.len()];
+        let last_is_text = key_types.last().is_some_and(crate::engine::is_text);
         let keys_of = |i: usize| match (&cleared, &rest) {
             (Some(c), Some(rest)) if c.files.contains(&files[i].path) => rest.clone(),
             _ => wanted.clone(),
         };
-        if one_text_column {
+        if last_is_text {
             for (i, file) in files.iter().enumerate() {
                 let keys = keys_of(i);
                 if keys.rows.is_empty() {
                     continue;
                 }
-                if let Some(index) = self.key_index(name, file, on[0]).await {
+                if let Some(index) = self.key_index(name, file, on[on.len() - 1]).await {
                     let mut found = index.rows_of(&keys.lasts);
                     found -= &file.deleted;
-                    positions[i] = found;
-                    from_index[i] = true;
+                    if indexed && on.len() == 1 {
+                        positions[i] = found;
+                        from_index[i] = true;
+                    } else {
+                        candidates[i] = Some(Arc::new(found));
+                    }
                 }
             }
         }
@@ -533,10 +540,13 @@ impl Store {
                 let (objects, files) = (self.objects.clone(), files.clone());
                 let on: Vec<String> = on.iter().map(|c| c.to_string()).collect();
                 let key_types = key_types.clone();
+                let candidates = candidates[i].clone();
                 let task = tokio::spawn(async move {
                     let share = (part, parts);
+                    let (file, candidates) = (&files[i], candidates.as_deref());
                     let lookup =
-                        positions_of(&objects, &files[i], share, &on, &key_types, &keys).await?;
+                        positions_of(&objects, file, share, &on, &key_types, &keys, candidates)
+                            .await?;
                     let shared: Vec<Vec<u8>> = keys
                         .lasts
                         .iter()
@@ -918,6 +928,7 @@ async fn positions_of(
     on: &[String],
     types: &[DataType],
     wanted: &KeySet,
+    candidates: Option<&RoaringTreemap>,
 ) -> datafusion::error::Result<Lookup> {
     // Text read as views (no copy of the values), as DataFusion's scans read it.
     let mut reader = open(objects, file)?;
@@ -969,11 +980,14 @@ async fn positions_of(
         meta.metadata().clone(),
         indexed.with_schema(Arc::new(viewed)),
     )?;
-    let runs = last_is_text
-        .then(|| pages_of_keys(meta.metadata(), &groups, last_column, wanted))
-        .flatten()
-        .map(|runs| share.clip(&runs))
-        .or_else(|| (!share.whole()).then(|| vec![(share.from, share.rows)]));
+    let runs = match candidates {
+        Some(rows) => Some(share.clip(&runs_from(rows, share.first, share.span))),
+        None => last_is_text
+            .then(|| pages_of_keys(meta.metadata(), &groups, last_column, wanted))
+            .flatten()
+            .map(|runs| share.clip(&runs)),
+    }
+    .or_else(|| (!share.whole()).then(|| vec![(share.from, share.rows)]));
     let builder =
         ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta).with_row_groups(groups);
     let roots: Vec<usize> = on
@@ -1092,6 +1106,24 @@ impl Lookup {
             shared: vec![false; wanted.lasts.len()],
         }
     }
+}
+
+/// The runs of consecutive `rows` (file positions) among the `span` rows from `first`, as
+/// (start, length) from `first`.
+fn runs_from(rows: &RoaringTreemap, first: u64, span: u64) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let within = rows
+        .iter()
+        .skip_while(|p| *p < first)
+        .take_while(|p| *p < first + span);
+    for p in within {
+        let at = p - first;
+        match runs.last_mut() {
+            Some((start, n)) if *start + *n == at => *n += 1,
+            _ => runs.push((at, 1)),
+        }
+    }
+    runs
 }
 
 /// Membership in sorted distinct values, for values that come mostly in order (a column of a
@@ -1664,7 +1696,7 @@ mod tests {
             async move {
                 let mut all = RoaringTreemap::new();
                 for part in 0..parts {
-                    all |= positions_of(&objects, &file, (part, parts), &on, &types, wanted)
+                    all |= positions_of(&objects, &file, (part, parts), &on, &types, wanted, None)
                         .await
                         .unwrap()
                         .found;
@@ -1680,6 +1712,37 @@ mod tests {
                 "{parts} share(s), dictionary {dictionary}"
             );
         }
+        // Only candidate rows read, as a key index gives them: every row holding one of the
+        // keys' owners (`o1`, `o2`, `o3`), and a row of another (`o30`, as a hash two values
+        // share would give). The same rows are found in every share; rows left out of the
+        // candidates are not read (row 2 left out: not found).
+        let with_candidates = |candidates: Vec<u64>, parts: usize| {
+            let (objects, on, types, file) =
+                (objects.clone(), on.clone(), types.clone(), whole.clone());
+            let wanted = &wanted;
+            async move {
+                let candidates: RoaringTreemap = candidates.into_iter().collect();
+                let mut all = RoaringTreemap::new();
+                for part in 0..parts {
+                    let share = (part, parts);
+                    let c = Some(&candidates);
+                    all |= positions_of(&objects, &file, share, &on, &types, wanted, c)
+                        .await
+                        .unwrap()
+                        .found;
+                }
+                all.iter().collect::<Vec<u64>>()
+            }
+        };
+        let candidates = vec![0, 1, 2, 3, 4, 5, 7, 8, 9, 10];
+        for parts in [1, 2, 3, 7] {
+            assert_eq!(
+                with_candidates(candidates.clone(), parts).await,
+                vec![2, 3, 4, 7],
+                "{parts} share(s) of candidates, dictionary {dictionary}"
+            );
+        }
+        assert_eq!(with_candidates(vec![0, 1, 3, 4, 7], 2).await, vec![3, 4, 7]);
         // The owner alone: runs of one owner cross the resource types (`o1` of `a`, then of
         // `b` after a NULL), and a NULL owner matches nothing.
         let on1 = ["owner".to_string()];
@@ -1690,6 +1753,7 @@ mod tests {
             &on1,
             &[DataType::Utf8],
             &keys1(&["o1", "o30"]),
+            None,
         )
         .await
         .unwrap();
@@ -1705,9 +1769,10 @@ mod tests {
             async move {
                 let mut shared = vec![false; cleared.lasts.len()];
                 for part in 0..parts {
-                    let got = positions_of(&objects, &file, (part, parts), &on, &types, cleared)
-                        .await
-                        .unwrap();
+                    let got =
+                        positions_of(&objects, &file, (part, parts), &on, &types, cleared, None)
+                            .await
+                            .unwrap();
                     shared.iter_mut().zip(got.shared).for_each(|(s, g)| *s |= g);
                 }
                 shared
@@ -1720,6 +1785,20 @@ mod tests {
         for parts in [1, 2, 3, 7] {
             assert_eq!(shared(whole.clone(), parts).await, vec![true, false, false]);
         }
+        // The same from the candidate rows of a key index (the rows holding the three owners).
+        let candidates: RoaringTreemap = [2u64, 3, 4, 5, 8, 9, 10].into_iter().collect();
+        let got = positions_of(
+            &objects,
+            &whole,
+            (0, 1),
+            &on,
+            &types,
+            &cleared,
+            Some(&candidates),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.shared, vec![true, false, false]);
         let mut without_b_o2 = whole.clone();
         without_b_o2.deleted.extend([8u64, 9]);
         assert_eq!(shared(without_b_o2, 2).await, vec![false, false, false]);
@@ -1734,9 +1813,17 @@ mod tests {
         )])
         .unwrap();
         let wanted = KeySet::of(&[b]).unwrap();
-        let got = positions_of(&objects, &whole, (0, 1), &on, &[DataType::Int64], &wanted)
-            .await
-            .unwrap();
+        let got = positions_of(
+            &objects,
+            &whole,
+            (0, 1),
+            &on,
+            &[DataType::Int64],
+            &wanted,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(got.found.iter().collect::<Vec<u64>>(), vec![5, 9]);
     }
 
@@ -1875,7 +1962,7 @@ mod tests {
             for parts in [1, 2, 3] {
                 let mut all = RoaringTreemap::new();
                 for part in 0..parts {
-                    all |= positions_of(&objects, &file, (part, parts), &on, &types, &wanted)
+                    all |= positions_of(&objects, &file, (part, parts), &on, &types, &wanted, None)
                         .await
                         .unwrap()
                         .found;
@@ -1925,7 +2012,7 @@ mod tests {
             let mut found = Vec::new();
             let mut read = Vec::new();
             for part in 0..parts {
-                let got = positions_of(&objects, &file, (part, parts), &on, &types, &wanted)
+                let got = positions_of(&objects, &file, (part, parts), &on, &types, &wanted, None)
                     .await
                     .unwrap();
                 found.extend(got.found.iter());
