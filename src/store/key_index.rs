@@ -1,6 +1,8 @@
 //! Key indexes: for a data file of a table and one of its text columns, where each value's rows
-//! are, so that a key lookup ([`super::Store::rows_of_keys`]) finds a few thousand keys' rows
-//! without decoding the column's million values.
+//! are, so that a key lookup ([`super::Store::rows_of_keys`]) or a patch's
+//! ([`super::Store::find_replaced`], on the index of its last key column) finds a few thousand
+//! keys' rows without decoding the column's million values: the lookup reads the rows the
+//! index points to and keeps those of its keys; the patch reads only those rows' key columns.
 //!
 //! An index is written beside the store's tables, under `_igaflow/keys/<table>/`, named after
 //! its data file and column (`<data file>.<column>.idx`): a data file never changes, so its

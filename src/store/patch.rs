@@ -17,6 +17,10 @@
 //! each touched file again with a deletion vector marking its replaced rows: a Delta commit
 //! whose size is that of the change, not of the table.
 //!
+//! Where the file has a key index of the last key column ([`super::key_index`], written with
+//! a table written whole), only the rows it points to are read: at 1M identities a lookup or a
+//! patch of a few thousand owners then reads some thousands of rows, not every page.
+//!
 //! A patch also tells which of the keys' values (of their last column: an owner or account
 //! key) no other live row of the files held, so that once committed no live row of those files
 //! holds them. The process remembers that for the version the patch commits ([`Cleared`]): a
