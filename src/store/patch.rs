@@ -298,16 +298,9 @@ impl Store {
             return Ok(None);
         }
         let files = Arc::new(files);
-        let (wanted, key_types) = KeySet::wanted(keys).await?;
+        let wanted = Wanted::of(keys).await?;
         let positions = self
-            .key_positions(
-                name,
-                version,
-                files.clone(),
-                (Arc::new(wanted), key_types),
-                on,
-                false,
-            )
+            .key_positions(name, version, files.clone(), &wanted, on, false)
             .await?;
         let Positions {
             files: positions,
@@ -368,13 +361,13 @@ impl Store {
         let Some(files) = self.files_at(name, version).await? else {
             return Ok(None);
         };
-        let (wanted, key_types) = KeySet::wanted(keys).await?;
+        let wanted = Wanted::of(keys).await?;
         let id = Found {
             name: name.to_string(),
             version,
             on: on.iter().map(|c| c.to_string()).collect(),
-            key_types: key_types.clone(),
-            keys: wanted.sorted_rows(),
+            key_types: wanted.types.clone(),
+            keys: wanted.keys.sorted_rows(),
             schema: schema.clone(),
             rows: Vec::new(),
         };
@@ -388,16 +381,8 @@ impl Store {
             tracing::debug!(table = name, "rows of keys found before");
             return Ok(Some(known.rows.clone()));
         }
-        let lasts = wanted.lasts.clone();
         let positions = self
-            .key_positions(
-                name,
-                version,
-                files.clone(),
-                (Arc::new(wanted), key_types),
-                on,
-                true,
-            )
+            .key_positions(name, version, files.clone(), &wanted, on, true)
             .await?;
         let mut rows = self
             .read_found(name, &files, &positions.files, schema)
@@ -407,7 +392,7 @@ impl Store {
             // the same hash are left out here.
             rows = rows
                 .iter()
-                .map(|b| only_values(b, on[0], &lasts))
+                .map(|b| only_values(b, on[0], &wanted.keys.lasts))
                 .collect::<Result<_>>()?;
         }
         if rows.iter().map(|b| b.num_rows()).sum::<usize>() <= FOUND_ROWS {
@@ -472,7 +457,7 @@ impl Store {
     }
 
     /// For each of `files` (of table `name` at `version`), the positions of its committed rows
-    /// whose columns `on` equal a row of `wanted` (keys of `key_types`); and the values of the
+    /// whose columns `on` equal a row of `wanted`; and the values of the
     /// keys' last column that no other row of the files holds (see [`Cleared`]). With
     /// `indexed`, a file's key index may give the positions instead: then they may include
     /// rows of other values (see [`Positions::indexed`]), and nothing is taken as cleared.
@@ -481,10 +466,11 @@ impl Store {
         name: &str,
         version: u64,
         files: Arc<Vec<DataFile>>,
-        (wanted, key_types): (Arc<KeySet>, Vec<DataType>),
+        wanted: &Wanted,
         on: &[&str],
         indexed: bool,
     ) -> Result<Positions> {
+        let (wanted, key_types) = (&wanted.keys, &wanted.types);
         // The key columns of every file read (a task per share of its row groups, one share
         // per core) and each row looked up in the keys; or, where `indexed` allows it for a
         // lookup on one text column, the positions taken from the file's key index.
@@ -496,7 +482,7 @@ impl Store {
             .expect("not poisoned")
             .get(&(name.to_string(), version))
             .cloned()
-            .filter(|c| c.applies_to(on, &key_types));
+            .filter(|c| c.applies_to(on, key_types));
         let rest = cleared
             .as_ref()
             .map(|c| Arc::new(wanted.without(&c.values)));
@@ -585,7 +571,8 @@ impl Store {
         };
         // A file looked up by its index says nothing of the values other rows hold: none is
         // taken as cleared from it (only patches, which read the files, remember any).
-        let cleared = match from_index.iter().any(|&f| f) {
+        let indexed = from_index.iter().any(|&f| f);
+        let cleared = match indexed {
             true => Cleared {
                 values: Vec::new(),
                 ..cleared
@@ -595,7 +582,7 @@ impl Store {
         Ok(Positions {
             files: positions,
             cleared,
-            indexed: from_index.iter().any(|&f| f),
+            indexed,
         })
     }
 
@@ -827,18 +814,28 @@ struct KeySet {
     lasts: Vec<Vec<u8>>,
 }
 
-impl KeySet {
-    /// The rows of `keys`, collected, and the types of its columns.
-    async fn wanted(keys: DataFrame) -> Result<(Self, Vec<DataType>)> {
+/// The keys of a lookup or a patch, collected, with the types of their columns.
+struct Wanted {
+    keys: Arc<KeySet>,
+    types: Vec<DataType>,
+}
+
+impl Wanted {
+    async fn of(keys: DataFrame) -> Result<Self> {
         let types = keys
             .schema()
             .fields()
             .iter()
             .map(|f| f.data_type().clone())
             .collect();
-        Ok((Self::of(&keys.collect().await?)?, types))
+        Ok(Self {
+            keys: Arc::new(KeySet::of(&keys.collect().await?)?),
+            types,
+        })
     }
+}
 
+impl KeySet {
     /// The encoded rows, sorted: equal for equal sets of keys.
     fn sorted_rows(&self) -> Vec<Vec<u8>> {
         let mut rows: Vec<Vec<u8>> = self.rows.iter().cloned().collect();

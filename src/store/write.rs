@@ -245,9 +245,7 @@ impl Store {
             .version()
             .ok_or_else(|| Error::store(format!("table {name}: Delta write returned no version")))
     }
-}
 
-impl Store {
     /// Writes `indexes` (column, index) of the data file of `table`'s new version when it is
     /// one file of `rows` rows, the rows they were built from ([`super::key_index`]).
     async fn write_key_indexes(
