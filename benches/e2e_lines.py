@@ -39,6 +39,8 @@ elif cmd == "peer":
         r = json.loads(line)
         if "stage" in r:
             print(f"{size},peer,{r['stage']},{r['seconds']},,,,,")
+            if "load_seconds" in r:
+                print(f"{size},peer,{r['stage']}_load_only,{r['load_seconds']},,,,,")
 elif cmd == "same-orders":
     a, b = order_ids(sys.argv[2]), order_ids(sys.argv[3])
     print(f"  orders under the memory limit identical: {a == b} ({len(a)} orders)")

@@ -12,6 +12,15 @@ STAGES = {
     "orders": ["orders"],
 }
 
+def summed_and_wall(c, tasks):
+    """igaflow's tasks of a stage: their seconds summed, and the stage's wall time (first
+    start to last end: the three synchronizations overlap on the cores)."""
+    ts = [c[t] for t in tasks if t in c]
+    spans = [(float(t["start_s"]), float(t["end_s"])) for t in ts if t.get("start_s")]
+    wall = max(e for _, e in spans) - min(s for s, _ in spans) if spans else None
+    return sum(float(t["seconds"]) for t in ts), wall
+
+
 rows = list(csv.DictReader(open(sys.argv[1])))
 by = defaultdict(dict)
 for r in rows:
@@ -40,22 +49,23 @@ for size in sorted({k[0] for k in by}):
               "| peer / igaflow summed | peer / igaflow wall |\n| --- | ---: | ---: | ---: | ---: | ---: |")
         ratio = lambda a, b: f"{a / b:.2f}" if b else ""
         for stage, tasks in STAGES.items():
-            ts = [c[t] for t in tasks if t in c]
-            ig = sum(float(t["seconds"]) for t in ts)
-            spans = [(float(t["start_s"]), float(t["end_s"])) for t in ts if t.get("start_s")]
-            wall = max(e for _, e in spans) - min(s for s, _ in spans) if spans else None
+            ig, wall = summed_and_wall(c, tasks)
             pe = float(p.get(stage, {}).get("seconds", "nan"))
             print(f"| {stage} | {ig:.2f} | {'' if wall is None else f'{wall:.2f}'} | {pe:.2f} | "
                   f"{ratio(pe, ig)} | {ratio(pe, wall) if wall is not None else ''} |")
+        # The peer's synchronization without its validation, history and recently_modified
+        # (its whole "sync" stage until the forty-fourth pass), for comparison with older runs.
+        if "sync_load_only" in p:
+            ig, wall = summed_and_wall(c, STAGES["sync"])
+            pe = float(p["sync_load_only"]["seconds"])
+            print(f"| sync (peer: load only) | {ig:.2f} | {'' if wall is None else f'{wall:.2f}'} | "
+                  f"{pe:.2f} | {ratio(pe, ig)} | {ratio(pe, wall) if wall is not None else ''} |")
         # The stages after the synchronization together: the peer and igaflow cut them
         # differently (the peer computes the desired scalars in its orders stage, igaflow in
         # its role model; igaflow's role model also correlates), so their sum compares the
         # same work where the single stages may not.
         after = [t for stage in ("correlation", "role_model", "orders") for t in STAGES[stage]]
-        ts = [c[t] for t in after if t in c]
-        ig = sum(float(t["seconds"]) for t in ts)
-        spans = [(float(t["start_s"]), float(t["end_s"])) for t in ts if t.get("start_s")]
-        wall = max(e for _, e in spans) - min(s for s, _ in spans) if spans else None
+        ig, wall = summed_and_wall(c, after)
         pe = sum(float(p.get(stage, {}).get("seconds", "nan"))
                  for stage in ("correlation", "role_model", "orders"))
         print(f"| correlation + role_model + orders | {ig:.2f} | "
