@@ -48,28 +48,24 @@ for size in sorted({k[0] for k in by}):
         print("\n| stage | igaflow, tasks summed (s) | igaflow, stage wall (s) | DuckDB peer (s) "
               "| peer / igaflow summed | peer / igaflow wall |\n| --- | ---: | ---: | ---: | ---: | ---: |")
         ratio = lambda a, b: f"{a / b:.2f}" if b else ""
-        for stage, tasks in STAGES.items():
+
+        def line(label, tasks, pe):
             ig, wall = summed_and_wall(c, tasks)
-            pe = float(p.get(stage, {}).get("seconds", "nan"))
-            print(f"| {stage} | {ig:.2f} | {'' if wall is None else f'{wall:.2f}'} | {pe:.2f} | "
+            print(f"| {label} | {ig:.2f} | {'' if wall is None else f'{wall:.2f}'} | {pe:.2f} | "
                   f"{ratio(pe, ig)} | {ratio(pe, wall) if wall is not None else ''} |")
+
+        for stage, tasks in STAGES.items():
+            line(stage, tasks, float(p.get(stage, {}).get("seconds", "nan")))
         # The peer's synchronization without its validation, history and recently_modified
         # (its whole "sync" stage until the forty-fourth pass), for comparison with older runs.
         if "sync_load_only" in p:
-            ig, wall = summed_and_wall(c, STAGES["sync"])
-            pe = float(p["sync_load_only"]["seconds"])
-            print(f"| sync (peer: load only) | {ig:.2f} | {'' if wall is None else f'{wall:.2f}'} | "
-                  f"{pe:.2f} | {ratio(pe, ig)} | {ratio(pe, wall) if wall is not None else ''} |")
+            line("sync (peer: load only)", STAGES["sync"], float(p["sync_load_only"]["seconds"]))
         # The stages after the synchronization together: the peer and igaflow cut them
         # differently (the peer computes the desired scalars in its orders stage, igaflow in
         # its role model; igaflow's role model also correlates), so their sum compares the
         # same work where the single stages may not.
-        after = [t for stage in ("correlation", "role_model", "orders") for t in STAGES[stage]]
-        ig, wall = summed_and_wall(c, after)
-        pe = sum(float(p.get(stage, {}).get("seconds", "nan"))
-                 for stage in ("correlation", "role_model", "orders"))
-        print(f"| correlation + role_model + orders | {ig:.2f} | "
-              f"{'' if wall is None else f'{wall:.2f}'} | {pe:.2f} | "
-              f"{ratio(pe, ig)} | {ratio(pe, wall) if wall is not None else ''} |")
+        after = ("correlation", "role_model", "orders")
+        line(" + ".join(after), [t for stage in after for t in STAGES[stage]],
+             sum(float(p.get(stage, {}).get("seconds", "nan")) for stage in after))
         tot, ptot = float(c['_total']['seconds']), float(p['_total']['seconds'])
         print(f"| whole process | {tot} | {tot} | {ptot} | {ratio(ptot, tot)} | {ratio(ptot, tot)} |")

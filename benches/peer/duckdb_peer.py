@@ -85,7 +85,7 @@ def main():
     if bad:
         sys.exit(f"ad_member_of: {bad} rows with a missing endpoint")
     run = "peer"
-    tables = ["person", "ad_account", "ad_group", "ad_member_of", "erp_user"]
+    tables = [*keys, "ad_member_of"]
     con.execute("BEGIN")
     if con.execute("""SELECT count(*) FROM (SELECT account_dn, group_dn FROM ad_member_of
                       GROUP BY ALL HAVING count(*) > 1)""").fetchone()[0]:

@@ -700,7 +700,16 @@ pub(super) async fn next_history(
         return Ok(Rows {
             schema: schema.clone(),
             batches: state_batches.to_vec(),
-            map: Some(opened_on_first_load(schema, run_id, valid_from)),
+            map: Some(opened_on_first_load(
+                schema,
+                run_id,
+                valid_from,
+                state_batches
+                    .iter()
+                    .map(RecordBatch::num_rows)
+                    .max()
+                    .unwrap_or(0),
+            )),
         });
     }
     let closing = ch
@@ -843,40 +852,45 @@ async fn link_history(
 
 /// A first load's history rows of a state batch: the state's columns, opened at `valid_from`
 /// by an `insert` of `run_id` (the columns `opened_columns` adds in [`next_history`]). The four
-/// history columns hold one value each: they are built once, for the longest batch yet, and
-/// each batch takes a slice of them, so a first load does not build and fill them again for
-/// every batch of its 13.6M membership pairs at 1M identities.
-fn opened_on_first_load(schema: SchemaRef, run_id: &str, valid_from: i64) -> BatchMap {
+/// history columns hold one value each: they are built once, for the longest batch
+/// (`longest` rows), and each batch takes a slice of them, so a first load does not build and
+/// fill them again for every batch of its 13.6M membership pairs at 1M identities.
+fn opened_on_first_load(
+    schema: SchemaRef,
+    run_id: &str,
+    valid_from: i64,
+    longest: usize,
+) -> BatchMap {
     use datafusion::arrow::array::{ArrayRef, TimestampMicrosecondArray, new_null_array};
-    let run_id = run_id.to_string();
     let state_part = Arc::new(Schema::new(
         schema.fields()[..schema.fields().len() - 4].to_vec(),
     ));
-    let built: std::sync::Mutex<Vec<ArrayRef>> = std::sync::Mutex::new(Vec::new());
+    let run_id = run_id.to_string();
+    let build = move |n: usize| -> [ArrayRef; 4] {
+        [
+            Arc::new(
+                TimestampMicrosecondArray::from_value(valid_from, n)
+                    .with_data_type(timestamp_type()),
+            ),
+            new_null_array(&timestamp_type(), n),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                "insert", n,
+            ))),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                run_id.as_str(),
+                n,
+            ))),
+        ]
+    };
+    let opened = build(longest);
     Arc::new(move |b: &RecordBatch| {
         let n = b.num_rows();
-        let opened = {
-            let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-            if built.first().is_none_or(|c| c.len() < n) {
-                *built = vec![
-                    Arc::new(
-                        TimestampMicrosecondArray::from_value(valid_from, n)
-                            .with_data_type(timestamp_type()),
-                    ),
-                    new_null_array(&timestamp_type(), n),
-                    Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                        "insert", n,
-                    ))),
-                    Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                        run_id.as_str(),
-                        n,
-                    ))),
-                ];
-            }
-            built.iter().map(|c| c.slice(0, n)).collect::<Vec<_>>()
-        };
         let mut columns: Vec<ArrayRef> = engine::cast_batch(b, &state_part)?.columns().to_vec();
-        columns.extend(opened);
+        match n <= longest {
+            true => columns.extend(opened.iter().map(|c| c.slice(0, n))),
+            // Not one of the batches it was built for: its own columns.
+            false => columns.extend(build(n)),
+        }
         Ok(RecordBatch::try_new(Arc::clone(&schema), columns)?)
     })
 }
@@ -1534,8 +1548,10 @@ mod tests {
     fn first_load_history_columns_fit_every_batch() {
         let state = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true)]));
         let history = history_schema(&state);
-        let map = opened_on_first_load(history.clone(), "run-1", 42);
-        for n in [3usize, 1, 5, 0, 2, 8] {
+        let sizes = [3usize, 1, 5, 0, 2, 8];
+        let longest = sizes.into_iter().max().unwrap();
+        let map = opened_on_first_load(history.clone(), "run-1", 42, longest);
+        for n in sizes {
             let keys = StringArray::from_iter_values((0..n).map(|i| format!("k{n}-{i}")));
             let batch = RecordBatch::try_new(state.clone(), vec![Arc::new(keys.clone())]).unwrap();
             let out = map(&batch).unwrap();
