@@ -236,6 +236,19 @@ pub fn pipeline_store_uri(flag: Option<&str>, pipeline: &Pipeline) -> String {
     format!("var/{}", pipeline.name)
 }
 
+/// The store a job of `pipeline` runs on ([`pipeline_store_uri`]), with the pipeline's
+/// write settings. `$IGAFLOW_WRITE_PART_ROWS` sets the fewest rows of a table part written on
+/// its own ([`Store::with_parallel_tables`]; tests lower it to write small tables in parts).
+fn job_store(flag: Option<&str>, pipeline: &Pipeline) -> Result<Store> {
+    let part_rows = std::env::var("IGAFLOW_WRITE_PART_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    Ok(Store::open(&pipeline_store_uri(flag, pipeline))?
+        .with_repeated_columns(pipeline.repeated_columns())
+        .with_indexed_columns(pipeline.indexed_columns())
+        .with_parallel_tables(pipeline.parallel_tables(part_rows)))
+}
+
 /// The store of `sql` and `runs`, which have no pipeline: `--store`, else `$IGAFLOW_STORE`,
 /// else the only store under `./var/`.
 fn analyst_store_uri(flag: Option<&str>) -> Result<String> {
@@ -330,9 +343,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 None => None,
             };
             let p = Pipeline::load(&pipeline)?;
-            let store = Store::open(&pipeline_store_uri(store.as_deref(), &p))?
-                .with_repeated_columns(p.repeated_columns())
-                .with_indexed_columns(p.indexed_columns());
+            let store = job_store(store.as_deref(), &p)?;
             if cli.memory_limit.is_none() {
                 crate::engine::keep_freed_memory();
             }
@@ -349,9 +360,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Schedule { pipeline, store } => {
             let p = Pipeline::load(&pipeline)?;
-            let store = Store::open(&pipeline_store_uri(store.as_deref(), &p))?
-                .with_repeated_columns(p.repeated_columns())
-                .with_indexed_columns(p.indexed_columns());
+            let store = job_store(store.as_deref(), &p)?;
             if cli.memory_limit.is_none() {
                 crate::engine::keep_freed_memory();
             }

@@ -299,6 +299,10 @@ pub struct Notify {
     pub smtp: Option<String>,
 }
 
+/// The fewest rows of a table part written on its own ([`Pipeline::parallel_tables`]): below
+/// some hundred thousand rows, a second file costs more to open than its encoding saves.
+pub const PART_ROWS: usize = 500_000;
+
 impl Pipeline {
     /// The text columns, by table, whose values repeat across many rows: both endpoints of
     /// each link (its table and history), and the owner of the role model's per-owner tables
@@ -350,6 +354,18 @@ impl Pipeline {
             );
         }
         indexed
+    }
+
+    /// The tables written whole in parallel parts of at least `part_rows` rows each (default
+    /// [`PART_ROWS`]; see [`crate::store::Store::with_parallel_tables`]): `correlation_keys`,
+    /// which has no key index and whose readers (the role model's joins and the patches of a
+    /// dirty run) do not need it in one stored order.
+    pub fn parallel_tables(&self, part_rows: Option<usize>) -> HashMap<String, usize> {
+        [(
+            crate::tasks::correlation_keys::TABLE.to_string(),
+            part_rows.unwrap_or(PART_ROWS),
+        )]
+        .into()
     }
 
     /// Reads and validates `PIPELINE/pipeline.toml` (or the file itself when a file is given).

@@ -13,8 +13,11 @@ use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::parquet::schema::types::ColumnPath;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
+use deltalake::kernel::Action;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::DeltaOperation;
 use deltalake::protocol::SaveMode;
 
 use super::{Catalog, Store};
@@ -177,13 +180,22 @@ impl Store {
                         .collect::<Vec<_>>()
                 })
             });
+        // Whole tables named parallel: the rows before the last part, in parts of their own,
+        // each written to a data file on its own task beside the last.
+        let parts = match self.parallel.get(name) {
+            Some(&min) if mode == WriteMode::Overwrite && map.is_none() && indexes.is_none() => {
+                split_off_parts(&mut batches, crate::engine::threads(), min)
+            }
+            _ => Vec::new(),
+        };
         // One partition, so that the rows are written in their order.
         let source = LazyRows {
             schema: schema.clone(),
             batches,
             map,
         };
-        let source = StreamingTable::try_new(schema, vec![Arc::new(source)]).map_err(in_table)?;
+        let source =
+            StreamingTable::try_new(schema.clone(), vec![Arc::new(source)]).map_err(in_table)?;
         let plan = LogicalPlanBuilder::scan(name, provider_as_source(Arc::new(source)), None)
             .and_then(LogicalPlanBuilder::build)
             .map_err(in_table)?;
@@ -209,10 +221,12 @@ impl Store {
                 super::REPEATED_DICTIONARY_BYTES,
             );
         }
+        let writer = writer.build();
+        let parts = write_parts(&latest, &schema, &writer, parts);
         let schema_before = latest.snapshot().ok().map(|s| s.schema());
         let mut builder = latest
             .write(Vec::new())
-            .with_writer_properties(writer.build())
+            .with_writer_properties(writer)
             .with_input_plan(plan)
             .with_session_state(Arc::new(session))
             .with_save_mode(save)
@@ -220,7 +234,38 @@ impl Store {
         if mode == WriteMode::Overwrite {
             builder = builder.with_schema_mode(SchemaMode::Overwrite);
         }
-        let table = builder.await?;
+        let (table, adds) = futures::try_join!(async { Ok::<_, Error>(builder.await?) }, parts)?;
+        // The parts before the last, each committed on its own, from the last but one to the
+        // first: a scan lists the files of the newest version first, so the table reads in
+        // the order written (`parallel_parts_read_back_in_order`).
+        let mut version = table.version();
+        let mut snapshot = table.snapshot()?.clone();
+        if !adds.is_empty() {
+            crate::tasks::failpoint(&format!("write.{name}.parts"));
+        }
+        for adds in adds.into_iter().rev() {
+            let commit = CommitBuilder::default()
+                .with_actions(adds.into_iter().map(Action::Add).collect())
+                .with_app_metadata(
+                    [(
+                        "igaflow_run_id".to_string(),
+                        serde_json::Value::from(run_id),
+                    )]
+                    .into(),
+                )
+                .build(
+                    Some(&snapshot),
+                    table.log_store(),
+                    DeltaOperation::Write {
+                        mode: SaveMode::Append,
+                        partition_by: None,
+                        predicate: None,
+                    },
+                )
+                .await?;
+            version = Some(commit.version());
+            snapshot = commit.snapshot();
+        }
         if let Some(indexes) = indexes {
             let indexes = indexes
                 .await
@@ -236,13 +281,14 @@ impl Store {
         // A new schema (a column retyped in pipeline.toml): a checkpoint at this version, so
         // that loading the table does not replay the older files' statistics against the new
         // types (the Delta kernel warns about each of them on every later read).
+        // (At the last part's version when there are more: a checkpoint of any version
+        // spares the replay of the files before it.)
         if schema_before
             .is_some_and(|before| Some(before) != table.snapshot().ok().map(|s| s.schema()))
         {
             deltalake::checkpoints::create_checkpoint(&table, None).await?;
         }
-        table
-            .version()
+        version
             .ok_or_else(|| Error::store(format!("table {name}: Delta write returned no version")))
     }
 
@@ -273,6 +319,80 @@ impl Store {
                 .map_err(|e| Error::store(format!("writing {path}: {e}")))?;
         }
         Ok(())
+    }
+}
+
+/// Splits the rows before the last part off `batches`: up to `parts` parts in all, of about
+/// the same rows and at least `min` each (at batch boundaries, in order); `batches` keeps the
+/// last. None when the rows make one part.
+fn split_off_parts(
+    batches: &mut Vec<RecordBatch>,
+    parts: usize,
+    min: usize,
+) -> Vec<Vec<RecordBatch>> {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let parts = parts.min(rows / min.max(1)).max(1);
+    if parts < 2 {
+        return Vec::new();
+    }
+    let per_part = rows.div_ceil(parts);
+    let mut out: Vec<Vec<RecordBatch>> = Vec::with_capacity(parts);
+    let mut part = Vec::new();
+    let mut in_part = 0;
+    for b in std::mem::take(batches) {
+        in_part += b.num_rows();
+        part.push(b);
+        if in_part >= per_part && out.len() + 1 < parts {
+            out.push(std::mem::take(&mut part));
+            in_part = 0;
+        }
+    }
+    *batches = part;
+    out
+}
+
+/// Writes each of `parts` to a data file of `table` on a task of its own, and returns each
+/// part's Add actions, in part order (committed by the caller).
+fn write_parts(
+    table: &deltalake::DeltaTable,
+    schema: &SchemaRef,
+    properties: &WriterProperties,
+    parts: Vec<Vec<RecordBatch>>,
+) -> impl std::future::Future<Output = Result<Vec<Vec<deltalake::kernel::Add>>>> + use<> {
+    let objects = table.log_store().object_store(None);
+    let tasks: Vec<_> = parts
+        .into_iter()
+        .map(|part| {
+            let config = WriterConfig::new(
+                schema.clone(),
+                Vec::new(),
+                Some(properties.clone()),
+                None,
+                None,
+                // The table's own statistics settings: igaflow sets none.
+                Default::default(),
+                None,
+            );
+            let (objects, schema) = (objects.clone(), schema.clone());
+            tokio::spawn(async move {
+                let mut writer = DeltaWriter::new(objects, config);
+                for b in part {
+                    let b = crate::engine::cast_batch(&b, &schema)?;
+                    if let Err(e) = writer.write(&b).await {
+                        let _ = writer.abort().await;
+                        return Err(Error::from(e));
+                    }
+                }
+                Ok(writer.close().await?)
+            })
+        })
+        .collect();
+    async move {
+        futures::future::try_join_all(tasks)
+            .await
+            .map_err(|e| Error::store(format!("writing a table part: {e}")))?
+            .into_iter()
+            .collect()
     }
 }
 
@@ -583,5 +703,63 @@ mod tests {
             "by a scan"
         );
         assert!(!used(&damaged));
+    }
+
+    /// A table named parallel is written in parts (one file each, committed as two versions);
+    /// read on one partition, its rows come in the order they were written; a table with
+    /// fewer rows than two parts is one file.
+    #[tokio::test]
+    async fn parallel_parts_read_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap())
+            .unwrap()
+            .with_parallel_tables([("t".to_string(), 3000)].into());
+        let catalog = store.catalog().await.unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+        let values: Vec<i64> = (0..20_000).map(|i| (i * 7919) % 20_011).collect();
+        let batches = |n: usize| -> Vec<RecordBatch> {
+            values[..n]
+                .chunks(1000)
+                .map(|c| {
+                    let a = Int64Array::from(c.to_vec());
+                    RecordBatch::try_new(schema.clone(), vec![Arc::new(a)]).unwrap()
+                })
+                .collect()
+        };
+        let parts = crate::engine::threads().min(20_000 / 3000);
+        let mut catalog = catalog;
+        for (table, rows, files) in [("t", 20_000, parts), ("t", 5_000, 1), ("u", 20_000, 1)] {
+            let version = store
+                .write_table(
+                    &catalog,
+                    table,
+                    schema.clone(),
+                    batches(rows),
+                    WriteMode::Overwrite,
+                    "run",
+                )
+                .await
+                .unwrap();
+            catalog.tables.insert(table.to_string(), version);
+            let delta = store.delta_at(table, version).await.unwrap();
+            let active = super::super::patch::active_files(&store, table, &delta)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(active.len(), files, "{table}: {rows} rows");
+            let ctx = crate::engine::context();
+            let provider = store
+                .provider(&ctx, &catalog, table)
+                .await
+                .unwrap()
+                .unwrap();
+            let df = ctx.read_table(provider).unwrap();
+            let (_, read) = crate::engine::collect_in_order(&ctx, df).await.unwrap();
+            let read: Vec<i64> = read
+                .iter()
+                .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+                .collect();
+            assert_eq!(read, values[..rows], "{table}: {rows} rows in order");
+        }
     }
 }

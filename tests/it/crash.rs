@@ -116,3 +116,73 @@ fn sigkill_after_commit_before_run_record_keeps_new_state() {
     again.expect_code(0);
     assert!(again.stdout.contains("no_changes"), "{}", again.stdout);
 }
+
+/// A table written in parallel parts (`correlation_keys` here, its parts made small with
+/// `IGAFLOW_WRITE_PART_ROWS`) is committed as one Delta version per part: a run killed between
+/// them leaves the committed state (the catalog names none of them), and the re-run writes
+/// the table again, to the uninterrupted run's rows, in parts.
+#[test]
+fn sigkill_between_the_parts_of_a_table_leaves_old_state_and_rerun_converges() {
+    const TABLES: [&str; 3] = ["correlation_keys", "correlations", "assigned_roles"];
+    let parts = [("IGAFLOW_WRITE_PART_ROWS", "8")];
+    let base = Env::new();
+    base.write_pipeline(&contoso_pipeline_text());
+    base.run("complete", &[], &[parts[0], ("CONTOSO_DAY", "day1")])
+        .expect_code(0);
+    let old = snapshot(&base.store(), &TABLES, true);
+
+    let reference = Env::new();
+    reference.write_pipeline(&contoso_pipeline_text());
+    copy_dir(&base.path("store"), &reference.path("store"));
+    reference
+        .run("complete", &[], &[parts[0], ("CONTOSO_DAY", "day2")])
+        .expect_code(0);
+    let new = snapshot(&reference.store(), &TABLES, true);
+    assert_ne!(
+        old["correlation_keys"], new["correlation_keys"],
+        "day 2 changes the keys"
+    );
+
+    let env = Env::new();
+    env.write_pipeline(&contoso_pipeline_text());
+    copy_dir(&base.path("store"), &env.path("store"));
+    let out = env.run(
+        "complete",
+        &[],
+        &[
+            parts[0],
+            ("CONTOSO_DAY", "day2"),
+            ("IGAFLOW_FAILPOINT", "write.correlation_keys.parts"),
+        ],
+    );
+    assert_eq!(out.signal, Some(9), "{out:?}");
+    assert_eq!(
+        snapshot(&env.store(), &TABLES, true),
+        old,
+        "killed: the old state"
+    );
+    env.run("complete", &[], &[parts[0], ("CONTOSO_DAY", "day2")])
+        .expect_code(0);
+    assert_eq!(
+        snapshot(&env.store(), &TABLES, true),
+        new,
+        "the re-run differs"
+    );
+    // Written in parts (one per core): the last part overwrote the table, the first was
+    // appended to it.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        return;
+    }
+    let commits = delta_commits(&env, "correlation_keys");
+    let [.., overwrite, append] = commits.as_slice() else {
+        panic!("{} commits", commits.len())
+    };
+    let mode = |c: &[serde_json::Value]| {
+        let info = c.iter().find(|a| a["commitInfo"].is_object()).unwrap();
+        info["commitInfo"]["operationParameters"]["mode"].clone()
+    };
+    let adds = |c: &[serde_json::Value]| c.iter().filter(|a| a["add"].is_object()).count();
+    assert_eq!(mode(overwrite), "Overwrite");
+    assert_eq!(mode(append), "Append");
+    assert_eq!((adds(overwrite), adds(append)), (1, 1));
+}

@@ -275,6 +275,9 @@ fn state(store: &str) -> BTreeMap<String, Vec<String>> {
     out
 }
 
+/// `correlation_keys` written in parallel parts of a few rows each.
+const PARTS: (&str, &str) = ("IGAFLOW_WRITE_PART_ROWS", "4");
+
 #[test]
 fn incremental_runs_equal_a_complete_recomputation() {
     let env = Env::new();
@@ -422,10 +425,12 @@ fn incremental_runs_equal_a_complete_recomputation() {
             write_app(&env, &accounts, &members);
         }
 
+        // `correlation_keys` written whole in parts (the recomputation below) and patched
+        // (these runs): the parts of a table are files like any other.
         let out = env.run(
             "incremental",
             &[],
-            &[("IGAFLOW_LOG", "igaflow::store=debug")],
+            &[("IGAFLOW_LOG", "igaflow::store=debug"), PARTS],
         );
         assert!(
             matches!(out.code, Some(0)),
@@ -464,7 +469,7 @@ fn incremental_runs_equal_a_complete_recomputation() {
         let pipeline = env.pipeline();
         igaflow(
             &["run", &pipeline, "--job", "recompute", "--store", &copy_s],
-            &[],
+            &[PARTS],
         )
         .expect_code(0);
         let complete = state(&copy_s);
