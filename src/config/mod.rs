@@ -357,15 +357,23 @@ impl Pipeline {
     }
 
     /// The tables written whole in parallel parts of at least `part_rows` rows each (default
-    /// [`PART_ROWS`]; see [`crate::store::Store::with_parallel_tables`]): `correlation_keys`,
-    /// which has no key index and whose readers (the role model's joins and the patches of a
-    /// dirty run) do not need it in one stored order.
+    /// [`PART_ROWS`]; see [`crate::store::Store::with_parallel_tables`]): `correlation_keys`
+    /// and the role model's tables, the largest a job writes whole. None is read across its
+    /// files in an order a part could break: a scan reads the parts in the order written, each
+    /// part has its own key index, and the joins of the role model read them in parallel.
     pub fn parallel_tables(&self, part_rows: Option<usize>) -> HashMap<String, usize> {
-        [(
-            crate::tasks::correlation_keys::TABLE.to_string(),
-            part_rows.unwrap_or(PART_ROWS),
-        )]
-        .into()
+        let rows = part_rows.unwrap_or(PART_ROWS);
+        [
+            crate::tasks::correlation_keys::TABLE,
+            "correlations",
+            "assigned_roles",
+            "assigned_resources",
+            "assigned_scalars",
+            "assigned_links",
+        ]
+        .into_iter()
+        .map(|t| (t.to_string(), rows))
+        .collect()
     }
 
     /// Reads and validates `PIPELINE/pipeline.toml` (or the file itself when a file is given).

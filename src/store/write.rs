@@ -163,31 +163,38 @@ impl Store {
             WriteMode::Overwrite => SaveMode::Overwrite,
             WriteMode::Append => SaveMode::Append,
         };
-        // Key indexes of a table written whole, built beside the writer from the same rows (in
-        // the order written), and kept if they are one file's.
-        let indexed = self.indexed.get(name).cloned().unwrap_or_default();
-        let rows_written: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        let indexes = (mode == WriteMode::Overwrite
-            && map.is_none()
-            && !indexed.is_empty()
-            && rows_written > 0)
-            .then(|| {
-                let batches = batches.clone();
-                tokio::task::spawn_blocking(move || {
-                    indexed
-                        .into_iter()
-                        .filter_map(|c| super::key_index::build(&batches, &c).map(|b| (c, b)))
-                        .collect::<Vec<_>>()
-                })
-            });
         // Whole tables named parallel: the rows before the last part, in parts of their own,
         // each written to a data file on its own task beside the last.
         let parts = match self.parallel.get(name) {
-            Some(&min) if mode == WriteMode::Overwrite && map.is_none() && indexes.is_none() => {
+            Some(&min) if mode == WriteMode::Overwrite && map.is_none() => {
                 split_off_parts(&mut batches, crate::engine::threads(), min)
             }
             _ => Vec::new(),
         };
+        // Key indexes of a table written whole, built beside the writer from the same rows (in
+        // the order written), one per part (the last last), and kept for the file of each.
+        let indexed = self.indexed.get(name).cloned().unwrap_or_default();
+        let rows = |part: &[RecordBatch]| part.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        let indexes = (mode == WriteMode::Overwrite
+            && map.is_none()
+            && !indexed.is_empty()
+            && rows(&batches) > 0)
+            .then(|| {
+                let all: Vec<Vec<RecordBatch>> = parts.iter().chain([&batches]).cloned().collect();
+                tokio::task::spawn_blocking(move || {
+                    all.iter()
+                        .map(|part| {
+                            let built = indexed
+                                .iter()
+                                .filter_map(|c| {
+                                    super::key_index::build(part, c).map(|b| (c.clone(), b))
+                                })
+                                .collect::<Vec<_>>();
+                            (rows(part), built)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            });
         // One partition, so that the rows are written in their order.
         let source = LazyRows {
             schema: schema.clone(),
@@ -235,14 +242,22 @@ impl Store {
             builder = builder.with_schema_mode(SchemaMode::Overwrite);
         }
         let (table, adds) = futures::try_join!(async { Ok::<_, Error>(builder.await?) }, parts)?;
-        // The parts before the last, each committed on its own, from the last but one to the
-        // first: a scan lists the files of the newest version first, so the table reads in
-        // the order written (`parallel_parts_read_back_in_order`).
+        // The data file of each part before the last (one each, unless the writer rolled).
+        let part_files: Vec<Option<String>> = adds
+            .iter()
+            .map(|a| match a.as_slice() {
+                [one] => Some(one.path.clone()),
+                _ => None,
+            })
+            .collect();
         let mut version = table.version();
         let mut snapshot = table.snapshot()?.clone();
         if !adds.is_empty() {
             crate::tasks::failpoint(&format!("write.{name}.parts"));
         }
+        // The parts before the last, each committed on its own, from the last but one to the
+        // first: a scan lists the files of the newest version first, so the table reads in
+        // the order written (`parallel_parts_read_back_in_order`).
         for adds in adds.into_iter().rev() {
             let commit = CommitBuilder::default()
                 .with_actions(adds.into_iter().map(Action::Add).collect())
@@ -270,7 +285,11 @@ impl Store {
             let indexes = indexes
                 .await
                 .map_err(|e| Error::store(format!("table {name}: key index: {e}")))?;
-            self.write_key_indexes(name, &table, rows_written, indexes)
+            let mut table = table.clone();
+            if let Some(v) = version.filter(|v| Some(*v) != table.version()) {
+                table.load_version(v).await?;
+            }
+            self.write_key_indexes(name, &table, &part_files, indexes)
                 .await?;
         }
         tracing::debug!(
@@ -292,35 +311,53 @@ impl Store {
             .ok_or_else(|| Error::store(format!("table {name}: Delta write returned no version")))
     }
 
-    /// Writes `indexes` (column, index) of the data file of `table`'s new version when it is
-    /// one file of `rows` rows, the rows they were built from ([`super::key_index`]).
+    /// Writes the key indexes of each part (rows, (column, index)…; the last part's last) of
+    /// `table`'s new version beside its data file: `part_files` names the files of the parts
+    /// before the last (`None`: not one file), the last is the one file left. Each is kept only
+    /// for a file of as many rows, none deleted.
     async fn write_key_indexes(
         &self,
         name: &str,
         table: &deltalake::DeltaTable,
-        rows: u64,
-        indexes: Vec<(String, Vec<u8>)>,
+        part_files: &[Option<String>],
+        indexes: Vec<PartIndexes>,
     ) -> Result<()> {
         use object_store::ObjectStoreExt;
         let Some(files) = super::patch::active_files(self, name, table).await? else {
             return Ok(());
         };
-        let [file] = files.as_slice() else {
-            return Ok(());
+        let named = |f: &super::patch::ActiveFile| {
+            let file_name = f.file.path.filename();
+            part_files
+                .iter()
+                .position(|p| p.as_deref().is_some_and(|p| Some(p) == file_name))
         };
-        if file.records != rows || !file.file.deleted.is_empty() {
-            return Ok(());
-        }
-        for (column, bytes) in indexes {
-            let path = super::key_index::path_of(self, name, &file.file.path, &column);
-            self.objects
-                .put(&path, bytes.into())
-                .await
-                .map_err(|e| Error::store(format!("writing {path}: {e}")))?;
+        let last: Vec<_> = files.iter().filter(|f| named(f).is_none()).collect();
+        for (i, (rows, built)) in indexes.into_iter().enumerate() {
+            let file = match i < part_files.len() {
+                true => files.iter().find(|f| named(f) == Some(i)),
+                false => match last.as_slice() {
+                    [one] => Some(*one),
+                    _ => None,
+                },
+            };
+            let Some(file) = file.filter(|f| f.records == rows && f.file.deleted.is_empty()) else {
+                continue;
+            };
+            for (column, bytes) in built {
+                let path = super::key_index::path_of(self, name, &file.file.path, &column);
+                self.objects
+                    .put(&path, bytes.into())
+                    .await
+                    .map_err(|e| Error::store(format!("writing {path}: {e}")))?;
+            }
         }
         Ok(())
     }
 }
+
+/// A part's rows and the key indexes (column, index) built from them.
+type PartIndexes = (u64, Vec<(String, Vec<u8>)>);
 
 /// Splits the rows before the last part off `batches`: up to `parts` parts in all, of about
 /// the same rows and at least `min` each (at batch boundaries, in order); `batches` keeps the
@@ -423,6 +460,8 @@ mod tests {
     use datafusion::arrow::array::{AsArray, Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Int64Type};
     use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use std::collections::HashMap;
 
     use super::*;
 
@@ -596,10 +635,27 @@ mod tests {
     /// whose index does not match its file (here: cut short) scans instead.
     #[tokio::test]
     async fn key_indexes_find_the_rows_a_scan_finds() {
+        key_indexes_case(false).await;
+        // Written in parts (one file per core): an index for each.
+        key_indexes_case(true).await;
+    }
+
+    async fn key_indexes_case(in_parts: bool) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_str().unwrap();
         let indexed = || [("t".to_string(), vec!["k".to_string()])].into();
-        let store = Store::open(root).unwrap().with_indexed_columns(indexed());
+        let parallel = || match in_parts {
+            true => [("t".to_string(), 1000)].into(),
+            false => HashMap::new(),
+        };
+        let store = Store::open(root)
+            .unwrap()
+            .with_indexed_columns(indexed())
+            .with_parallel_tables(parallel());
+        let files = match in_parts {
+            true => crate::engine::threads().min(3),
+            false => 1,
+        };
         let catalog = store.catalog().await.unwrap();
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", DataType::Utf8, true),
@@ -643,8 +699,12 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
-        assert_eq!(indexes.len(), 1, "{indexes:?}");
-        assert!(indexes[0].to_string_lossy().ends_with(".parquet.k.idx"));
+        assert_eq!(indexes.len(), files, "{indexes:?}");
+        assert!(
+            indexes
+                .iter()
+                .all(|i| i.to_string_lossy().ends_with(".parquet.k.idx"))
+        );
 
         // Wanted: some keys present (in runs and apart), one absent, and a NULL.
         let wanted: Vec<Option<String>> = [5usize, 17, 18, 399]
@@ -685,7 +745,7 @@ mod tests {
         }
         let used = |store: &Store| {
             let indexes = store.indexes.lock().unwrap();
-            indexes.len() == 1 && indexes.values().all(|i| i.is_some())
+            indexes.len() == files && indexes.values().all(|i| i.is_some())
         };
         assert_eq!(
             found(&store, version, &wanted).await,
@@ -696,7 +756,10 @@ mod tests {
         // Another process, whose index of the file is cut short: it scans.
         let bytes = std::fs::read(&indexes[0]).unwrap();
         std::fs::write(&indexes[0], &bytes[..bytes.len() - 16]).unwrap();
-        let damaged = Store::open(root).unwrap().with_indexed_columns(indexed());
+        let damaged = Store::open(root)
+            .unwrap()
+            .with_indexed_columns(indexed())
+            .with_parallel_tables(parallel());
         assert_eq!(
             found(&damaged, version, &wanted).await,
             expected,
