@@ -75,25 +75,6 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     let mut recorrelated: Vec<(DataFrame, DataFrame)> = Vec::new();
     let mut counts = Vec::new();
     let mut correlated_again = 0;
-    // Whole: the resource types matched side by side (each in views of its own), so that
-    // the cores the largest type's joins leave idle match the others.
-    let mut whole = match (&scope, &before) {
-        (Some(_), Some(_)) => Vec::new(),
-        _ => {
-            let each = rts.iter().enumerate().map(|(i, rt)| {
-                let (ctx, catalog) = (&ctx, &catalog);
-                async move {
-                    let df = correlate(rc, ctx, catalog, rt, None, None, &format!("c{i}_")).await?;
-                    materialize(ctx, df).await
-                }
-            });
-            futures::future::try_join_all(each).await?
-        }
-    }
-    .into_iter();
-    if whole.len() > 0 {
-        phases.done("correlate");
-    }
     for rt in &rts {
         let (affected, slices) = match (&scope, &before) {
             (Some(s), Some(b)) => {
@@ -106,16 +87,10 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             }
             _ => (None, None),
         };
-        let df = match whole.next() {
-            Some(df) => df,
-            None => {
-                phases.done("affected accounts");
-                let df = correlate(rc, &ctx, &catalog, rt, affected.as_ref(), slices, "").await?;
-                let df = materialize(&ctx, df).await?;
-                phases.done("correlate");
-                df
-            }
-        };
+        phases.done("affected accounts");
+        let df = correlate(rc, &ctx, &catalog, rt, affected.as_ref(), slices).await?;
+        let df = materialize(&ctx, df).await?;
+        phases.done("correlate");
         let df = match affected {
             Some(a) => {
                 let committed = committed_correlations.clone().expect("checked by `before`");
@@ -1167,15 +1142,7 @@ async fn correlate(
     rt: &ResourceType,
     affected: Option<&DataFrame>,
     slices: Option<KeySlices>,
-    prefix: &str,
 ) -> Result<DataFrame> {
-    // The views of this resource type's matching, named with `prefix` (types matched side by
-    // side in one session each have their own), and the queries over them.
-    let name = |view: &str| format!("{prefix}{view}");
-    let sql = |text: &str| {
-        text.replace("corr_", &name("corr_"))
-            .replace("rt_correlations", &name("rt_correlations"))
-    };
     // Dirty: only the affected accounts (a frame of `k`), against every owner.
     let only_affected = |df: DataFrame| -> Result<DataFrame> {
         match affected {
@@ -1186,7 +1153,7 @@ async fn correlate(
     let target = require(ctx, catalog, &rt.target, "synchronize").await?;
     view(
         ctx,
-        &name("corr_targets"),
+        "corr_targets",
         only_affected(target.select(vec![key_text(rc, &rt.target).alias("account_key")])?)?,
     )?;
     let (owner_keys, target_keys) = match slices {
@@ -1227,10 +1194,10 @@ async fn correlate(
         Some(_) => materialize(ctx, target_keys).await?,
         None => target_keys,
     };
-    view(ctx, &name("corr_target_keys"), target_keys)?;
+    view(ctx, "corr_target_keys", target_keys)?;
     view(
         ctx,
-        &name("corr_owner_keys"),
+        "corr_owner_keys",
         owner_keys.select(vec![
             col("key").alias("owner_key"),
             col("rule"),
@@ -1252,7 +1219,7 @@ async fn correlate(
         ],
     )
     .map_err(DataFusionError::from)?;
-    view(ctx, &name("corr_rules"), ctx.read_batch(rules)?)?;
+    view(ctx, "corr_rules", ctx.read_batch(rules)?)?;
     let previous = if catalog.tables.contains_key("correlations") {
         let previous = ctx
             .table("correlations")
@@ -1271,27 +1238,23 @@ async fn correlate(
             col("rule"),
         ])?
     };
-    view(ctx, &name("corr_previous"), previous)?;
-    let matches = materialize(ctx, ctx.sql(&sql(MATCHES_SQL)).await?).await?;
-    view(ctx, &name("corr_matches"), matches)?;
+    view(ctx, "corr_previous", previous)?;
+    let matches = materialize(ctx, ctx.sql(MATCHES_SQL).await?).await?;
+    view(ctx, "corr_matches", matches)?;
     // Computed once: the duplicate rule reads it twice (owners' kept accounts, every account).
-    let proposed = materialize(ctx, ctx.sql(&sql(PROPOSED_SQL)).await?).await?;
-    view(ctx, &name("corr_proposed"), proposed)?;
-    let result = ctx.sql(&sql(CORRELATIONS_SQL)).await?;
+    let proposed = materialize(ctx, ctx.sql(PROPOSED_SQL).await?).await?;
+    view(ctx, "corr_proposed", proposed)?;
+    let result = ctx.sql(CORRELATIONS_SQL).await?;
     let result = materialize(ctx, result).await?;
-    view(ctx, &name("rt_correlations"), result.clone())?;
+    view(ctx, "rt_correlations", result.clone())?;
     // Collected: at 1M accounts the join otherwise built its hash table on the 2M target keys
     // (0.7 s, after reading them) to probe it with no ambiguous account at all.
     let ambiguous = result
         .clone()
         .filter(col("status").eq(lit("ambiguous")))?
         .select(vec![col("account_key")])?;
-    view(
-        ctx,
-        &name("corr_ambiguous"),
-        materialize(ctx, ambiguous).await?,
-    )?;
-    let mut candidates = ctx.sql(&sql(CANDIDATES_SQL)).await?;
+    view(ctx, "corr_ambiguous", materialize(ctx, ambiguous).await?)?;
+    let mut candidates = ctx.sql(CANDIDATES_SQL).await?;
     if let Some(a) = affected {
         // The candidates of the accounts not correlated again are as committed: each
         // ambiguous account is affected, so those are the suggested and duplicate ones.
@@ -1307,7 +1270,8 @@ async fn correlate(
     }
     let candidates = materialize(ctx, candidates).await?;
     view(ctx, &format!("rt_candidates__{}", rt.name), candidates)?;
-    // The matching's views are this function's: their collected rows go with them.
+    // The matching's views are this function's: their collected rows go with them (the next
+    // resource type's would replace them, the last type's stayed to the task's end).
     for v in [
         "corr_targets",
         "corr_target_keys",
@@ -1319,7 +1283,7 @@ async fn correlate(
         "rt_correlations",
         "corr_ambiguous",
     ] {
-        ctx.deregister_table(name(v).as_str())?;
+        ctx.deregister_table(v)?;
     }
     Ok(result.select(vec![
         lit(rt.name.as_str()).alias("resource_type"),
