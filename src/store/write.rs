@@ -384,7 +384,12 @@ fn split_off_parts(
             in_part = 0;
         }
     }
-    *batches = part;
+    // A batch longer than a part can leave nothing after the parts before it: the last of
+    // them is then the last part.
+    *batches = match part.is_empty() {
+        true => out.pop().unwrap_or_default(),
+        false => part,
+    };
     out
 }
 
@@ -766,6 +771,49 @@ mod tests {
             "by a scan"
         );
         assert!(!used(&damaged));
+    }
+
+    /// Parts cut at batch boundaries, in order, each at least `min` rows, the last never
+    /// empty (a batch longer than a part included).
+    #[test]
+    fn parts_are_cut_in_order_and_the_last_is_never_empty() {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+        let batch = |from: i64, n: i64| {
+            let a = Int64Array::from_iter_values(from..from + n);
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(a)]).unwrap()
+        };
+        let cut = |sizes: &[i64], parts: usize, min: usize| {
+            let mut at = 0;
+            let mut batches: Vec<RecordBatch> = sizes
+                .iter()
+                .map(|&n| {
+                    at += n;
+                    batch(at - n, n)
+                })
+                .collect();
+            let before = split_off_parts(&mut batches, parts, min);
+            let rows: Vec<usize> = before
+                .iter()
+                .chain([&batches])
+                .map(|p| p.iter().map(RecordBatch::num_rows).sum())
+                .collect();
+            let values: Vec<i64> = before
+                .iter()
+                .chain([&batches])
+                .flatten()
+                .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+                .collect();
+            assert_eq!(values, (0..at).collect::<Vec<_>>(), "{sizes:?}: in order");
+            rows
+        };
+        assert_eq!(cut(&[10, 10, 10, 10], 2, 5), [20, 20]);
+        assert_eq!(cut(&[10, 10, 10, 10], 4, 5), [10, 10, 10, 10]);
+        // Too few rows for two parts of `min`: one.
+        assert_eq!(cut(&[10, 10, 10, 10], 2, 30), [40]);
+        // One batch longer than a part: it is the last part, after nothing.
+        assert_eq!(cut(&[40], 2, 5), [40]);
+        assert_eq!(cut(&[5, 40], 3, 5), [45]);
+        assert_eq!(cut(&[30, 5, 5], 2, 5), [30, 10]);
     }
 
     /// A table named parallel is written in parts (one file each, committed as two versions);
