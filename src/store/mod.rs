@@ -414,6 +414,15 @@ impl Store {
 
 /// Registers `provider` in `ctx` as `name` in place of what was registered under that name;
 /// with `None`, leaves the name unregistered. True when a table is registered.
+/// The app metadata of every Delta commit igaflow makes: the run that made it.
+fn run_metadata(run_id: &str) -> HashMap<String, serde_json::Value> {
+    [(
+        "igaflow_run_id".to_string(),
+        serde_json::Value::from(run_id),
+    )]
+    .into()
+}
+
 fn install(
     ctx: &SessionContext,
     name: &str,

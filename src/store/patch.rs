@@ -699,13 +699,7 @@ impl Store {
         let snapshot = table.snapshot()?;
         let commit = CommitBuilder::default()
             .with_actions(actions)
-            .with_app_metadata(
-                [(
-                    "igaflow_run_id".to_string(),
-                    serde_json::Value::from(run_id),
-                )]
-                .into(),
-            )
+            .with_app_metadata(super::run_metadata(run_id))
             .build(
                 Some(snapshot),
                 table.log_store(),

@@ -155,46 +155,39 @@ impl Store {
             map = None;
             batches.push(RecordBatch::new_empty(schema.clone()));
         }
-        let props = CommitProperties::default().with_metadata([(
-            "igaflow_run_id".to_string(),
-            serde_json::Value::from(run_id),
-        )]);
+        let props = CommitProperties::default().with_metadata(super::run_metadata(run_id));
         let save = match mode {
             WriteMode::Overwrite => SaveMode::Overwrite,
             WriteMode::Append => SaveMode::Append,
         };
+        // Written whole: the batches are the table's rows as they are stored.
+        let whole = mode == WriteMode::Overwrite && map.is_none();
         // Whole tables named parallel: the rows before the last part, in parts of their own,
         // each written to a data file on its own task beside the last.
         let parts = match self.parallel.get(name) {
-            Some(&min) if mode == WriteMode::Overwrite && map.is_none() => {
-                split_off_parts(&mut batches, crate::engine::threads(), min)
-            }
+            Some(&min) if whole => split_off_parts(&mut batches, crate::engine::threads(), min),
             _ => Vec::new(),
         };
         // Key indexes of a table written whole, built beside the writer from the same rows (in
         // the order written), one per part (the last last), and kept for the file of each.
         let indexed = self.indexed.get(name).cloned().unwrap_or_default();
         let rows = |part: &[RecordBatch]| part.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-        let indexes = (mode == WriteMode::Overwrite
-            && map.is_none()
-            && !indexed.is_empty()
-            && rows(&batches) > 0)
-            .then(|| {
-                let all: Vec<Vec<RecordBatch>> = parts.iter().chain([&batches]).cloned().collect();
-                tokio::task::spawn_blocking(move || {
-                    all.iter()
-                        .map(|part| {
-                            let built = indexed
-                                .iter()
-                                .filter_map(|c| {
-                                    super::key_index::build(part, c).map(|b| (c.clone(), b))
-                                })
-                                .collect::<Vec<_>>();
-                            (rows(part), built)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            });
+        let indexes = (whole && !indexed.is_empty() && rows(&batches) > 0).then(|| {
+            let all: Vec<Vec<RecordBatch>> = parts.iter().chain([&batches]).cloned().collect();
+            tokio::task::spawn_blocking(move || {
+                all.iter()
+                    .map(|part| {
+                        let built = indexed
+                            .iter()
+                            .filter_map(|c| {
+                                super::key_index::build(part, c).map(|b| (c.clone(), b))
+                            })
+                            .collect::<Vec<_>>();
+                        (rows(part), built)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        });
         // One partition, so that the rows are written in their order.
         let source = LazyRows {
             schema: schema.clone(),
@@ -229,7 +222,7 @@ impl Store {
             );
         }
         let writer = writer.build();
-        let parts = write_parts(&latest, &schema, &writer, parts);
+        let written_parts = write_parts(&latest, &schema, &writer, parts);
         let schema_before = latest.snapshot().ok().map(|s| s.schema());
         let mut builder = latest
             .write(Vec::new())
@@ -241,7 +234,8 @@ impl Store {
         if mode == WriteMode::Overwrite {
             builder = builder.with_schema_mode(SchemaMode::Overwrite);
         }
-        let (table, adds) = futures::try_join!(async { Ok::<_, Error>(builder.await?) }, parts)?;
+        let (table, adds) =
+            futures::try_join!(async { Ok::<_, Error>(builder.await?) }, written_parts)?;
         // The data file of each part before the last (one each, unless the writer rolled).
         let part_files: Vec<Option<String>> = adds
             .iter()
@@ -261,13 +255,7 @@ impl Store {
         for adds in adds.into_iter().rev() {
             let commit = CommitBuilder::default()
                 .with_actions(adds.into_iter().map(Action::Add).collect())
-                .with_app_metadata(
-                    [(
-                        "igaflow_run_id".to_string(),
-                        serde_json::Value::from(run_id),
-                    )]
-                    .into(),
-                )
+                .with_app_metadata(super::run_metadata(run_id))
                 .build(
                     Some(&snapshot),
                     table.log_store(),

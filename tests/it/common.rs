@@ -68,6 +68,14 @@ impl Env {
         }
     }
 
+    /// A new environment with `pipeline` and a copy of `base`'s store.
+    pub fn copy_of(base: &Env, pipeline: &str) -> Self {
+        let env = Env::new();
+        env.write_pipeline(pipeline);
+        copy_dir(&base.path("store"), &env.path("store"));
+        env
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }

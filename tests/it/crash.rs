@@ -32,9 +32,7 @@ fn sigkill_at_each_commit_step_leaves_old_or_new_state_and_rerun_converges() {
     let old = snapshot(&base.store(), &AD_TABLES, false);
 
     // The reference: day 2 without interruption.
-    let reference = Env::new();
-    reference.write_pipeline(&ad_only_pipeline());
-    copy_dir(&base.path("store"), &reference.path("store"));
+    let reference = Env::copy_of(&base, &ad_only_pipeline());
     reference
         .run("ad_only", &[], &[("CONTOSO_DAY", "day2")])
         .expect_code(0);
@@ -47,9 +45,7 @@ fn sigkill_at_each_commit_step_leaves_old_or_new_state_and_rerun_converges() {
 
     let mut killed = 0;
     for step in 0.. {
-        let env = Env::new();
-        env.write_pipeline(&ad_only_pipeline());
-        copy_dir(&base.path("store"), &env.path("store"));
+        let env = Env::copy_of(&base, &ad_only_pipeline());
         let failpoint = format!("sync.commit.{step}");
         let out = env.run(
             "ad_only",
@@ -131,9 +127,7 @@ fn sigkill_between_the_parts_of_a_table_leaves_old_state_and_rerun_converges() {
         .expect_code(0);
     let old = snapshot(&base.store(), &TABLES, true);
 
-    let reference = Env::new();
-    reference.write_pipeline(&contoso_pipeline_text());
-    copy_dir(&base.path("store"), &reference.path("store"));
+    let reference = Env::copy_of(&base, &contoso_pipeline_text());
     reference
         .run("complete", &[], &[parts[0], ("CONTOSO_DAY", "day2")])
         .expect_code(0);
@@ -143,9 +137,7 @@ fn sigkill_between_the_parts_of_a_table_leaves_old_state_and_rerun_converges() {
         "day 2 changes the keys"
     );
 
-    let env = Env::new();
-    env.write_pipeline(&contoso_pipeline_text());
-    copy_dir(&base.path("store"), &env.path("store"));
+    let env = Env::copy_of(&base, &contoso_pipeline_text());
     let out = env.run(
         "complete",
         &[],
