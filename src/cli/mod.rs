@@ -246,7 +246,8 @@ fn job_store(flag: Option<&str>, pipeline: &Pipeline) -> Result<Store> {
     Ok(Store::open(&pipeline_store_uri(flag, pipeline))?
         .with_repeated_columns(pipeline.repeated_columns())
         .with_indexed_columns(pipeline.indexed_columns())
-        .with_parallel_tables(pipeline.parallel_tables(part_rows)))
+        .with_parallel_tables(pipeline.parallel_tables(part_rows))
+        .with_unordered_columns(pipeline.unordered_columns()))
 }
 
 /// The store of `sql` and `runs`, which have no pipeline: `--store`, else `$IGAFLOW_STORE`,

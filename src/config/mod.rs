@@ -324,6 +324,24 @@ impl Pipeline {
         repeated
     }
 
+    /// The text columns of many distinct values, by table, in no order of their table's
+    /// (written without statistics: see [`crate::store::Store::with_unordered_columns`]): the
+    /// values of `correlation_keys` (sorted by rule and key), the roles of `assigned_roles`
+    /// with their `via`, and the values of `assigned_scalars` and `assigned_links` (each
+    /// sorted by owner first).
+    pub fn unordered_columns(&self) -> HashMap<String, Vec<String>> {
+        let fixed: [(&str, &[&str]); 4] = [
+            (crate::tasks::correlation_keys::TABLE, &["value"]),
+            ("assigned_roles", &["role", "via"]),
+            ("assigned_scalars", &["value"]),
+            ("assigned_links", &["value"]),
+        ];
+        fixed
+            .into_iter()
+            .map(|(t, c)| (t.to_string(), c.iter().map(|c| c.to_string()).collect()))
+            .collect()
+    }
+
     /// The text columns, by table, that a dirty run looks rows up by
     /// or patches ([`crate::store::Store::with_indexed_columns`]): each entity's key, each
     /// link's `from` column, the owner and account keys of the role model's tables, and the

@@ -18,7 +18,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 
-pub use hits::true_positions_udf;
+pub use hits::rule_positions_udf;
 pub use opaque::opaque_udf;
 pub use row_values::row_values_udf;
 pub use scrub::{contains_needle, is_whole_needle, replace_needles, scrub_json_udf, scrub_udf};

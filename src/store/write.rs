@@ -9,7 +9,7 @@ use datafusion::datasource::provider_as_source;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::LogicalPlanBuilder;
 use datafusion::parquet::basic::Compression;
-use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
@@ -219,6 +219,12 @@ impl Store {
             writer = writer.set_column_dictionary_page_size_limit(
                 ColumnPath::from(column.as_str()),
                 super::REPEATED_DICTIONARY_BYTES,
+            );
+        }
+        for column in self.unordered.get(name).into_iter().flatten() {
+            writer = writer.set_column_statistics_enabled(
+                ColumnPath::from(column.as_str()),
+                EnabledStatistics::None,
             );
         }
         let writer = writer.build();
@@ -547,7 +553,8 @@ mod tests {
     }
 
     /// A repeated column keeps its dictionary past Parquet's 1 MiB default (where it would
-    /// fall back to plain values); a column not named keeps the default and falls back.
+    /// fall back to plain values); a column not named keeps the default and falls back. An
+    /// unordered column has no statistics.
     #[tokio::test]
     async fn repeated_columns_stay_dictionary_encoded() {
         use datafusion::parquet::basic::{Compression, Encoding, PageType};
@@ -556,7 +563,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().to_str().unwrap())
             .unwrap()
-            .with_repeated_columns([("links".to_string(), vec!["account".to_string()])].into());
+            .with_repeated_columns([("links".to_string(), vec!["account".to_string()])].into())
+            .with_unordered_columns([("links".to_string(), vec!["group".to_string()])].into());
         let catalog = store.catalog().await.unwrap();
         let schema = Arc::new(Schema::new(vec![
             Field::new("account", DataType::Utf8, true),
@@ -621,6 +629,10 @@ mod tests {
             reader.metadata().row_group(0).column(0).compression(),
             Compression::LZ4_RAW
         );
+        // The unordered column is written without statistics, the other keeps them.
+        let statistics = |i: usize| reader.metadata().row_group(0).column(i).statistics();
+        assert!(statistics(0).is_some_and(|s| s.min_bytes_opt().is_some()));
+        assert!(statistics(1).is_none(), "{:?}", statistics(1));
     }
 
     /// A table written whole gets a key index of each column named; a lookup by it finds

@@ -863,6 +863,13 @@ pub fn rule_hits(
     for (_, rule) in rules {
         conds.push(ctx.parse_sql_expr(&rule.text, table.schema())?);
     }
+    let texts: Vec<String> = rules.iter().map(|(_, r)| r.text.clone()).collect();
+    let hits = match planned_rules(ctx, &table, &conds, &texts, true) {
+        Ok(hits) => hits,
+        // A rule whose function or operator does not take a dictionary: over the columns as
+        // they are.
+        Err(_) => planned_rules(ctx, &table, &conds, &texts, false)?,
+    };
     let names = RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("_position", DataType::Int32, false),
@@ -877,10 +884,7 @@ pub fn rule_hits(
     )
     .map_err(DataFusionError::from)?;
     Ok(table
-        .select(vec![
-            key.alias("owner_key"),
-            engine::true_positions_udf().call(conds).alias("_hits"),
-        ])?
+        .select(vec![key.alias("owner_key"), hits.alias("_hits")])?
         .unnest_columns(&["_hits"])?
         .join(
             ctx.read_batch(names)?,
@@ -890,6 +894,84 @@ pub fn rule_hits(
             None,
         )?
         .select(vec![col("owner_key"), col(name_col)])?)
+}
+
+/// The call of [`engine::rule_positions_udf`] that evaluates `conds` (parsed over `table`,
+/// with their `texts`) over the columns of `table` they name, each text column
+/// dictionary-encoded when `encode`. A rule compares a few text columns of few distinct values
+/// (a department, a status) with literals, hundreds of rules over every owner: over a
+/// dictionary each comparison runs once per distinct value and the rows take its result by
+/// their keys, and a filter of the batch (see the module of `rule_positions`) moves their
+/// integer keys, not their strings. The rules' results are the same: a dictionary column
+/// holds the same values.
+fn planned_rules(
+    ctx: &SessionContext,
+    table: &DataFrame,
+    conds: &[Expr],
+    texts: &[String],
+    encode: bool,
+) -> Result<Expr> {
+    use datafusion::common::Column;
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    let named: BTreeSet<&str> = conds
+        .iter()
+        .flat_map(|c| c.column_refs())
+        .map(|c| c.name.as_str())
+        .collect();
+    // The function's arguments, and the same aliased as the columns the rules are planned
+    // over.
+    let (mut args, mut columns) = (Vec::new(), Vec::new());
+    for (qualifier, field) in table.schema().iter() {
+        if !named.contains(field.name().as_str()) {
+            continue;
+        }
+        let value = Expr::Column(Column::new(qualifier.cloned(), field.name()));
+        let value = match field.data_type() {
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 if encode => cast(
+                value,
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            ),
+            _ => value,
+        };
+        columns.push(value.clone().alias(field.name()));
+        args.push(value);
+    }
+    let narrowed = table.clone().select(columns)?;
+    let state = ctx.state();
+    let simplifier = datafusion::optimizer::simplify_expressions::ExprSimplifier::new(
+        datafusion::logical_expr::simplify::SimplifyContext::builder()
+            .with_schema(Arc::new(narrowed.schema().clone()))
+            .with_config_options(Arc::new(state.config_options().as_ref().clone()))
+            .build(),
+    );
+    let mut rules = Vec::with_capacity(conds.len());
+    for cond in conds {
+        // Over the narrowed columns, which have no qualifier.
+        let cond = cond
+            .clone()
+            .transform(|e| {
+                Ok(match e {
+                    Expr::Column(c) => {
+                        Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))
+                    }
+                    e => Transformed::no(e),
+                })
+            })?
+            .data;
+        // Simplified as the optimizer would (some functions, such as `coalesce`, only run
+        // as what they simplify to), then planned.
+        let cond = simplifier.simplify(simplifier.coerce(cond, narrowed.schema())?)?;
+        rules.push(ctx.create_physical_expr(cond, narrowed.schema())?);
+    }
+    let udf = engine::rule_positions_udf(
+        Arc::new(narrowed.schema().as_arrow().clone()),
+        rules,
+        texts.to_vec(),
+    );
+    // The first argument is there for a rule that names no column: a function needs one.
+    let mut call = vec![lit(true)];
+    call.extend(args);
+    Ok(udf.call(call))
 }
 
 /// The `correlation_keys` the committed correlations were computed from: the version the
@@ -2043,4 +2125,174 @@ async fn desired_links(
             col("link"),
             col("value"),
         ])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+
+    /// (rule, owner) of each owner of `table` (key `id`) where a rule of `rules` holds.
+    async fn found(
+        ctx: &SessionContext,
+        table: &DataFrame,
+        rules: &[(String, &ConfigExpr)],
+    ) -> BTreeSet<(String, String)> {
+        let hits = rule_hits(ctx, table.clone(), col("id"), rules, "role")
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut found = BTreeSet::new();
+        for b in &hits {
+            let (owners, roles) = (text_column(b, "owner_key"), text_column(b, "role"));
+            for i in 0..b.num_rows() {
+                found.insert((roles.value(i).to_string(), owners.value(i).to_string()));
+            }
+        }
+        found
+    }
+
+    /// The owners `rule_hits` finds for each rule are those a filter by the rule keeps, for
+    /// rules of the shapes a pipeline writes (comparisons, LIKE, IN, functions of text, CASE,
+    /// NULLs, a rule naming no column) — over dictionary-encoded columns where the rule plans
+    /// so, over the columns as they are where one does not.
+    #[tokio::test]
+    async fn rule_hits_are_the_rows_each_rule_keeps() {
+        let ctx = SessionContext::new();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("dept", DataType::Utf8, true),
+            Field::new("status", DataType::Utf8View, true),
+            Field::new("grade", DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["p1", "p2", "p3", "p4", "p5", "p6"])),
+                Arc::new(StringArray::from(vec![
+                    Some("Finance-1"),
+                    Some("Sales"),
+                    None,
+                    Some("finance-2"),
+                    Some("Finance-1"),
+                    Some("Sales"),
+                ])),
+                Arc::new(datafusion::arrow::array::StringViewArray::from(vec![
+                    Some("active"),
+                    Some("terminated"),
+                    Some("active"),
+                    None,
+                    Some("active"),
+                    Some("active"),
+                ])),
+                Arc::new(Int64Array::from(vec![
+                    Some(3),
+                    Some(1),
+                    Some(5),
+                    Some(2),
+                    None,
+                    Some(7),
+                ])),
+            ],
+        )
+        .unwrap();
+        ctx.register_batch("person", batch).unwrap();
+        let texts = [
+            "status <> 'terminated' AND dept = 'Finance-1' AND grade >= 3",
+            "status <> 'terminated'",
+            "dept LIKE 'Fin%' OR dept IN ('Sales')",
+            "upper(dept) = 'FINANCE-2'",
+            "dept || '/' || status = 'Sales/active'",
+            "length(dept) > 5 AND substr(dept, 1, 1) = 'F'",
+            "CASE WHEN dept IS NULL THEN 'none' ELSE dept END = 'none'",
+            "coalesce(status, 'unknown') = 'unknown'",
+            "starts_with(dept, 'S') AND NOT (grade < 2)",
+            "regexp_like(dept, '^[fF]inance-[0-9]$')",
+            "1 = 1",
+            "id = 'p6'",
+        ];
+        let exprs: Vec<ConfigExpr> = texts
+            .iter()
+            .map(|t| ConfigExpr {
+                text: t.to_string(),
+                line: 1,
+            })
+            .collect();
+        let rules: Vec<(String, &ConfigExpr)> = exprs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (format!("r{i}"), e))
+            .collect();
+        let table = ctx.table("person").await.unwrap();
+        // Which rules plan over dictionaries: each alone takes that path or the other.
+        let mut encoded = Vec::new();
+        for (name, rule) in &rules {
+            let cond = ctx.parse_sql_expr(&rule.text, table.schema()).unwrap();
+            let texts = [rule.text.clone()];
+            if planned_rules(&ctx, &table, &[cond], &texts, true).is_ok() {
+                encoded.push(name.as_str());
+            }
+        }
+        assert!(
+            ["r0", "r1", "r2", "r4", "r6"]
+                .iter()
+                .all(|r| encoded.contains(r)),
+            "{encoded:?}"
+        );
+        let all = found(&ctx, &table, &rules).await;
+        let mut each = BTreeSet::new();
+        for rule in &rules {
+            each.extend(found(&ctx, &table, std::slice::from_ref(rule)).await);
+        }
+        let mut expected: BTreeSet<(String, String)> = BTreeSet::new();
+        for (name, rule) in &rules {
+            let kept = table
+                .clone()
+                .filter(ctx.parse_sql_expr(&rule.text, table.schema()).unwrap())
+                .unwrap()
+                .select(vec![col("id")])
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            for b in &kept {
+                let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+                for i in 0..b.num_rows() {
+                    expected.insert((name.clone(), ids.value(i).to_string()));
+                }
+            }
+        }
+        // The filters keep some rows and not others: the comparison is not of empty sets.
+        assert!(
+            expected.len() > 12 && expected.len() < 12 * 6,
+            "{expected:?}"
+        );
+        assert_eq!(all, expected);
+        assert_eq!(each, expected);
+        // The columns as they are (where a rule does not plan over dictionaries) give the
+        // same positions.
+        let conds: Vec<Expr> = texts
+            .iter()
+            .map(|t| ctx.parse_sql_expr(t, table.schema()).unwrap())
+            .collect();
+        let texts: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+        let both = table
+            .clone()
+            .select(vec![
+                planned_rules(&ctx, &table, &conds, &texts, true)
+                    .unwrap()
+                    .alias("encoded"),
+                planned_rules(&ctx, &table, &conds, &texts, false)
+                    .unwrap()
+                    .alias("plain"),
+            ])
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        for b in &both {
+            assert_eq!(b.column(0), b.column(1));
+        }
+    }
 }
