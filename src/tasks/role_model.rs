@@ -937,11 +937,10 @@ fn planned_rules(
         args.push(value);
     }
     let narrowed = table.clone().select(columns)?;
-    let state = ctx.state();
     let simplifier = datafusion::optimizer::simplify_expressions::ExprSimplifier::new(
         datafusion::logical_expr::simplify::SimplifyContext::builder()
             .with_schema(Arc::new(narrowed.schema().clone()))
-            .with_config_options(Arc::new(state.config_options().as_ref().clone()))
+            .with_config_options(Arc::clone(ctx.copied_config().options()))
             .build(),
     );
     let mut rules = Vec::with_capacity(conds.len());
