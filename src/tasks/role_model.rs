@@ -71,7 +71,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         false => None,
     };
     phases.done("scope");
-    let mut correlations: Vec<DataFrame> = Vec::new();
+    let mut correlations: Vec<(&str, DataFrame)> = Vec::new();
     let mut recorrelated: Vec<(DataFrame, DataFrame)> = Vec::new();
     let mut counts = Vec::new();
     let mut correlated_again = 0;
@@ -105,14 +105,32 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             }
             None => df,
         };
-        correlations.push(df);
+        correlations.push((rt.name.as_str(), df));
     }
-    let correlations = union_all(correlations)?
-        .map(Ok)
-        .unwrap_or_else(|| empty(&ctx, correlations_schema()))?;
-    let correlations =
-        merge_other_types(&ctx, &catalog, "correlations", correlations, &rts).await?;
-    let correlations = materialize(&ctx, correlations).await?;
+    // Whole, with no other type's rows to keep: each type's rows come sorted by account key
+    // (correlations.sql), so the types one after the other by name are in the table's order,
+    // which the table then keeps without sorting them again.
+    let in_order = scope.is_none()
+        && !has_other_types(&ctx, &catalog, "correlations", &rts, &correlations_schema()).await?;
+    let correlations = if in_order {
+        correlations.sort_by_key(|(name, _)| *name);
+        let schema = correlations_schema();
+        let mut batches = Vec::new();
+        for (_, df) in correlations {
+            batches.extend(engine::align(
+                &engine::collect_in_order(&ctx, df).await?.1,
+                &schema,
+            )?);
+        }
+        super::frames::frame(&ctx, &schema, &batches)?
+    } else {
+        let correlations = union_all(correlations.into_iter().map(|(_, df)| df).collect())?
+            .map(Ok)
+            .unwrap_or_else(|| empty(&ctx, correlations_schema()))?;
+        let correlations =
+            merge_other_types(&ctx, &catalog, "correlations", correlations, &rts).await?;
+        materialize(&ctx, correlations).await?
+    };
     view(&ctx, "correlations_new", correlations.clone())?;
     phases.done("correlations merged");
     let statuses = status_counts(correlations.clone()).await?;
@@ -178,6 +196,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             new,
             differs: correlations_differ,
         })),
+        None if in_order => Merged::Sorted(correlations),
         None => Merged::Whole(correlations),
     };
 
@@ -1320,11 +1339,39 @@ async fn correlate(
         ])?
     };
     view(ctx, "corr_previous", previous)?;
+    let found = ctx.table("corr_target_keys").await?.join(
+        ctx.table("corr_owner_keys").await?,
+        JoinType::Inner,
+        &["rule", "value"],
+        &["rule", "value"],
+        None,
+    )?;
+    let found = materialize(
+        ctx,
+        found.select(vec![
+            col("account_key"),
+            col("corr_target_keys.rule").alias("rule"),
+            col("owner_key"),
+        ])?,
+    )
+    .await?;
+    view(ctx, "corr_found", found.clone())?;
+    view(
+        ctx,
+        "corr_shared",
+        materialize(ctx, several(found, &["account_key", "rule"])?).await?,
+    )?;
     let matches = materialize(ctx, ctx.sql(MATCHES_SQL).await?).await?;
     view(ctx, "corr_matches", matches)?;
     // Computed once: the duplicate rule reads it twice (owners' kept accounts, every account).
     let proposed = materialize(ctx, ctx.sql(PROPOSED_SQL).await?).await?;
-    view(ctx, "corr_proposed", proposed)?;
+    view(ctx, "corr_proposed", proposed.clone())?;
+    let linked = proposed.filter(col("status").eq(lit("linked")))?;
+    view(
+        ctx,
+        "corr_linked_twice",
+        materialize(ctx, several(linked, &["owner_key"])?).await?,
+    )?;
     let result = ctx.sql(CORRELATIONS_SQL).await?;
     let result = materialize(ctx, result).await?;
     view(ctx, "rt_correlations", result.clone())?;
@@ -1359,7 +1406,10 @@ async fn correlate(
         "corr_owner_keys",
         "corr_rules",
         "corr_previous",
+        "corr_found",
+        "corr_shared",
         "corr_matches",
+        "corr_linked_twice",
         "corr_proposed",
         "rt_correlations",
         "corr_ambiguous",
@@ -1374,6 +1424,17 @@ async fn correlate(
         col("status"),
         col("conflict"),
     ])?)
+}
+
+/// The values of `keys` that more than one row of `df` holds (`keys` only): a count per value,
+/// the cheap grouping, where the few values it finds are then looked at again.
+fn several(df: DataFrame, keys: &[&str]) -> Result<DataFrame> {
+    use datafusion::functions_aggregate::count::count;
+    let columns: Vec<Expr> = keys.iter().map(|k| col(*k)).collect();
+    Ok(df
+        .aggregate(columns.clone(), vec![count(lit(1)).alias("_rows")])?
+        .filter(col("_rows").gt(lit(1i64)))?
+        .select(columns)?)
 }
 
 /// The committed rows of owner entity `entity` whose key is among the dirty owners `dirty`
