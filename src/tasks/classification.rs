@@ -76,7 +76,8 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             .filter(|rt| rt.target == target)
             .map(|rt| rt.name.as_str())
             .collect();
-        let orders: Vec<i64> = (0..rt_names.len() as i64).collect();
+        let types = rt_names.len();
+        let orders: Vec<i64> = (0..types as i64).collect();
         let rt_order = ctx.read_batch(
             RecordBatch::try_new(
                 Arc::new(Schema::new(vec![
@@ -116,7 +117,16 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             ])?,
         };
         view(&ctx, "cls_linked", linked)?;
-        view(&ctx, "cls_first_type", ctx.sql(FIRST_TYPE_SQL).await?)?;
+        // With one resource type of the target, an account has one correlation row at most:
+        // its linked row names its type, with no grouping of a million accounts.
+        let first_type = match types {
+            1 => ctx
+                .table("cls_linked")
+                .await?
+                .select(vec![col("account_key"), col("resource_type")])?,
+            _ => ctx.sql(FIRST_TYPE_SQL).await?,
+        };
+        view(&ctx, "cls_first_type", first_type)?;
         if let Some(scope) = &scope {
             let in_scope = scope
                 .accounts
@@ -198,6 +208,29 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             col("protect"),
         ])?);
     }
+    let order = ["entity", "account_key"];
+    if scope.is_none() {
+        // Complete: each target's rows come sorted by account key (classification.sql) and
+        // the targets by name, so one after the other they are in the table's order, which
+        // the table keeps without sorting them again. Checked, not assumed: rows out of that
+        // order are sorted below.
+        let mut parts = Vec::new();
+        let mut ascending = true;
+        for df in &frames {
+            let (schema, part) = crate::engine::collect_in_order(&ctx, df.clone()).await?;
+            ascending = ascending && crate::engine::strictly_ascending(&part, "account_key")?;
+            parts.push((schema, part));
+        }
+        if let (true, Some((schema, _))) = (ascending, parts.first()) {
+            let schema = schema.clone();
+            let mut batches = Vec::new();
+            for (_, part) in &parts {
+                batches.extend(crate::engine::align(part, &schema)?);
+            }
+            let table = NewTable::new(TABLE, (schema, batches));
+            return finish(rc, &ctx, &catalog, table, None).await;
+        }
+    }
     let all = match union_all(frames)? {
         Some(df) => df,
         None => empty(
@@ -209,7 +242,6 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             )])),
         )?,
     };
-    let order = ["entity", "account_key"];
     let mut replaced_rows = None;
     let table = if scope.is_some() {
         let columns: Vec<Expr> = ["entity", "account_key", "class", "protect"]
@@ -230,6 +262,17 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         let order = order.iter().map(|c| col(*c).sort(true, true)).collect();
         NewTable::from_frame(TABLE, all.sort(order)?).await?
     };
+    finish(rc, &ctx, &catalog, table, replaced_rows).await
+}
+
+/// Counts the new table's classes and commits it.
+async fn finish(
+    rc: &RunContext<'_>,
+    ctx: &SessionContext,
+    catalog: &crate::store::Catalog,
+    table: NewTable,
+    replaced_rows: Option<DataFrame>,
+) -> Result<TaskOutcome> {
     // Counted over the new table (the committed one when unchanged).
     let counted = match (table.known, &table.patch, replaced_rows) {
         (Known::Unchanged { .. }, _, _) => ctx.table(TABLE).await?,
@@ -246,9 +289,9 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
                     None,
                 )?
                 .select(vec![col("class")])?
-                .union(frame(&ctx, &table.schema, &table.batches)?.select(vec![col("class")])?)?
+                .union(frame(ctx, &table.schema, &table.batches)?.select(vec![col("class")])?)?
         }
-        _ => frame(&ctx, &table.schema, &table.batches)?,
+        _ => frame(ctx, &table.schema, &table.batches)?,
     };
     let summary = counted
         .aggregate(
@@ -277,7 +320,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     }
     let rows = table.rows();
     let committed_now =
-        commit_tables_counted(rc, &catalog, "task:update_classification", vec![table]).await?;
+        commit_tables_counted(rc, catalog, "task:update_classification", vec![table]).await?;
     let written = committed_now.rows;
     Ok(TaskOutcome {
         status: if committed_now.tables == 0 && !rc.dry_run {

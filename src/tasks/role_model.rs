@@ -89,7 +89,8 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         };
         phases.done("affected accounts");
         let df = correlate(rc, &ctx, &catalog, rt, affected.as_ref(), slices).await?;
-        let df = materialize(&ctx, df).await?;
+        // In the account order correlations.sql gives them, which a complete run keeps.
+        let df = materialize_in_order(&ctx, df).await?;
         phases.done("correlate");
         let df = match affected {
             Some(a) => {
@@ -109,20 +110,29 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     }
     // Whole, with no other type's rows to keep: each type's rows come sorted by account key
     // (correlations.sql), so the types one after the other by name are in the table's order,
-    // which the table then keeps without sorting them again.
-    let in_order = scope.is_none()
-        && !has_other_types(&ctx, &catalog, "correlations", &rts, &correlations_schema()).await?;
-    let correlations = if in_order {
+    // which the table then keeps without sorting them again. Checked, not assumed: rows out
+    // of that order are sorted as before.
+    let mut in_order = None;
+    if scope.is_none()
+        && !has_other_types(&ctx, &catalog, "correlations", &rts, &correlations_schema()).await?
+    {
         correlations.sort_by_key(|(name, _)| *name);
         let schema = correlations_schema();
         let mut batches = Vec::new();
-        for (_, df) in correlations {
-            batches.extend(engine::align(
-                &engine::collect_in_order(&ctx, df).await?.1,
-                &schema,
-            )?);
+        let mut ascending = true;
+        for (_, df) in &correlations {
+            let part = engine::collect_in_order(&ctx, df.clone()).await?.1;
+            ascending = ascending && engine::strictly_ascending(&part, "account_key")?;
+            batches.extend(engine::align(&part, &schema)?);
         }
-        super::frames::frame(&ctx, &schema, &batches)?
+        tracing::debug!(ascending, "correlations in account order");
+        if ascending {
+            in_order = Some(super::frames::frame(&ctx, &schema, &batches)?);
+        }
+    }
+    let sorted = in_order.is_some();
+    let correlations = if let Some(df) = in_order {
+        df
     } else {
         let correlations = union_all(correlations.into_iter().map(|(_, df)| df).collect())?
             .map(Ok)
@@ -196,7 +206,7 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             new,
             differs: correlations_differ,
         })),
-        None if in_order => Merged::Sorted(correlations),
+        None if sorted => Merged::Sorted(correlations),
         None => Merged::Whole(correlations),
     };
 
@@ -543,6 +553,12 @@ pub async fn materialize(ctx: &SessionContext, df: DataFrame) -> Result<DataFram
     } else {
         df.collect().await?
     };
+    super::frames::frame(ctx, &schema, &batches)
+}
+
+/// [`materialize`], the rows kept in the order `df` gives them (on one partition).
+async fn materialize_in_order(ctx: &SessionContext, df: DataFrame) -> Result<DataFrame> {
+    let (schema, batches) = engine::collect_in_order(ctx, df).await?;
     super::frames::frame(ctx, &schema, &batches)
 }
 
