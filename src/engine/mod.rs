@@ -23,8 +23,9 @@ pub use opaque::opaque_udf;
 pub use row_values::row_values_udf;
 pub use scrub::{contains_needle, is_whole_needle, replace_needles, scrub_json_udf, scrub_udf};
 pub use sorted::{
-    collect_in_order, collect_ordered_by, decoded_schema, distinct_adjacent, sorted_difference,
-    sorted_distinct, sorted_distinct_on, splice, stream_in_order, strictly_ascending,
+    collect_in_order, collect_ordered_by, concat_ascending, decoded_schema, distinct_adjacent,
+    sorted_difference, sorted_distinct, sorted_distinct_on, splice, stream_in_order,
+    strictly_ascending,
 };
 pub use value_hash::{value_fingerprint_udaf, value_hash_udf};
 

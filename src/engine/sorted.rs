@@ -279,6 +279,27 @@ pub async fn collect_in_order(
     Ok((schema, on_one_partition(ctx, df).collect().await?))
 }
 
+/// The rows of `parts` one part after the other, each read in its order ([`collect_in_order`])
+/// and given `schema`, when each part's `column` strictly ascends (`None` otherwise): a table
+/// whose parts each come sorted by that column, and follow each other in the table's order,
+/// is then in order without a sort.
+pub async fn concat_ascending(
+    ctx: &SessionContext,
+    parts: impl IntoIterator<Item = DataFrame>,
+    column: &str,
+    schema: &SchemaRef,
+) -> Result<Option<Vec<RecordBatch>>> {
+    let mut out = Vec::new();
+    for df in parts {
+        let (_, part) = collect_in_order(ctx, df).await?;
+        if !strictly_ascending(&part, column)? {
+            return Ok(None);
+        }
+        out.extend(super::align(&part, schema)?);
+    }
+    Ok(Some(out))
+}
+
 /// Like [`collect_in_order`], the rows as they come.
 pub async fn stream_in_order(
     ctx: &SessionContext,

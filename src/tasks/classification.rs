@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{BooleanArray, Int64Array, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::*;
 
 use super::frames::{
@@ -214,21 +214,15 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         // the targets by name, so one after the other they are in the table's order, which
         // the table keeps without sorting them again. Checked, not assumed: rows out of that
         // order are sorted below.
-        let mut parts = Vec::new();
-        let mut ascending = true;
-        for df in &frames {
-            let (schema, part) = crate::engine::collect_in_order(&ctx, df.clone()).await?;
-            ascending = ascending && crate::engine::strictly_ascending(&part, "account_key")?;
-            parts.push((schema, part));
-        }
-        if let (true, Some((schema, _))) = (ascending, parts.first()) {
-            let schema = schema.clone();
-            let mut batches = Vec::new();
-            for (_, part) in &parts {
-                batches.extend(crate::engine::align(part, &schema)?);
+        if let Some(first) = frames.first() {
+            let schema: SchemaRef = Arc::new(first.schema().as_arrow().clone());
+            let parts = frames.iter().cloned();
+            if let Some(batches) =
+                crate::engine::concat_ascending(&ctx, parts, "account_key", &schema).await?
+            {
+                let table = NewTable::new(TABLE, (schema, batches));
+                return finish(rc, &ctx, &catalog, table, None).await;
             }
-            let table = NewTable::new(TABLE, (schema, batches));
-            return finish(rc, &ctx, &catalog, table, None).await;
         }
     }
     let all = match union_all(frames)? {

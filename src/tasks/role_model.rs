@@ -118,28 +118,27 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     {
         correlations.sort_by_key(|(name, _)| *name);
         let schema = correlations_schema();
-        let mut batches = Vec::new();
-        let mut ascending = true;
-        for (_, df) in &correlations {
-            let part = engine::collect_in_order(&ctx, df.clone()).await?.1;
-            ascending = ascending && engine::strictly_ascending(&part, "account_key")?;
-            batches.extend(engine::align(&part, &schema)?);
-        }
-        tracing::debug!(ascending, "correlations in account order");
-        if ascending {
+        let parts = correlations.iter().map(|(_, df)| df.clone());
+        if let Some(batches) = engine::concat_ascending(&ctx, parts, "account_key", &schema).await?
+        {
             in_order = Some(super::frames::frame(&ctx, &schema, &batches)?);
         }
+        tracing::debug!(
+            ascending = in_order.is_some(),
+            "correlations in account order"
+        );
     }
     let sorted = in_order.is_some();
-    let correlations = if let Some(df) = in_order {
-        df
-    } else {
-        let correlations = union_all(correlations.into_iter().map(|(_, df)| df).collect())?
-            .map(Ok)
-            .unwrap_or_else(|| empty(&ctx, correlations_schema()))?;
-        let correlations =
-            merge_other_types(&ctx, &catalog, "correlations", correlations, &rts).await?;
-        materialize(&ctx, correlations).await?
+    let correlations = match in_order {
+        Some(df) => df,
+        None => {
+            let correlations = union_all(correlations.into_iter().map(|(_, df)| df).collect())?
+                .map(Ok)
+                .unwrap_or_else(|| empty(&ctx, correlations_schema()))?;
+            let correlations =
+                merge_other_types(&ctx, &catalog, "correlations", correlations, &rts).await?;
+            materialize(&ctx, correlations).await?
+        }
     };
     view(&ctx, "correlations_new", correlations.clone())?;
     phases.done("correlations merged");
