@@ -71,6 +71,19 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         false => None,
     };
     phases.done("scope");
+    // Complete: the roles depend on the owners alone, not on the correlations. Sorted on a
+    // task of their own while the accounts are matched below, they take the core the
+    // matching leaves idle (BENCHMARKS.md, forty-eighth pass). Their warnings are said
+    // after the matching's, as when they came after it.
+    let early_roles = match &scope {
+        None => {
+            let (plan, manual_warnings) = assigned_roles(rc, &ctx, &catalog, None).await?;
+            let ctx = ctx.clone();
+            let task = tokio::spawn(async move { sorted_roles(&ctx, plan).await });
+            Some((AbortOnDrop(task), manual_warnings))
+        }
+        Some(_) => None,
+    };
     let mut correlations: Vec<(&str, DataFrame)> = Vec::new();
     let mut recorrelated: Vec<(DataFrame, DataFrame)> = Vec::new();
     let mut counts = Vec::new();
@@ -218,29 +231,19 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
 
     phases.done("widen");
     // 2. Assigned roles.
-    let (assigned_roles, manual_warnings) =
-        assigned_roles(rc, &ctx, &catalog, dirty.as_ref()).await?;
-    warnings.extend(manual_warnings);
-    // Sorted here, before the larger tables below are computed, rather than beside them, on
-    // all cores. A row per (owner_key, role, origin), the leading columns: sorted on all its
-    // columns by the rank sort (`engine::sorted_distinct_on`), the rows come in the same order
-    // as sorted on those three, and none is dropped as a repeat.
+    let assigned_roles = match early_roles {
+        Some((task, manual_warnings)) => {
+            warnings.extend(manual_warnings);
+            task.join().await?
+        }
+        None => {
+            let (plan, manual_warnings) =
+                assigned_roles(rc, &ctx, &catalog, dirty.as_ref()).await?;
+            warnings.extend(manual_warnings);
+            sorted_roles(&ctx, plan).await?
+        }
+    };
     let role_order = ["owner_key", "role", "origin"];
-    // Decoded once here: the queries below scan the roles several times.
-    let threads = crate::engine::threads();
-    let (encoded, batches) =
-        crate::engine::sorted_distinct_on(&ctx, assigned_roles, threads).await?;
-    let schema = crate::engine::decoded_schema(&encoded);
-    let per_thread = batches.len().div_ceil(threads).max(1);
-    let batches = crate::engine::on_threads(batches.chunks(per_thread), |part| {
-        part.iter()
-            .map(|b| crate::engine::cast_batch(b, &schema))
-            .collect::<datafusion::error::Result<Vec<_>>>()
-    })
-    .into_iter()
-    .collect::<datafusion::error::Result<Vec<_>>>()?
-    .concat();
-    let assigned_roles = super::frames::frame(&ctx, &schema, &batches)?;
     let roles = match &dirty {
         Some(d) if catalog.tables.contains_key("assigned_roles") => {
             let columns: Vec<Expr> = [
@@ -460,6 +463,51 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
 }
 
 /// (linked, ambiguous, conflicts) of each resource type's correlations, in one pass.
+/// The assigned roles of `plan` ([`assigned_roles`]), one row per (owner_key, role, origin),
+/// sorted on all their columns and decoded.
+///
+/// Sorted here, before the larger tables are computed, rather than beside them, on all
+/// cores. A row per (owner_key, role, origin), the leading columns: sorted on all its columns
+/// by the rank sort ([`engine::sorted_distinct_on`]), the rows come in the same order as
+/// sorted on those three, and none is dropped as a repeat. Decoded once here: the queries
+/// after scan the roles several times.
+async fn sorted_roles(ctx: &SessionContext, plan: DataFrame) -> Result<DataFrame> {
+    let threads = crate::engine::threads();
+    let (encoded, batches) = crate::engine::sorted_distinct_on(ctx, plan, threads).await?;
+    let schema = crate::engine::decoded_schema(&encoded);
+    let per_thread = batches.len().div_ceil(threads).max(1);
+    let batches = crate::engine::on_threads(batches.chunks(per_thread), |part| {
+        part.iter()
+            .map(|b| crate::engine::cast_batch(b, &schema))
+            .collect::<datafusion::error::Result<Vec<_>>>()
+    })
+    .into_iter()
+    .collect::<datafusion::error::Result<Vec<_>>>()?
+    .concat();
+    super::frames::frame(ctx, &schema, &batches)
+}
+
+/// A spawned task, aborted when dropped unjoined (a task failing before it joins its
+/// helper stops the helper too).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> T {
+        let joined = (&mut self.0).await;
+        match joined {
+            Ok(out) => out,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("invariant: a joined helper task is not cancelled: {e}"),
+        }
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn status_counts(df: DataFrame) -> Result<HashMap<String, (i64, i64, i64)>> {
     use datafusion::functions_aggregate::expr_fn::sum;
     let count_if = |e: Expr| sum(when(e, lit(1i64)).otherwise(lit(0i64)).unwrap_or(lit(0i64)));
