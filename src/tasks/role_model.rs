@@ -37,6 +37,7 @@ const MATCHES_SQL: &str = include_str!("../../sql/correlation_matches.sql");
 const CANDIDATES_SQL: &str = include_str!("../../sql/correlation_candidates.sql");
 const ASSIGNED_ROLES_SQL: &str = include_str!("../../sql/assigned_roles.sql");
 const ASSIGNED_RESOURCES_SQL: &str = include_str!("../../sql/assigned_resources.sql");
+const ASSIGNED_OWNERS_SQL: &str = include_str!("../../sql/assigned_owners.sql");
 
 pub const PRE_EXISTING: &str = "pre_existing_rights";
 
@@ -1848,13 +1849,22 @@ async fn assigned_resources(
     } else {
         empty(ctx, utf8(&["owner_key"]))?
     };
-    view(ctx, "rt_rule_hits", hits)?;
-    let roles: Vec<&str> = rt.roles.iter().map(String::as_str).collect();
-    view(
-        ctx,
-        "rt_roles",
-        ctx.read_batch(text_batch(&[("role", roles)])?)?,
-    )?;
+    let assigned = if rt.roles.is_empty() {
+        // The rule's hits (or every owner) are rows of the owner table, one per owner: no
+        // repeat to drop, no owner to look for (at 1M identities a grouping and a join of 1M
+        // keys for `ad_user`).
+        hits
+    } else {
+        view(ctx, "rt_rule_hits", hits)?;
+        let roles: Vec<&str> = rt.roles.iter().map(String::as_str).collect();
+        view(
+            ctx,
+            "rt_roles",
+            ctx.read_batch(text_batch(&[("role", roles)])?)?,
+        )?;
+        ctx.sql(ASSIGNED_OWNERS_SQL).await?
+    };
+    view(ctx, "rt_assigned", assigned)?;
     let mut corr = ctx
         .table("correlations_new")
         .await?
