@@ -463,7 +463,6 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
     })
 }
 
-/// (linked, ambiguous, conflicts) of each resource type's correlations, in one pass.
 /// The assigned roles of `plan` ([`assigned_roles`]), one row per (owner_key, role, origin),
 /// sorted on all their columns and decoded.
 ///
@@ -509,6 +508,7 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// (linked, ambiguous, conflicts) of each resource type's correlations, in one pass.
 async fn status_counts(df: DataFrame) -> Result<HashMap<String, (i64, i64, i64)>> {
     use datafusion::functions_aggregate::expr_fn::sum;
     let count_if = |e: Expr| sum(when(e, lit(1i64)).otherwise(lit(0i64)).unwrap_or(lit(0i64)));
