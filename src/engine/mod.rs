@@ -24,8 +24,8 @@ pub use row_values::row_values_udf;
 pub use scrub::{contains_needle, is_whole_needle, replace_needles, scrub_json_udf, scrub_udf};
 pub use sorted::{
     collect_in_order, collect_ordered_by, concat_ascending, decoded_schema, distinct_adjacent,
-    sorted_difference, sorted_distinct, sorted_distinct_on, splice, stream_in_order,
-    strictly_ascending,
+    rows_beside, sorted_difference, sorted_distinct, sorted_distinct_on, splice, stream_in_order,
+    strictly_ascending, unpivot,
 };
 pub use value_hash::{value_fingerprint_udaf, value_hash_udf};
 

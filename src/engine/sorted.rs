@@ -18,8 +18,8 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::kernels::{boolean, cmp, numeric};
 use datafusion::arrow::compute::{
-    SortOptions, cast, concat, concat_batches, filter, filter_record_batch, rank, sort_to_indices,
-    take,
+    SortOptions, cast, concat, concat_batches, filter, filter_record_batch, interleave, rank,
+    sort_to_indices, take,
 };
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, UInt32Type};
 use datafusion::arrow::error::ArrowError;
@@ -377,6 +377,92 @@ pub fn distinct_adjacent(batches: &[RecordBatch], column: &str) -> Result<Vec<Ar
             })
         })
         .collect()
+}
+
+/// The rows of `a` and of `b` side by side, row `i` of one beside row `i` of the other, as
+/// batches of `a`'s columns then `b`'s (`None` when their row counts differ). Cut where a batch
+/// of either ends: no column is copied.
+pub fn rows_beside(a: &[RecordBatch], b: &[RecordBatch]) -> Result<Option<Vec<RecordBatch>>> {
+    let rows = |v: &[RecordBatch]| v.iter().map(RecordBatch::num_rows).sum::<usize>();
+    let (Some(first_a), Some(first_b)) = (a.first(), b.first()) else {
+        return Ok((rows(a) == rows(b)).then(Vec::new));
+    };
+    if rows(a) != rows(b) {
+        return Ok(None);
+    }
+    let schema = Arc::new(Schema::new(
+        first_a
+            .schema()
+            .fields()
+            .iter()
+            .chain(first_b.schema().fields().iter())
+            .cloned()
+            .collect::<Vec<_>>(),
+    ));
+    let mut out = Vec::new();
+    let (mut ia, mut ib, mut oa, mut ob) = (0, 0, 0, 0);
+    while ia < a.len() && ib < b.len() {
+        let (ba, bb) = (&a[ia], &b[ib]);
+        let n = (ba.num_rows() - oa).min(bb.num_rows() - ob);
+        if n > 0 {
+            let columns = ba
+                .slice(oa, n)
+                .columns()
+                .iter()
+                .chain(bb.slice(ob, n).columns())
+                .cloned()
+                .collect();
+            out.push(RecordBatch::try_new(Arc::clone(&schema), columns)?);
+        }
+        (oa, ob) = (oa + n, ob + n);
+        if oa == ba.num_rows() {
+            (ia, oa) = (ia + 1, 0);
+        }
+        if ob == bb.num_rows() {
+            (ib, ob) = (ib + 1, 0);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Each row of `batch` turned into a row per column of `columns` whose keep column holds for
+/// it: (`key`'s value, the column's name, its value), in the rows' order and for each row in
+/// the order of `columns` — an `UNNEST` of the columns, in place. `columns` are (name, value
+/// column, keep column), the value columns text; a NULL keep drops the row, as a filter does.
+pub fn unpivot(
+    batch: &RecordBatch,
+    key: &str,
+    columns: &[(String, String, String)],
+) -> Result<[ArrayRef; 3]> {
+    let column = |name: &str| -> Result<ArrayRef> {
+        Ok(Arc::clone(batch.column(batch.schema().index_of(name)?)))
+    };
+    let values = columns
+        .iter()
+        .map(|(_, v, _)| Ok(cast(&column(v)?, &DataType::Utf8)?))
+        .collect::<Result<Vec<_>>>()?;
+    let keeps = columns
+        .iter()
+        .map(|(_, _, k)| Ok(column(k)?.as_boolean().clone()))
+        .collect::<Result<Vec<_>>>()?;
+    // The (column, row) of each output row, in output order.
+    let mut pairs = Vec::with_capacity(batch.num_rows() * columns.len());
+    for row in 0..batch.num_rows() {
+        for (c, keep) in keeps.iter().enumerate() {
+            if keep.is_valid(row) && keep.value(row) {
+                pairs.push((c, row));
+            }
+        }
+    }
+    let rows: UInt32Array = pairs.iter().map(|&(_, r)| r as u32).collect();
+    let which: UInt32Array = pairs.iter().map(|&(c, _)| c as u32).collect();
+    let names = StringArray::from_iter_values(columns.iter().map(|(n, _, _)| n.as_str()));
+    let values: Vec<&dyn Array> = values.iter().map(|v| v.as_ref()).collect();
+    Ok([
+        take(column(key)?.as_ref(), &rows, None)?,
+        take(&names, &which, None)?,
+        interleave(&values, &pairs)?,
+    ])
 }
 
 /// Each non-empty batch's `column`, with `op` of each of its rows against the row before it:
@@ -1014,6 +1100,104 @@ mod tests {
             );
         }
         assert!(distinct_adjacent(&[], "a").unwrap().is_empty());
+    }
+
+    /// Rows of batches cut in different places are put beside each other row for row; row
+    /// counts that differ give `None`.
+    #[test]
+    fn rows_are_put_beside_each_other_across_batch_ends() {
+        let a = vec![
+            batch(&[(Some("1"), "x"), (Some("2"), "y"), (Some("3"), "z")]),
+            batch(&[]),
+            batch(&[(Some("4"), "w"), (None, "v")]),
+        ];
+        let b = vec![
+            batch(&[(Some("p"), "P")]),
+            batch(&[
+                (Some("q"), "Q"),
+                (Some("r"), "R"),
+                (Some("s"), "S"),
+                (Some("t"), "T"),
+            ]),
+        ];
+        let beside = rows_beside(&a, &b).unwrap().unwrap();
+        assert_eq!(beside[0].num_columns(), 4);
+        let rows: Vec<String> = beside
+            .iter()
+            .flat_map(|r| {
+                (0..r.num_rows()).map(move |i| {
+                    (0..4)
+                        .map(|c| r.column(c).as_string::<i32>().value(i).to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+            })
+            .collect();
+        assert_eq!(rows, ["1 x p P", "2 y q Q", "3 z r R", "4 w s S", " v t T"]);
+        // Cut where either side's batch ends: after rows 1, 3 and 5.
+        assert_eq!(
+            beside.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(),
+            [1, 2, 2]
+        );
+        assert!(beside[2].column(0).is_null(1));
+        assert!(rows_beside(&a, &b[1..]).unwrap().is_none());
+        assert!(rows_beside(&[], &[]).unwrap().unwrap().is_empty());
+        assert!(rows_beside(&a, &[]).unwrap().is_none());
+    }
+
+    /// Each row gives a row per value column whose keep flag is true (false and NULL drop
+    /// it), in row order and then column order, the key repeated beside the column's name.
+    #[test]
+    fn columns_are_unpivoted_in_row_then_column_order() {
+        use datafusion::arrow::array::BooleanArray;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("key", DataType::Utf8, true),
+            Field::new("v0", DataType::Utf8, true),
+            Field::new("k0", DataType::Boolean, true),
+            Field::new("v1", DataType::Utf8View, true),
+            Field::new("k1", DataType::Boolean, true),
+        ]));
+        let b = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b", "c"])),
+                Arc::new(StringArray::from(vec![Some("a0"), None, Some("c0")])),
+                Arc::new(BooleanArray::from(vec![
+                    Some(true),
+                    Some(true),
+                    Some(false),
+                ])),
+                Arc::new(datafusion::arrow::array::StringViewArray::from(vec![
+                    "a1", "b1", "c1",
+                ])),
+                Arc::new(BooleanArray::from(vec![Some(true), None, Some(true)])),
+            ],
+        )
+        .unwrap();
+        let columns = [
+            ("first".to_string(), "v0".to_string(), "k0".to_string()),
+            ("second".to_string(), "v1".to_string(), "k1".to_string()),
+        ];
+        let [key, name, value] = unpivot(&b, "key", &columns).unwrap();
+        let text = |a: &ArrayRef| -> Vec<Option<String>> {
+            a.as_string::<i32>()
+                .iter()
+                .map(|v| v.map(str::to_string))
+                .collect()
+        };
+        let some =
+            |v: &[&str]| -> Vec<Option<String>> { v.iter().map(|s| Some(s.to_string())).collect() };
+        assert_eq!(text(&key), some(&["a", "a", "b", "c"]));
+        assert_eq!(text(&name), some(&["first", "second", "first", "second"]));
+        assert_eq!(
+            text(&value),
+            vec![
+                Some("a0".into()),
+                Some("a1".into()),
+                None,
+                Some("c1".into())
+            ]
+        );
     }
 
     #[test]

@@ -1933,8 +1933,8 @@ async fn desired_scalars(
     )?);
     let mut frames = Vec::new();
     let mut spread = vec![col("_owner_key").alias("_spread_owner")];
-    // Per owner, (attribute, value, keep) of each scalar in attribute order.
-    let mut entries: Vec<(&str, Expr)> = Vec::new();
+    // Per owner, (attribute, value, keep) of each scalar, put in attribute order.
+    let mut entries: Vec<(&str, Expr, Expr)> = Vec::new();
     for (column, expr) in &rt.scalars {
         let value = ctx.parse_sql_expr(&expr.text, owner.schema())?;
         let ty = target_type(rc, rt, column);
@@ -2001,14 +2001,8 @@ async fn desired_scalars(
         };
         entries.push((
             column.as_str(),
-            named_struct(vec![
-                lit("attribute"),
-                lit(column.as_str()),
-                lit("value"),
-                crate::engine::opaque_udf().call(vec![cast(typed.clone(), DataType::Utf8)]),
-                lit("keep"),
-                keep,
-            ]),
+            crate::engine::opaque_udf().call(vec![cast(typed.clone(), DataType::Utf8)]),
+            keep,
         ));
         frames.push(desired.select(vec![
             lit(rt.name.as_str()).alias("resource_type"),
@@ -2022,11 +2016,13 @@ async fn desired_scalars(
         ])?);
     }
     entries.sort_by(|a, b| a.0.cmp(b.0));
-    let attributes = entries.iter().map(|(a, _)| a.to_string()).collect();
-    let wide = owner_in_order.select(vec![
-        col("_owner_key"),
-        make_array(entries.into_iter().map(|(_, e)| e).collect()).alias("_s"),
-    ])?;
+    let attributes = entries.iter().map(|(a, _, _)| a.to_string()).collect();
+    let mut wide = vec![col("_owner_key")];
+    for (i, (_, value, keep)) in entries.into_iter().enumerate() {
+        wide.push(value.alias(format!("_v{i}")));
+        wide.push(keep.alias(format!("_k{i}")));
+    }
+    let wide = owner_in_order.select(wide)?;
     Ok((
         union_all(frames)?.expect("at least one scalar"),
         Some(owner.select(spread)?),
@@ -2037,38 +2033,45 @@ async fn desired_scalars(
 /// One resource type's desired scalars, one row per assigned owner ([`desired_scalars`]).
 struct WideScalars {
     resource_type: String,
-    /// `_owner_key`, and `_s`: the owner's scalars as (`attribute`, `value`, `keep`), in
-    /// attribute order; read in the owner table's stored order.
+    /// `_owner_key`, then for the `i`th scalar in attribute order its value (`_v{i}`) and
+    /// whether the owner's row keeps it (`_k{i}`: false where the value does not cast to the
+    /// target column's type); read in the owner table's stored order.
     wide: DataFrame,
-    /// The scalars' names, in that order.
+    /// The scalars' names, in attribute order.
     attributes: Vec<String>,
-    /// The resource type's assigned resources (`owner_key`, `account_key`, `state`).
+    /// The resource type's assigned resources (`owner_key`, `account_key`, `state`), sorted
+    /// by owner key.
     resources: DataFrame,
-    /// The `assigned_resources` columns over `resources` joined with the spread scalars
+    /// The `assigned_resources` columns over `resources` beside the spread scalars
     /// ([`resource_columns`]).
     columns: Vec<Expr>,
 }
 
-/// `assigned_resources` and `assigned_scalars` in their tables' order without a sort: each
-/// resource type's wide rows are read once, in the owner table's stored order, and when their
-/// owner keys strictly ascend (a synchronized table stored by a text key) every row derived
-/// from them in place is in order too — an owner's scalars unnested in attribute order, its
-/// resource joined to it on the probe side. The resource types follow each other by name.
-/// Both tables from one read of the owners, where they took an owner scan and a semi-join
-/// each (per scalar for `assigned_scalars`) and a sort. `None` when some type's keys do not
-/// ascend (a number key, a table read from several files): the caller sorts instead.
+/// `assigned_resources` and `assigned_scalars` in their tables' order without a sort or a
+/// join: each resource type's wide rows are read once, in the owner table's stored order.
+/// When their owner keys strictly ascend (a synchronized table stored by a text key), they
+/// are the assigned resources' owners one for one (both the assigned owners, in key order):
+/// each resource row takes its scalars from the wide row beside it, and an owner's scalars
+/// unpivoted in attribute order ([`engine::unpivot`]) are in order too. The resource types
+/// follow each other by name. `None` when some type's keys do not ascend (a number key, a
+/// table read from several files) or its rows are not its resources' owners: the caller
+/// joins and sorts instead.
 async fn in_owner_order(
     ctx: &SessionContext,
     mut parts: Vec<WideScalars>,
     resources_schema: SchemaRef,
 ) -> Result<Option<(RowsOf, RowsOf)>> {
-    use datafusion::functions::core::expr_fn::get_field;
     parts.sort_by(|a, b| a.resource_type.cmp(&b.resource_type));
+    let scalars_schema = scalars_schema();
     // Each part on its own task: its plans run on one partition, inline in whoever polls them.
     let read = parts.into_iter().map(|part| {
-        let ctx = ctx.clone();
+        let (ctx, scalars_schema) = (ctx.clone(), Arc::clone(&scalars_schema));
         tokio::spawn(async move {
-            let (_, wide) = engine::collect_in_order(&ctx, part.wide).await?;
+            let (wide, resources) = futures::try_join!(
+                engine::collect_in_order(&ctx, part.wide),
+                engine::collect_in_order(&ctx, part.resources),
+            )?;
+            let (wide, resources) = (wide.1, resources.1);
             if !engine::strictly_ascending(&wide, "_owner_key")? {
                 tracing::debug!(
                     resource_type = part.resource_type,
@@ -2076,37 +2079,52 @@ async fn in_owner_order(
                 );
                 return Ok(None);
             }
-            if wide.is_empty() {
-                return Ok(Some((Vec::new(), Vec::new())));
+            let rows = |v: &[RecordBatch]| v.iter().map(RecordBatch::num_rows).sum::<usize>();
+            if rows(&wide) == 0 {
+                return Ok((rows(&resources) == 0).then(|| (Vec::new(), Vec::new())));
             }
-            let mut spread = vec![col("_owner_key").alias("_spread_owner")];
+            // The scalar values beside the resources, under the names `part.columns` reads.
+            let mut spread = vec![col("_owner_key")];
             for (i, attribute) in part.attributes.iter().enumerate() {
-                let entry = array_element(col("_s"), lit(i as i64 + 1));
-                spread.push(get_field(entry, "value").alias(spread_name(attribute)));
+                spread.push(ident(format!("_v{i}")).alias(spread_name(attribute)));
             }
-            let spread = ctx.read_batches(wide.clone())?.select(spread)?;
-            let resources = engine::as_written(spread_onto(part.resources, spread, part.columns)?);
-            let scalars = ctx
-                .read_batches(wide)?
-                .unnest_columns(&["_s"])?
-                .filter(get_field(col("_s"), "keep"))?
-                .select(vec![
-                    lit(part.resource_type).alias("resource_type"),
-                    col("_owner_key").alias("owner_key"),
-                    get_field(col("_s"), "attribute").alias("attribute"),
-                    get_field(col("_s"), "value").alias("value"),
-                ])?;
-            // Each read on its own task too.
-            let collect = |df: DataFrame| {
-                let ctx = ctx.clone();
-                tokio::spawn(async move { engine::collect_in_order(&ctx, df).await })
+            let spread =
+                engine::collect_in_order(&ctx, ctx.read_batches(wide.clone())?.select(spread)?)
+                    .await?
+                    .1;
+            let beside = match engine::rows_beside(&resources, &spread)? {
+                Some(beside) if same_column(&beside, "owner_key", "_owner_key")? => beside,
+                _ => {
+                    tracing::debug!(
+                        resource_type = part.resource_type,
+                        "desired scalars not the resources' owners: joined"
+                    );
+                    return Ok(None);
+                }
             };
-            let (resources, scalars) = futures::try_join!(collect(resources), collect(scalars))
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            Ok::<_, Error>(Some((resources?.1, scalars?.1)))
+            let resources = ctx.read_batches(beside)?.select(part.columns)?;
+            let resources = engine::collect_in_order(&ctx, resources).await?.1;
+            let columns: Vec<(String, String, String)> = part
+                .attributes
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (a.clone(), format!("_v{i}"), format!("_k{i}")))
+                .collect();
+            let resource_type = datafusion::common::ScalarValue::from(part.resource_type.as_str());
+            let scalars = wide
+                .iter()
+                .map(|b| {
+                    let [owner, attribute, value] = engine::unpivot(b, "_owner_key", &columns)?;
+                    let rt = resource_type.to_array_of_size(owner.len())?;
+                    Ok(RecordBatch::try_new(
+                        Arc::clone(&scalars_schema),
+                        vec![rt, owner, attribute, value],
+                    )?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok::<_, Error>(Some((resources, scalars)))
         })
     });
-    let scalars_schema = scalars_schema();
     let (mut resources, mut scalars) = (Vec::new(), Vec::new());
     for part in futures::future::try_join_all(read)
         .await
@@ -2122,6 +2140,20 @@ async fn in_owner_order(
         (resources_schema, resources),
         (scalars_schema, scalars),
     )))
+}
+
+/// Whether columns `a` and `b` of `batches` hold the same values in every row.
+fn same_column(batches: &[RecordBatch], a: &str, b: &str) -> Result<bool> {
+    for batch in batches {
+        let column = |name: &str| -> Result<_> {
+            let c = batch.column(batch.schema().index_of(name)?);
+            Ok(datafusion::arrow::compute::cast(c, &DataType::Utf8)?)
+        };
+        if column(a)?.as_ref() != column(b)?.as_ref() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// A table's schema and rows.
