@@ -313,6 +313,12 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
         .into_iter()
         .collect::<Option<Vec<_>>>()
         .filter(|_| whole);
+    // A dirty run's links replace some owners' among the committed rows: as plain text, the
+    // stored type, for the replacement's joins and comparisons.
+    let links = match d {
+        Some(_) => decoded(links)?,
+        None => links,
+    };
     let links = merge_scoped(&ctx, &catalog, "assigned_links", links, &rts, d)
         .await?
         .with_joins_as_written();
@@ -713,8 +719,17 @@ fn resource_columns(rc: &RunContext<'_>, rt: &ResourceType, spread: bool) -> Vec
 fn scalars_schema() -> Arc<Schema> {
     utf8(&["resource_type", "owner_key", "attribute", "value"])
 }
+/// `assigned_links` as [`desired_links`] computes it: all but the owner key dictionary-encoded
+/// (a few resource types, links and values over millions of rows), each row's values picked
+/// as keys into the configuration's, not copied, then sorted by ranks of the dictionaries'
+/// values (`engine::sorted_distinct`) and stored as plain text.
 fn links_schema() -> Arc<Schema> {
-    utf8(&["resource_type", "owner_key", "link", "value"])
+    Arc::new(Schema::new(vec![
+        Field::new("resource_type", text_dictionary(), true),
+        Field::new("owner_key", DataType::Utf8, true),
+        Field::new("link", text_dictionary(), true),
+        Field::new("value", text_dictionary(), true),
+    ]))
 }
 
 /// When a task works on some resource types only, the other types' rows stay as they were.
@@ -1824,6 +1839,45 @@ pub fn text_batch(columns: &[(&str, Vec<&str>)]) -> Result<RecordBatch> {
     .map_err(|e| Error::Engine(e.into()))
 }
 
+/// The text type of the link values' link and value columns in a complete run
+/// ([`desired_links`]).
+fn text_dictionary() -> DataType {
+    DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8))
+}
+
+/// `df` with its dictionary-encoded columns decoded.
+fn decoded(df: DataFrame) -> Result<DataFrame> {
+    let columns: Vec<Expr> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Dictionary(_, value) => {
+                cast(quoted(f.name()), value.as_ref().clone()).alias(f.name())
+            }
+            _ => quoted(f.name()),
+        })
+        .collect();
+    Ok(df.select(columns)?)
+}
+
+/// `batch` with its `columns` dictionary-encoded ([`text_dictionary`]).
+fn encoded(batch: RecordBatch, columns: &[&str]) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut fields = Vec::new();
+    let mut arrays = Vec::new();
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        if columns.contains(&f.name().as_str()) {
+            fields.push(Field::new(f.name(), text_dictionary(), true));
+            arrays.push(datafusion::arrow::compute::cast(c, &text_dictionary())?);
+        } else {
+            fields.push(f.as_ref().clone());
+            arrays.push(Arc::clone(c));
+        }
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
 async fn assigned_resources(
     rc: &RunContext<'_>,
     ctx: &SessionContext,
@@ -2213,11 +2267,14 @@ async fn desired_links(
         // identities: no detour through an id joined to the values after).
         // The small side first: a hash join builds its left input (no statistics here).
         let by_role = ctx
-            .read_batch(text_batch(&[
-                ("_role", role_names),
-                ("link", role_links),
-                ("value", role_values),
-            ])?)?
+            .read_batch(encoded(
+                text_batch(&[
+                    ("_role", role_names),
+                    ("link", role_links),
+                    ("value", role_values),
+                ])?,
+                &["link", "value"],
+            )?)?
             .join(
                 ctx.table("assigned_roles").await?,
                 JoinType::Inner,
@@ -2230,11 +2287,10 @@ async fn desired_links(
     }
     if !ids.is_empty() {
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let config = ctx.read_batch(text_batch(&[
-            ("_vid", id_refs),
-            ("link", links),
-            ("value", values),
-        ])?)?;
+        let config = ctx.read_batch(encoded(
+            text_batch(&[("_vid", id_refs), ("link", links), ("value", values)])?,
+            &["link", "value"],
+        )?)?;
         let mut granted = Vec::new();
         // By rule.
         let owner = ctx.table(rt.owner.as_str()).await?;
@@ -2269,7 +2325,11 @@ async fn desired_links(
             ctx.table(PRE_EXISTING)
                 .await?
                 .filter(col("resource_type").eq(lit(rt.name.as_str())))?
-                .select(vec![col("owner_key"), col("link"), col("value")])?,
+                .select(vec![
+                    col("owner_key"),
+                    cast(col("link"), text_dictionary()).alias("link"),
+                    cast(col("value"), text_dictionary()).alias("value"),
+                ])?,
         );
     }
     let Some(all) = union_all(frames)? else {
@@ -2285,7 +2345,11 @@ async fn desired_links(
         )?
         // Not distinct: the caller drops repeats while it sorts (`NewTable::sorted_distinct`).
         .select(vec![
-            lit(rt.name.as_str()).alias("resource_type"),
+            lit(datafusion::common::ScalarValue::Dictionary(
+                Box::new(DataType::UInt32),
+                Box::new(datafusion::common::ScalarValue::from(rt.name.as_str())),
+            ))
+            .alias("resource_type"),
             col("owner_key"),
             col("link"),
             col("value"),
