@@ -21,16 +21,25 @@ ruled AS (
     SELECT f.account_key, r.class
     FROM (SELECT account_key, min(rule_order) AS first_order FROM cls_hits GROUP BY account_key) f
     JOIN cls_rules r ON r.rule_order = f.first_order
+),
+-- The accounts are joined last, each small side built and the accounts probing it (RIGHT
+-- JOIN, which the planner keeps without statistics of either side): a LEFT JOIN built a hash
+-- table of the million accounts, twice, to probe it with the 100k ruled or protected ones.
+linked AS (
+    SELECT a.account_key, l.account_key AS l_key, l.resource_type
+    FROM cls_first_type l RIGHT JOIN cls_accounts a ON l.account_key = a.account_key
+),
+classed AS (
+    SELECT x.account_key, x.l_key, x.resource_type, r.account_key AS r_key, r.class
+    FROM ruled r RIGHT JOIN linked x ON r.account_key = x.account_key
 )
-SELECT a.account_key,
+SELECT c.account_key,
        CASE
-           WHEN l.account_key IS NOT NULL THEN l.resource_type
-           WHEN r.account_key IS NOT NULL THEN r.class
+           WHEN c.l_key IS NOT NULL THEN c.resource_type
+           WHEN c.r_key IS NOT NULL THEN c.class
            ELSE 'orphan'
        END AS class,
        p.account_key IS NOT NULL AS protect
-FROM cls_accounts a
-LEFT JOIN cls_first_type l ON l.account_key = a.account_key
-LEFT JOIN ruled r ON r.account_key = a.account_key
-LEFT JOIN protected p ON p.account_key = a.account_key
-ORDER BY a.account_key
+FROM protected p
+RIGHT JOIN classed c ON p.account_key = c.account_key
+ORDER BY c.account_key
