@@ -178,6 +178,8 @@ pub async fn run(rc: &RunContext<'_>, task: &Task) -> Result<TaskOutcome> {
             col("owner_key").alias("account_key"),
             cast(col("_order"), DataType::Int64).alias("rule_order"),
         ])?;
+        // Read twice by classification.sql (the first rule, the protection): run once.
+        let hits = super::role_model::materialize(&ctx, hits).await?;
         view(&ctx, "cls_hits", hits)?;
         let rules_batch = RecordBatch::try_new(
             Arc::new(Schema::new(vec![
