@@ -1847,35 +1847,27 @@ fn text_dictionary() -> DataType {
 
 /// `df` with its dictionary-encoded columns decoded.
 fn decoded(df: DataFrame) -> Result<DataFrame> {
-    let columns: Vec<Expr> = df
-        .schema()
+    let schema = engine::decoded_schema(&Arc::new(df.schema().as_arrow().clone()));
+    let columns: Vec<Expr> = schema
         .fields()
         .iter()
-        .map(|f| match f.data_type() {
-            DataType::Dictionary(_, value) => {
-                cast(quoted(f.name()), value.as_ref().clone()).alias(f.name())
-            }
-            _ => quoted(f.name()),
-        })
+        .map(|f| cast(quoted(f.name()), f.data_type().clone()).alias(f.name()))
         .collect();
     Ok(df.select(columns)?)
 }
 
 /// `batch` with its `columns` dictionary-encoded ([`text_dictionary`]).
 fn encoded(batch: RecordBatch, columns: &[&str]) -> Result<RecordBatch> {
-    let schema = batch.schema();
-    let mut fields = Vec::new();
-    let mut arrays = Vec::new();
-    for (f, c) in schema.fields().iter().zip(batch.columns()) {
-        if columns.contains(&f.name().as_str()) {
-            fields.push(Field::new(f.name(), text_dictionary(), true));
-            arrays.push(datafusion::arrow::compute::cast(c, &text_dictionary())?);
-        } else {
-            fields.push(f.as_ref().clone());
-            arrays.push(Arc::clone(c));
-        }
-    }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+    let fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match columns.contains(&f.name().as_str()) {
+            true => Field::new(f.name(), text_dictionary(), true),
+            false => f.as_ref().clone(),
+        })
+        .collect();
+    Ok(engine::cast_batch(&batch, &Arc::new(Schema::new(fields)))?)
 }
 
 async fn assigned_resources(
@@ -2345,11 +2337,7 @@ async fn desired_links(
         )?
         // Not distinct: the caller drops repeats while it sorts (`NewTable::sorted_distinct`).
         .select(vec![
-            lit(datafusion::common::ScalarValue::Dictionary(
-                Box::new(DataType::UInt32),
-                Box::new(datafusion::common::ScalarValue::from(rt.name.as_str())),
-            ))
-            .alias("resource_type"),
+            cast(lit(rt.name.as_str()), text_dictionary()).alias("resource_type"),
             col("owner_key"),
             col("link"),
             col("value"),
